@@ -1,0 +1,1 @@
+"""ivr: telephony IVR / call-center bot service."""

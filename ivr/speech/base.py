@@ -1,0 +1,59 @@
+"""Interfaces between the call session and speech engines.
+
+Engines know audio, never flows: a step's expected answers arrive here as a
+`Grammar` (a list of phrases), and a result leaves as a `Recognition`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Grammar:
+    """Phrases the caller is expected to say; recognizers may constrain decoding to them."""
+
+    phrases: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Recognition:
+    """The final result of one utterance."""
+
+    text: str
+    confidence: float = 0.0
+    engine: str = ""
+    audio_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Utterance(Protocol):
+    """One utterance being recognized: audio streamed in, one result out."""
+
+    def feed(self, pcm16_16k: bytes) -> None:
+        """Queue 16 kHz mono PCM16 audio; never blocks."""
+
+    async def finish(self) -> Recognition:
+        """Signal end of speech and wait for the final result."""
+
+    async def cancel(self) -> None:
+        """Abandon the utterance (barge-in aborted, call ended)."""
+
+
+class Recognizer(Protocol):
+    name: str
+
+    async def start(self, grammar: Grammar | None) -> Utterance:
+        """Begin an utterance, constrained by `grammar` when given."""
+
+
+class Synthesizer(Protocol):
+    name: str
+
+    def synthesize(
+        self, text: str, *, voice: str | None = None, rate: int | None = None
+    ) -> AsyncIterator[tuple[bytes, int]]:
+        """Yield (PCM16 mono chunk, sample rate) as synthesis progresses."""
