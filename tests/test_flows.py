@@ -1,0 +1,381 @@
+"""Flow language: loading with located errors, matching, and the step machine."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from ivr.errors import FlowError
+from ivr.flows.engine import (
+    CallerHangup,
+    Digits,
+    DtmfSpec,
+    FlowRunner,
+    GotoFlow,
+    Hangup,
+    Listen,
+    NoInput,
+    Play,
+    Speech,
+)
+from ivr.flows.loader import FlowLoadError, load_flow, load_flow_text, load_flows
+from ivr.flows.match import expected_phrases, match_choice, match_key, normalize, speakable
+from ivr.flows.model import AskStep, Choice, Flow
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "flows" / "demo.yaml"
+BROKEN = Path(__file__).resolve().parent / "flows_broken"
+
+
+@pytest.fixture(scope="module")
+def demo() -> Flow:
+    return load_flow(DEMO)
+
+
+def texts(actions: Sequence[object]) -> list[str]:
+    return [a.text for a in actions if isinstance(a, Play)]
+
+
+# ------------------------------------------------------------------ loading
+
+
+def test_demo_flow_loads(demo: Flow) -> None:
+    assert demo.name == "demo"
+    assert demo.start == "greet"
+    menu = demo.steps["menu"]
+    assert isinstance(menu, AskStep)
+    assert [c.key for c in menu.choices] == ["1", "2", "3"]
+    assert demo.voice is not None and demo.voice.rate == 165
+
+
+def test_load_flows_directory(tmp_path: Path) -> None:
+    (tmp_path / "demo.yaml").write_text(DEMO.read_text())
+    (tmp_path / "notes.txt").write_text("not a flow")
+    assert list(load_flows(tmp_path)) == ["demo"]
+
+
+def test_flow_json_schema_is_exportable() -> None:
+    schema = Flow.model_json_schema()
+    assert schema["additionalProperties"] is False
+    assert {"SayStep", "AskStep", "HangupStep"} <= set(schema["$defs"])
+
+
+@pytest.mark.parametrize(
+    ("fixture", "line", "col", "fragments"),
+    [
+        ("bad_indentation", 6, 6, ["bad indentation", "'next'", "column 5"]),
+        ("unknown_key", 6, 5, ["unknown key 'nxt'", "did you mean 'next'?"]),
+        ("unknown_target", 8, 44, ["goto 'suport' is not a step", "did you mean 'support'?"]),
+        ("wrong_type", 6, 17, ["'timeout_ms' must be a whole number", "got 'soon'"]),
+        ("missing_start", 2, 8, ["start step 'welcome' does not exist", "greet"]),
+        ("duplicate_key", 8, 33, ["key '1' is already used by choice 1"]),
+    ],
+)
+def test_broken_flow_fixtures(fixture: str, line: int, col: int, fragments: list[str]) -> None:
+    path = BROKEN / f"{fixture}.yaml"
+    with pytest.raises(FlowError) as info:
+        load_flow(path)
+    err = info.value
+    assert (err.file, err.line, err.col) == (str(path), line, col)
+    rendered = str(err)
+    assert rendered.startswith(f"{path}:{line}:{col}: ")
+    for fragment in fragments:
+        assert fragment in rendered
+
+
+def test_broken_directory_reports_every_file() -> None:
+    with pytest.raises(FlowLoadError) as info:
+        load_flows(BROKEN)
+    files = {Path(e.file or "").stem for e in info.value.errors}
+    assert files == {p.stem for p in BROKEN.glob("*.yaml")}
+
+
+def errors_of(text: str) -> list[FlowError]:
+    with pytest.raises(FlowLoadError) as info:
+        load_flow_text(text, "t.yaml")
+    return info.value.errors
+
+
+def test_missing_start_key_suggests_first_step() -> None:
+    (err,) = errors_of("name: x\nsteps:\n  hello: {say: hi}\n")
+    assert (err.line, err.col) == (1, 1)
+    assert "missing required key 'start'" in err.message
+    assert err.hint is not None and "start: hello" in err.hint
+
+
+def test_several_errors_are_reported_in_order() -> None:
+    errors = errors_of(
+        "name: x\nstart: a\nstepz: 1\nsteps:\n  a:\n    say: hi\n    barge_in: maybe\n"
+        "  b: {ask: q, choices: []}\n"
+    )
+    assert [(e.line, e.col) for e in errors] == [(3, 1), (7, 15), (8, 24)]
+    assert "did you mean 'steps'" in (errors[0].hint or "")
+
+
+def test_load_error_pickles_with_all_errors() -> None:
+    errors = errors_of("name: x\nstart: a\nstepz: 1\nsteps:\n  a:\n    say: hi\n    bad: 1\n")
+    clone = pickle.loads(pickle.dumps(FlowLoadError(errors)))
+    assert [e.message for e in clone.errors] == [e.message for e in errors]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "col", "fragment"),
+    [
+        ("name: x\nstart: a\nsteps:\n  a:\n    sya: hi\n", 5, 5, "did you mean 'say'"),
+        (
+            "name: x\nstart: a\nsteps:\n  a:\n    say: hi\n    ask: q\n",
+            6,
+            5,
+            "both 'say' and 'ask'",
+        ),
+        ("name: x\nstart: a\nsteps:\n  a: hello\n", 4, 6, "must be a mapping"),
+        ("name: x\nstart: a\nsteps:\n  a: {say: hi}\n  a: {say: ho}\n", 5, 3, "duplicate key 'a'"),
+        ("name: x\nsteps:\n\ta: 1\n", 3, 1, "tab character"),
+        ("name: x\nstart: a\nsteps:\n  a:\n    say: Note: x\n", 5, 14, "unexpected ':'"),
+        ("name: x\nstart: a\nsteps:\n  a: {say: hi, next: [b]}\n", 4, 22, "step name or {flow"),
+        ("name: x\nstart: a\nsteps:\n  a: {say: hi, next: {flw: b}}\n", 4, 23, "'flw'"),
+        (
+            "name: x\nstart: a\nsteps:\n  a: {say: x, next: b}\n  b: {say: y, next: a}\n",
+            4,
+            21,
+            "repeat forever",
+        ),
+        ("", 1, 1, "empty"),
+    ],
+)
+def test_error_positions(text: str, line: int, col: int, fragment: str) -> None:
+    err = errors_of(text)[0]
+    assert (err.line, err.col) == (line, col), str(err)
+    assert fragment in str(err)
+
+
+def test_yaml_1_1_booleans_stay_words() -> None:
+    flow = load_flow_text(
+        "name: x\nstart: a\nsteps:\n  a:\n    ask: ok?\n    barge_in: no\n    choices:\n"
+        "      - {words: [yes], key: 1, goto: b}\n      - {words: [no], key: 2, goto: b}\n"
+        "  b: {hangup: }\n"
+    )
+    step = flow.steps["a"]
+    assert isinstance(step, AskStep)
+    assert step.barge_in is False  # a bool field still understands "no"
+    assert [c.words for c in step.choices] == [("yes",), ("no",)]
+    assert [c.key for c in step.choices] == ["1", "2"]
+
+
+def test_flow_references_checked_across_files(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(
+        "name: a\nstart: s\nsteps:\n  s: {say: hi, next: {flow: bb}}\n"
+    )
+    (tmp_path / "b.yaml").write_text("name: b\nstart: s\nsteps:\n  s: {hangup: }\n")
+    (tmp_path / "c.yaml").write_text("name: b\nstart: s\nsteps:\n  s: {hangup: }\n")
+    with pytest.raises(FlowLoadError) as info:
+        load_flows(tmp_path)
+    messages = {(Path(e.file or "").name, e.line, e.col): e.message for e in info.value.errors}
+    assert "flow 'bb' does not exist" in messages[("a.yaml", 4, 29)]
+    assert "already used" in messages[("c.yaml", 1, 7)]
+
+
+# ------------------------------------------------------------------ matching
+
+
+def test_normalize_and_speakable() -> None:
+    assert normalize("Press ONE, please!") == "press 1 please"
+    assert normalize("  I didn't   get-that ") == "i didnt get that"
+    assert normalize("Café") == "cafe"
+    assert speakable("Option 12.") == "option one two"
+
+
+def choices() -> tuple[Choice, ...]:
+    return (
+        Choice(words=("sales", "buy"), key="1", goto="sales"),
+        Choice(words=("support", "help"), key="2", goto="support"),
+        Choice(words=("hours", "opening hours"), key="3", goto="hours", name="open"),
+        Choice(words=("hours of the sales team",), goto="team"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Sales", "sales"),
+        ("I'd like to BUY something.", "sales"),
+        ("help me please", "support"),
+        ("opening hour?", "hours"),  # plural tolerance
+        ("what are the hours of the sales team", "team"),  # longest phrase wins
+        ("press two", "support"),  # spoken key
+        ("sales or support", None),  # ambiguous
+        ("banana", None),
+        ("", None),
+    ],
+)
+def test_match_choice(text: str, expected: str | None) -> None:
+    found = match_choice(text, choices())
+    assert (found.goto if found else None) == expected
+
+
+def test_match_key() -> None:
+    assert (match_key("2", choices()) or choices()[0]).goto == "support"
+    assert (match_key("3#", choices()) or choices()[0]).goto == "hours"
+    assert match_key("9", choices()) is None
+    assert match_key("#", choices()) is None
+
+
+def test_expected_phrases(demo: Flow) -> None:
+    menu = demo.steps["menu"]
+    assert isinstance(menu, AskStep)
+    assert expected_phrases(menu) == ("sales", "buy", "support", "help", "hours", "opening hours")
+    assert expected_phrases(menu, include_keys=True)[-1] == "three"
+
+
+# -------------------------------------------------------------------- engine
+
+
+def test_start_greets_and_asks(demo: Flow) -> None:
+    runner = FlowRunner(demo)
+    actions = runner.start()
+    assert [type(a) for a in actions] == [Play, Play, Listen]
+    greet, prompt, listen = actions
+    assert isinstance(greet, Play) and greet.barge_in is False and greet.step == "greet"
+    assert isinstance(prompt, Play) and prompt.barge_in is True
+    assert isinstance(listen, Listen)
+    assert listen.step == "menu" and "support" in listen.phrases
+    assert listen.dtmf == DtmfSpec(max_digits=1, terminator="#", inter_digit_ms=3000)
+    assert listen.timeout_ms == 5000 and listen.speech and listen.barge_in
+    assert runner.current_step == "menu" and runner.waiting and not runner.done
+
+
+@pytest.mark.parametrize(
+    ("event", "answer_step"),
+    [
+        (Speech("sales please", 0.8), "sales"),
+        (Speech("Support."), "support"),
+        (Speech("what are your opening hours"), "hours"),
+        (Digits("1"), "sales"),
+        (Digits("2"), "support"),
+        (Digits("3"), "hours"),
+    ],
+)
+def test_full_conversation(demo: Flow, event: Speech | Digits, answer_step: str) -> None:
+    runner = FlowRunner(demo)
+    runner.start()
+    actions = runner.handle(event)
+    assert [a.step for a in actions if isinstance(a, Play)] == [answer_step, "goodbye"]
+    assert actions[-1] == Hangup("completed")
+    assert runner.done and runner.outcome == "completed" and runner.current_step == "goodbye"
+    (turn,) = runner.turns
+    assert turn.result == "match" and turn.understood == answer_step
+    assert turn.input == ("speech" if isinstance(event, Speech) else "dtmf")
+    assert runner.handle(Speech("sales")) == []  # late input after the end is ignored
+
+
+def test_no_input_escalates_then_falls_back(demo: Flow) -> None:
+    runner = FlowRunner(demo)
+    runner.start()
+    for _ in range(2):
+        actions = runner.handle(NoInput())
+        assert texts(actions) == ["Sorry, I didn't hear you. Say sales, support, or hours."]
+        assert isinstance(actions[-1], Listen)
+    actions = runner.handle(NoInput())
+    assert texts(actions) == ["Goodbye."]
+    assert actions[-1] == Hangup("fallback")
+    assert runner.outcome == "fallback"
+    assert [t.result for t in runner.turns] == ["no_input"] * 3
+    assert [t.attempt for t in runner.turns] == [1, 2, 3]
+
+
+def test_no_match_escalates_then_falls_back(demo: Flow) -> None:
+    runner = FlowRunner(demo)
+    runner.start()
+    assert texts(runner.handle(Speech("banana")))[0].startswith("Sorry, I didn't get that")
+    assert texts(runner.handle(Digits("9")))[0].startswith("Sorry, I didn't get that")
+    assert runner.handle(NoInput())[0] == Play(
+        "Sorry, I didn't hear you. Say sales, support, or hours.", True, "menu"
+    )
+    actions = runner.handle(Speech("sales or support"))  # ambiguous: third no-match
+    assert actions[-1] == Hangup("fallback")
+    assert [t.result for t in runner.turns] == ["no_match", "no_match", "no_input", "no_match"]
+
+
+ESCALATION = """
+name: esc
+start: q
+steps:
+  q:
+    ask: Yes or no?
+    choices:
+      - {words: [yes], goto: q2}
+      - {words: ["no"], goto: {flow: other}}
+    no_match: {prompts: [First., Second.], max: 3}
+    no_input: {max: 1}
+  q2:
+    ask: Again?
+    choices: [{words: [yes], goto: q}]
+    no_input: {max: 0}
+"""
+
+
+def test_escalating_prompts_repeat_last_and_default_to_question() -> None:
+    runner = FlowRunner(load_flow_text(ESCALATION))
+    runner.start()
+    heard = [texts(runner.handle(Speech("maybe")))[0] for _ in range(3)]
+    assert heard == ["First.", "Second.", "Second."]
+    assert texts(runner.handle(NoInput())) == ["Yes or no?"]
+    assert runner.handle(NoInput()) == [Hangup("fallback")]  # no fallback step: end
+
+
+def test_counters_reset_on_reentry_and_goto_flow() -> None:
+    runner = FlowRunner(load_flow_text(ESCALATION))
+    runner.start()
+    runner.handle(Speech("maybe"))
+    assert texts(runner.handle(Speech("yes"))) == ["Again?"]
+    assert texts(runner.handle(Speech("yes"))) == ["Yes or no?"]
+    assert texts(runner.handle(Speech("maybe"))) == ["First."]  # count restarted
+    assert runner.handle(Speech("no")) == [GotoFlow("other")]
+    assert runner.outcome == "goto_flow" and runner.done
+
+
+def test_caller_hangup_and_misuse(demo: Flow) -> None:
+    runner = FlowRunner(demo)
+    with pytest.raises(RuntimeError):
+        runner.handle(NoInput())
+    runner.start()
+    assert runner.handle(CallerHangup()) == []
+    assert runner.outcome == "hangup" and runner.current_step == "menu"
+
+
+def test_step_loop_guard_ends_with_error() -> None:
+    # The loader rejects say-loops; a flow built in code is still guarded at run time.
+    flow = Flow.model_validate(
+        {
+            "name": "loop",
+            "start": "a",
+            "steps": {"a": {"say": "x", "next": "b"}, "b": {"say": "y", "next": "a"}},
+        }
+    )
+    runner = FlowRunner(flow, max_steps=10)
+    actions = runner.start()
+    assert len(actions) == 11 and actions[-1] == Hangup("error")
+    assert runner.outcome == "error" and runner.error is not None
+
+
+def test_implicit_end_keys_only_ask_and_silent_hangup() -> None:
+    flow = load_flow_text(
+        "name: x\nstart: q\nsteps:\n"
+        "  q:\n    ask: Press 1 or 2.\n    speech: false\n"
+        "    dtmf: {terminator: null, inter_digit_ms: 1500}\n"
+        "    choices: [{key: '1', goto: a}, {key: '2', goto: b}]\n"
+        "  a: {say: Done.}\n"
+        "  b: {hangup: }\n"
+    )
+    runner = FlowRunner(flow)
+    listen = runner.start()[-1]
+    assert isinstance(listen, Listen)
+    assert listen.phrases == () and not listen.speech
+    assert listen.dtmf == DtmfSpec(max_digits=1, terminator=None, inter_digit_ms=1500)
+    assert runner.handle(Digits("1")) == [Play("Done.", False, "a"), Hangup("completed")]
+    other = FlowRunner(flow)
+    other.start()
+    assert other.handle(Digits("2")) == [Hangup("completed")]
