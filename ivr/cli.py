@@ -1,2 +1,144 @@
-def main() -> None:
-    raise SystemExit("not yet")
+"""The `ivr` command: serve, call (simulated caller), demo, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ivr.config import Settings, env_var
+from ivr.errors import IvrError
+
+
+def _serve_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the Twilio webhook + media stream server")
+    p.add_argument("--host", help=f"bind address (env {env_var('host')}, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help=f"TCP port (env {env_var('port')}, default 8080)")
+    p.add_argument("--db", type=Path, help=f"SQLite file (env {env_var('db')}, default ivr.db)")
+    p.add_argument("--flows", type=Path, help=f"flows directory (env {env_var('flows')})")
+    p.add_argument("--default-flow",
+                   help=f"flow when none is given (env {env_var('default_flow')})")
+    p.add_argument("--public-url", help=f"URL Twilio reaches us at (env {env_var('public_url')})")
+    p.add_argument("--recognizer-workers", type=int,
+                   help=f"recognition worker processes (env {env_var('recognizer_workers')})")
+    p.add_argument("--voice", help=f"espeak-ng voice (env {env_var('voice')}, default en-us)")
+    p.add_argument("--voice-rate", type=int, help=f"words per minute (env {env_var('voice_rate')})")
+    p.add_argument("--log-level", help=f"debug|info|warning (env {env_var('log_level')})")
+
+
+def _call_parser(sub: Any) -> None:
+    p = sub.add_parser("call", help="place a simulated Twilio call against a running server")
+    p.add_argument("--url", required=True, help="ws://HOST:PORT/media")
+    p.add_argument("--flow", help="flow to run (sent as the `flow` stream parameter)")
+    p.add_argument("--say", action="append", dest="actions", type=lambda t: ("say", t),
+                   metavar="TEXT", help="speak TEXT at the next prompt (repeatable)")
+    p.add_argument("--dtmf", action="append", dest="actions", type=lambda d: ("dtmf", d),
+                   metavar="DIGITS", help="press DIGITS at the next prompt (repeatable)")
+    p.add_argument("--voice", default="en-us", help="the caller's espeak-ng voice")
+    p.add_argument("--from", dest="from_number", default="+15550100001")
+    p.add_argument("--to", dest="to_number", default="+15550100002")
+    p.add_argument("--no-transcribe", action="store_true",
+                   help="do not recognize what the caller heard")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ivr", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    _call_parser(sub)
+    sub.add_parser("demo", help="start a server, place a voice call and a keypad call, stop")
+    bench = sub.add_parser("bench", help="measurements")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    acc = bench_sub.add_parser("accuracy", help="recognizer accuracy on the demo flow's answers")
+    acc.add_argument("--voices", default="en-us,en-gb", help="comma-separated espeak voices")
+    acc.add_argument("--flow", default="flows/demo.yaml")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            serve(args)
+        elif args.command == "call":
+            sys.exit(asyncio.run(_call(args)))
+        elif args.command == "demo":
+            sys.exit(asyncio.run(demo()))
+        elif args.command == "bench":
+            from ivr.bench import accuracy_main
+
+            sys.exit(asyncio.run(accuracy_main(args.flow, args.voices.split(","))))
+    except IvrError as exc:
+        sys.exit(f"ivr: {exc}")
+
+
+def serve(args: argparse.Namespace) -> None:
+    from ivr.app import create_app
+    from ivr.logging import configure
+
+    settings = Settings.from_env(
+        host=args.host, port=args.port, db=args.db, flows=args.flows,
+        default_flow=args.default_flow, public_url=args.public_url,
+        recognizer_workers=args.recognizer_workers, voice=args.voice,
+        voice_rate=args.voice_rate, log_level=args.log_level,
+    )
+    configure(settings.log_level)
+    web.run_app(create_app(settings), host=settings.host, port=settings.port,
+                print=lambda m: print(m, file=sys.stderr))
+
+
+async def _call(args: argparse.Namespace) -> int:
+    from ivr.caller import Dtmf, Say, format_transcript, run_call
+
+    actions = [Say(v) if k == "say" else Dtmf(v) for k, v in (args.actions or [])]
+    transcript = await run_call(
+        args.url, actions, flow=args.flow, voice=args.voice,
+        from_number=args.from_number, to_number=args.to_number,
+        transcribe=not args.no_transcribe,
+    )
+    print(format_transcript(transcript))
+    return 0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+async def demo() -> int:
+    """Start the server on a free loopback port, place two calls, print them, stop."""
+    import tempfile
+
+    from ivr.app import create_app
+    from ivr.caller import Dtmf, Say, format_transcript, run_call
+    from ivr.logging import configure
+
+    configure("warning")
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings.from_env(host="127.0.0.1", port=0, db=Path(tmp) / "demo.db")
+        runner = web.AppRunner(create_app(settings))
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, free_port())
+        await site.start()
+        url = site.name.replace("http://", "ws://") + "/media"
+        print(f"ivr demo: server on {site.name}, flow {settings.default_flow!r}\n")
+        try:
+            calls = {
+                "by voice": [Say("support")],
+                "by keypad": [Dtmf("3")],
+            }
+            results = await asyncio.gather(*(run_call(url, actions) for actions in calls.values()))
+            for title, transcript in zip(calls, results, strict=True):
+                print(f"=== call {title} ===")
+                print(format_transcript(transcript))
+                print()
+        finally:
+            await runner.cleanup()
+    return 0

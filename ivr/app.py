@@ -1,0 +1,84 @@
+"""The aiohttp application factory.
+
+Long-lived resources (the store, the recognizer worker pool, the synthesizer, the flows)
+are created in `cleanup_ctx` generators: built before `yield`, torn down after, in
+reverse order, after every live call has been ended and its record written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from ivr.config import Settings
+from ivr.flows.loader import load_flows
+from ivr.services import SERVICES, Services
+from ivr.speech.espeak import EspeakSynthesizer
+from ivr.speech.sphinx import RecognizerPool
+from ivr.store.db import CallStore
+from ivr.telephony import handler, twiml
+
+log = structlog.get_logger("ivr.app")
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    services.store = await CallStore.open(services.settings.db)
+    yield
+    await services.store.close()
+
+
+async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    s = services.settings
+    pool = RecognizerPool(size=s.recognizer_workers)
+    await pool.start_workers()
+    services.recognizer = pool
+    services.synthesizer = EspeakSynthesizer(voice=s.voice, rate=s.voice_rate)
+    yield
+    await pool.close()
+
+
+async def _flows_ctx(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    services.flows = load_flows(services.settings.flows)
+    log.info("flows_loaded", flows=sorted(services.flows))
+    yield
+
+
+async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+    # Shutdown: end live calls first so their records land before the store closes.
+    sessions = list(app[SERVICES].calls.values())
+    if sessions:
+        await asyncio.gather(*(s.end("shutdown") for s in sessions), return_exceptions=True)
+
+
+async def api_call(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    token = services.settings.api_token
+    if token:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise web.HTTPUnauthorized(text="bearer token required\n")
+    assert services.store is not None
+    call = await services.store.get_call(request.match_info["call_sid"])
+    if call is None:
+        raise web.HTTPNotFound(text="no such call\n")
+    return web.json_response(call)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application()
+    app[SERVICES] = Services(settings=settings)
+    app.cleanup_ctx.extend([_store_ctx, _engines_ctx, _flows_ctx, _calls_ctx])
+    app.router.add_post("/voice", twiml.voice)
+    app.router.add_post("/status", twiml.status)
+    app.router.add_get("/healthz", twiml.healthz)
+    app.router.add_get("/media", handler.media)
+    app.router.add_get("/api/calls/{call_sid}", api_call)
+    return app

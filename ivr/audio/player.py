@@ -1,0 +1,163 @@
+"""Outbound audio: paced 20 ms frames, a mark per prompt, clear on barge-in.
+
+Pacing keeps an estimate of when the audio already sent will have finished playing at
+Twilio (`_buffer_end`). A frame is sent once no more than `lead` seconds are buffered
+ahead of real time, and each frame moves the estimate by exactly 20 ms, so the clock is
+absolute (no drift from sleep overshoot) and at most `lead` of audio can ever be
+cleared or misattributed. When synthesis falls behind, the buffer runs dry and the
+estimate restarts from "now" instead of bursting to catch up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ivr.audio.codec import FRAME_BYTES, Framer
+from ivr.telephony.protocol import clear_message, mark_message, media_message
+
+FRAME_SECONDS = 0.020
+Send = Callable[[str], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Prompt:
+    """One prompt as played: what was sent and what the caller actually heard."""
+
+    name: str
+    text: str
+    first_frame_at: float | None = None
+    frames: int = 0
+    late_frames: int = 0
+    mark_sent: bool = False
+    # "playing" -> "sent" (all frames and the mark out) -> "played" | "interrupted"
+    state: str = "playing"
+    heard_ms: float = 0.0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def duration_ms(self) -> float:
+        return self.frames * FRAME_SECONDS * 1000
+
+
+class Player:
+    """One call's outbound audio channel."""
+
+    def __init__(
+        self,
+        send: Send,
+        stream_sid: str,
+        *,
+        lead: float = 0.160,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._send = send
+        self._sid = stream_sid
+        self._lead = lead
+        self._clock = clock
+        self._buffer_end = 0.0
+        self._ids = itertools.count(1)
+        self._pending: dict[str, Prompt] = {}  # marks sent, not yet echoed
+        self._current: Prompt | None = None
+        self.frames_sent = 0
+        self.late_frames = 0
+        self.clears = 0
+
+    @property
+    def playing(self) -> bool:
+        """True while audio is being sent or is still buffered at Twilio."""
+        return self._current is not None or bool(self._pending)
+
+    def new_prompt(self, text: str) -> Prompt:
+        return Prompt(name=f"prompt-{next(self._ids)}", text=text)
+
+    async def play(self, prompt: Prompt, audio: AsyncIterator[bytes]) -> Prompt:
+        """Send µ-law `audio` (any chunk sizes) as paced frames, then a mark.
+
+        Returns once the mark is sent; `await prompt.done.wait()` for the echo. Cancelling
+        the task that runs this stops sending at the next frame (barge-in).
+        """
+        self._current = prompt
+        framer = Framer()
+        try:
+            async for chunk in audio:
+                for frame in framer.push(chunk):
+                    await self._send_frame(prompt, frame)
+            tail = framer.flush(pad=True)
+            for frame in tail:
+                await self._send_frame(prompt, frame)
+            if prompt.frames == 0:
+                prompt.state = "played"
+                prompt.done.set()
+                return prompt
+            self._pending[prompt.name] = prompt
+            prompt.state = "sent"
+            await self._send(mark_message(self._sid, prompt.name))
+            prompt.mark_sent = True
+            return prompt
+        finally:
+            self._current = None
+
+    async def _send_frame(self, prompt: Prompt, frame: bytes) -> None:
+        assert len(frame) == FRAME_BYTES
+        now = self._clock()
+        if self._buffer_end < now:
+            if prompt.frames and now - self._buffer_end > FRAME_SECONDS:
+                # Twilio's buffer ran dry mid-prompt: the caller heard a gap.
+                prompt.late_frames += 1
+                self.late_frames += 1
+            self._buffer_end = now
+        wait = self._buffer_end - self._lead - now
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await self._send(media_message(self._sid, frame))
+        if prompt.first_frame_at is None:
+            prompt.first_frame_at = self._clock()
+        self._buffer_end += FRAME_SECONDS
+        prompt.frames += 1
+        self.frames_sent += 1
+
+    def on_mark(self, name: str) -> Prompt | None:
+        """An echoed mark: that prompt has played (unless it was cleared before)."""
+        prompt = self._pending.pop(name, None)
+        if prompt is None:
+            return None  # stale (already cleared) or not ours
+        if prompt.state == "sent":
+            prompt.state = "played"
+            prompt.heard_ms = prompt.duration_ms
+        prompt.done.set()
+        return prompt
+
+    async def clear(self) -> list[Prompt]:
+        """Drop everything buffered at Twilio; returns the prompts cut short.
+
+        The caller of this cancels the play task first so no frame follows the clear.
+        Twilio echoes pending marks right after a clear; they are recorded here as
+        interrupted, so the echoes are recognised as stale rather than "played".
+        """
+        now = self._clock()
+        cut: list[Prompt] = []
+        if self._current is not None:
+            cut.append(self._current)
+        cut.extend(self._pending.values())
+        self._pending.clear()
+        for prompt in cut:
+            prompt.state = "interrupted"
+            if prompt.first_frame_at is not None:
+                prompt.heard_ms = min(prompt.duration_ms, (now - prompt.first_frame_at) * 1000)
+            prompt.done.set()
+        self._current = None
+        self._buffer_end = now
+        self.clears += 1
+        await self._send(clear_message(self._sid))
+        return cut
+
+    def abandon(self) -> None:
+        """The call ended: release anyone waiting on a mark that will never come."""
+        for prompt in self._pending.values():
+            prompt.state = "unheard" if prompt.state == "sent" else prompt.state
+            prompt.done.set()
+        self._pending.clear()

@@ -1,0 +1,100 @@
+"""One settings object for the server, read from the environment (`IVR_*`).
+
+CLI flags of `ivr serve` override the environment; every field is listed in the README.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ivr.errors import ConfigError
+
+_ENV: dict[str, str] = {
+    "host": "IVR_HOST",
+    "port": "IVR_PORT",
+    "db": "IVR_DB",
+    "flows": "IVR_FLOWS",
+    "default_flow": "IVR_DEFAULT_FLOW",
+    "public_url": "IVR_PUBLIC_URL",
+    "twilio_auth_token": "TWILIO_AUTH_TOKEN",
+    "recognizer_workers": "IVR_RECOGNIZER_WORKERS",
+    "voice": "IVR_VOICE",
+    "voice_rate": "IVR_VOICE_RATE",
+    "lead_ms": "IVR_PLAYER_LEAD_MS",
+    "log_level": "IVR_LOG_LEVEL",
+    "api_token": "IVR_API_TOKEN",
+}
+
+
+def _default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2)))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    db: Path = Path("ivr.db")
+    flows: Path = Path("flows")
+    default_flow: str = "demo"
+    # The URL Twilio uses to reach us (e.g. https://ivr.example.com). Signatures are computed
+    # over it, not over what a reverse proxy shows us; empty means "derive from the request".
+    public_url: str = ""
+    twilio_auth_token: str = field(default="", repr=False)
+    recognizer_workers: int = field(default_factory=_default_workers)
+    voice: str = "en-us"
+    voice_rate: int = 170
+    lead_ms: int = 160
+    log_level: str = "info"
+    api_token: str = field(default="", repr=False)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = dict(os.environ) if env is None else env
+        values: dict[str, Any] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for name, var in _ENV.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            values[name] = _convert(name, var, raw, str(types[name]))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"IVR_PORT={self.port} is not a TCP port (use 0-65535)")
+        if self.public_url and not self.public_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"IVR_PUBLIC_URL={self.public_url!r} must start with https:// (or http://)"
+            )
+        if not 20 <= self.lead_ms <= 1000:
+            raise ConfigError(f"IVR_PLAYER_LEAD_MS={self.lead_ms} must be within 20..1000 ms")
+
+    @property
+    def public_base(self) -> str:
+        return self.public_url.rstrip("/")
+
+
+def _convert(name: str, var: str, raw: str, type_name: str) -> Any:
+    if "int" in type_name:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{var}={raw!r} is not an integer") from None
+    if "Path" in type_name:
+        return Path(raw)
+    return raw
+
+
+def env_var(name: str) -> str:
+    """The environment variable behind a settings field (for help texts)."""
+    return _ENV[name]

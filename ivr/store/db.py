@@ -1,0 +1,210 @@
+"""The call record: SQLite through aiosqlite (WAL), versioned schema.
+
+`PRAGMA user_version` holds the schema version; `MIGRATIONS[i]` upgrades from version i
+to i+1, so an old database file is upgraded in place at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ivr.errors import StoreError
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE calls (
+        call_sid        TEXT PRIMARY KEY,
+        stream_sid      TEXT,
+        account_sid     TEXT,
+        from_masked     TEXT NOT NULL DEFAULT '',
+        to_masked       TEXT NOT NULL DEFAULT '',
+        flow            TEXT,
+        started_at      TEXT NOT NULL,
+        ended_at        TEXT,
+        outcome         TEXT,
+        call_status     TEXT,
+        duration_s      REAL,
+        stats           TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX calls_started ON calls(started_at);
+    CREATE TABLE turns (
+        call_sid        TEXT NOT NULL REFERENCES calls(call_sid),
+        seq             INTEGER NOT NULL,
+        step            TEXT,
+        prompt          TEXT NOT NULL DEFAULT '',
+        prompt_heard    TEXT,
+        input_kind      TEXT,
+        input_text      TEXT,
+        confidence      REAL,
+        understood      TEXT,
+        result          TEXT,
+        timings         TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (call_sid, seq)
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Outcomes a call can end with.
+COMPLETED, TRANSFERRED, ABANDONED, DROPPED, FAILED = (
+    "completed", "transferred", "abandoned", "dropped", "failed",
+)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(slots=True)
+class Turn:
+    """One exchange: what the bot said, then what the caller said or pressed.
+
+    Timings are milliseconds on the server's clock since the stream started, except
+    `caller_*` ones, which are on the caller's clock (Twilio's media.timestamp).
+    """
+
+    seq: int
+    step: str | None
+    prompt: str = ""
+    prompt_heard: str | None = None  # played | interrupted | unheard
+    input_kind: str | None = None  # speech | dtmf | no_input
+    input_text: str | None = None
+    confidence: float | None = None
+    understood: str | None = None
+    result: str | None = None  # match | no_match | no_input
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class CallStore:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._db = conn
+
+    @classmethod
+    async def open(cls, path: Path | str) -> CallStore:
+        conn = await aiosqlite.connect(str(path))
+        conn.row_factory = aiosqlite.Row
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=NORMAL")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        store = cls(conn)
+        await store._migrate()
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _migrate(self) -> None:
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"database schema v{version} is newer than this ivr (v{SCHEMA_VERSION}); "
+                "upgrade ivr or point IVR_DB at another file"
+            )
+        for i in range(version, SCHEMA_VERSION):
+            await self._db.executescript(
+                f"BEGIN; {MIGRATIONS[i]}; PRAGMA user_version = {i + 1}; COMMIT;"
+            )
+
+    async def start_call(
+        self,
+        call_sid: str,
+        *,
+        stream_sid: str | None,
+        account_sid: str | None,
+        from_masked: str,
+        to_masked: str,
+        flow: str | None,
+        started_at: str | None = None,
+    ) -> None:
+        """Create the call row, or fill in stream details on one a status callback made."""
+        await self._db.execute(
+            """INSERT INTO calls (call_sid, stream_sid, account_sid, from_masked, to_masked,
+                                  flow, started_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT(call_sid) DO UPDATE SET
+                 stream_sid=excluded.stream_sid, account_sid=excluded.account_sid,
+                 from_masked=CASE WHEN excluded.from_masked != '' THEN excluded.from_masked
+                                  ELSE calls.from_masked END,
+                 to_masked=CASE WHEN excluded.to_masked != '' THEN excluded.to_masked
+                                ELSE calls.to_masked END,
+                 flow=excluded.flow""",
+            (call_sid, stream_sid, account_sid, from_masked, to_masked, flow,
+             started_at or utc_now()),
+        )
+        await self._db.commit()
+
+    async def add_turn(self, call_sid: str, turn: Turn) -> None:
+        d = asdict(turn)
+        await self._db.execute(
+            """INSERT OR REPLACE INTO turns (call_sid, seq, step, prompt, prompt_heard,
+                 input_kind, input_text, confidence, understood, result, timings)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (call_sid, d["seq"], d["step"], d["prompt"], d["prompt_heard"], d["input_kind"],
+             d["input_text"], d["confidence"], d["understood"], d["result"],
+             json.dumps(d["timings"])),
+        )
+        await self._db.commit()
+
+    async def end_call(
+        self, call_sid: str, *, outcome: str, stats: dict[str, Any] | None = None
+    ) -> None:
+        await self._db.execute(
+            """UPDATE calls SET ended_at = COALESCE(ended_at, ?), outcome = ?, stats = ?
+               WHERE call_sid = ?""",
+            (utc_now(), outcome, json.dumps(stats or {}), call_sid),
+        )
+        await self._db.commit()
+
+    async def call_status(
+        self, call_sid: str, *, status: str, duration_s: float | None,
+        from_masked: str = "", to_masked: str = "", account_sid: str | None = None,
+    ) -> None:
+        """Record a Twilio call status callback; creates the call if /media never saw it."""
+        terminal = status in {"completed", "busy", "failed", "no-answer", "canceled"}
+        await self._db.execute(
+            """INSERT INTO calls (call_sid, account_sid, from_masked, to_masked, started_at,
+                                  call_status, duration_s, ended_at, outcome)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT(call_sid) DO UPDATE SET
+                 call_status = excluded.call_status,
+                 duration_s = COALESCE(excluded.duration_s, calls.duration_s)""",
+            (call_sid, account_sid, from_masked, to_masked, utc_now(), status, duration_s,
+             utc_now() if terminal else None,
+             _outcome_for_status(status) if terminal else None),
+        )
+        await self._db.commit()
+
+    async def get_call(self, call_sid: str) -> dict[str, Any] | None:
+        async with self._db.execute("SELECT * FROM calls WHERE call_sid = ?", (call_sid,)) as c:
+            row = await c.fetchone()
+        if row is None:
+            return None
+        call = dict(row)
+        call["stats"] = json.loads(call["stats"] or "{}")
+        async with self._db.execute(
+            "SELECT * FROM turns WHERE call_sid = ? ORDER BY seq", (call_sid,)
+        ) as c:
+            turns = [dict(r) for r in await c.fetchall()]
+        for t in turns:
+            t["timings"] = json.loads(t["timings"] or "{}")
+        call["turns"] = turns
+        return call
+
+    async def list_calls(self, limit: int = 50) -> list[dict[str, Any]]:
+        async with self._db.execute(
+            "SELECT * FROM calls ORDER BY started_at DESC LIMIT ?", (limit,)
+        ) as c:
+            return [dict(r) for r in await c.fetchall()]
+
+
+def _outcome_for_status(status: str) -> str:
+    # A call that ended at Twilio before any stream: the caller hung up or never connected.
+    return COMPLETED if status == "completed" else ABANDONED if status == "canceled" else FAILED

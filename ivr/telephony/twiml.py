@@ -1,0 +1,123 @@
+"""Twilio's HTTP side: the `/voice` webhook (TwiML), `/status` callbacks, signatures.
+
+Signatures are computed by Twilio over the URL *it* used, so we rebuild that URL from
+`IVR_PUBLIC_URL` rather than trusting what a reverse proxy shows us.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import structlog
+from aiohttp import web
+from twilio.request_validator import RequestValidator
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+from ivr.logging import mask_number
+from ivr.services import SERVICES, Services
+
+log = structlog.get_logger("ivr.telephony")
+
+# Twilio caps each <Parameter> name+value at 500 characters.
+_MAX_PARAM = 500
+
+
+def public_base(services: Services, request: web.Request) -> str:
+    """https://host[/prefix] as Twilio sees us."""
+    if services.settings.public_base:
+        return services.settings.public_base
+    proto = request.headers.get("X-Forwarded-Proto", request.scheme)
+    host = request.headers.get("X-Forwarded-Host", request.host)
+    return f"{proto}://{host}"
+
+
+def media_url(base: str) -> str:
+    """The WebSocket URL for <Stream>: Twilio requires wss:// in production."""
+    scheme, _, rest = base.partition("://")
+    return ("wss" if scheme == "https" else "ws") + "://" + rest + "/media"
+
+
+def stream_twiml(url: str, parameters: Mapping[str, str], *, status_url: str | None) -> str:
+    response = VoiceResponse()
+    connect = Connect()
+    stream = connect.stream(url=url, **(
+        {"status_callback": status_url, "status_callback_method": "POST"} if status_url else {}
+    ))
+    for name, value in parameters.items():
+        if value and len(name) + len(value) < _MAX_PARAM:
+            stream.parameter(name=name, value=value)
+    response.append(connect)
+    return str(response.to_xml())
+
+
+def signature_ok(services: Services, url: str, params: Mapping[str, str], sig: str | None) -> bool:
+    token = services.settings.twilio_auth_token
+    if not token:
+        return True  # validation is off until TWILIO_AUTH_TOKEN is set
+    if not sig:
+        return False
+    return bool(RequestValidator(token).validate(url, dict(params), sig))
+
+
+async def _signed_form(request: web.Request) -> dict[str, str]:
+    services = request.app[SERVICES]
+    form = {k: str(v) for k, v in (await request.post()).items()}
+    url = public_base(services, request) + request.path_qs
+    if not signature_ok(services, url, form, request.headers.get("X-Twilio-Signature")):
+        services.counters["signature_rejected"] += 1
+        log.warning("signature_rejected", path=request.path, url=url)
+        raise web.HTTPForbidden(text="invalid X-Twilio-Signature\n")
+    return form
+
+
+async def voice(request: web.Request) -> web.Response:
+    """Twilio's voice webhook: connect the call to our media stream."""
+    services = request.app[SERVICES]
+    form = await _signed_form(request)
+    base = public_base(services, request)
+    flow = request.query.get("flow") or form.get("flow") or services.settings.default_flow
+    params = {"flow": flow, "from": form.get("From", ""), "to": form.get("To", "")}
+    log.info("voice_webhook", call_sid=form.get("CallSid", ""), flow=flow,
+             caller=mask_number(form.get("From", "")))
+    xml = stream_twiml(media_url(base), params, status_url=base + "/status")
+    return web.Response(text=xml, content_type="text/xml")
+
+
+async def status(request: web.Request) -> web.Response:
+    """Call and stream status callbacks; a call that never reached /media gets a record."""
+    services = request.app[SERVICES]
+    form = await _signed_form(request)
+    call_sid = form.get("CallSid", "")
+    if not call_sid:
+        raise web.HTTPBadRequest(text="CallSid is required\n")
+    stream_event = form.get("StreamEvent")
+    if stream_event:
+        services.counters[f"stream_event_{stream_event}"] += 1
+        log.info("stream_status", call_sid=call_sid, event=stream_event,
+                 error=form.get("StreamError"))
+        return web.Response(status=204)
+    call_status = form.get("CallStatus", "")
+    if not call_status:
+        raise web.HTTPBadRequest(text="CallStatus or StreamEvent is required\n")
+    duration = form.get("CallDuration")
+    if services.store is not None:
+        await services.store.call_status(
+            call_sid,
+            status=call_status,
+            duration_s=float(duration) if duration and duration.isdigit() else None,
+            from_masked=mask_number(form.get("From", "")),
+            to_masked=mask_number(form.get("To", "")),
+            account_sid=form.get("AccountSid"),
+        )
+    log.info("call_status", call_sid=call_sid, status=call_status, duration=duration)
+    return web.Response(status=204)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    return web.json_response({
+        "ok": True,
+        "active_calls": len(services.calls),
+        "flows": sorted(services.flows),
+        "counters": dict(services.counters),
+    })
