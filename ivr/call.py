@@ -296,6 +296,7 @@ class CallSession:
                     self._listen = action
                     answer = await self._take_answer(action)
                     actions.extend(self.runner.handle(answer))
+                    self._record_turn()
                 elif isinstance(action, engine.GotoFlow):
                     if action.name not in self.services.flows:
                         self.log.error("goto_unknown_flow", flow=action.name)
@@ -393,7 +394,6 @@ class CallSession:
             self._listen = None
             while not self._inputs.empty():  # leftovers (keys and speech both ended) are stale
                 self._inputs.get_nowait()
-        await self._record_turn(listen, answer)
         return answer
 
     async def _answer(self) -> engine.Event:
@@ -473,7 +473,7 @@ class CallSession:
         self._pending_turn = turn
         return turn
 
-    async def _record_turn(self, listen: engine.Listen, answer: engine.Event) -> None:
+    def _record_turn(self) -> None:
         turn = self._pending_turn
         if turn is None:
             return

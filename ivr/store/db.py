@@ -206,5 +206,6 @@ class CallStore:
 
 
 def _outcome_for_status(status: str) -> str:
-    # A call that ended at Twilio before any stream: the caller hung up or never connected.
-    return COMPLETED if status == "completed" else ABANDONED if status == "canceled" else FAILED
+    # A call that ended at Twilio before any stream: the caller hung up, never answered, or
+    # the line was busy -- unless Twilio itself says it failed.
+    return FAILED if status == "failed" else ABANDONED
