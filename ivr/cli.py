@@ -117,8 +117,9 @@ async def demo() -> int:
     import tempfile
 
     from ivr.app import create_app
-    from ivr.caller import Dtmf, Say, format_transcript, run_call
+    from ivr.caller import Action, Dtmf, Say, format_transcript, run_call
     from ivr.logging import configure
+    from ivr.speech.sphinx import RecognizerPool
 
     configure("warning")
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,16 +130,22 @@ async def demo() -> int:
         await site.start()
         url = site.name.replace("http://", "ws://") + "/media"
         print(f"ivr demo: server on {site.name}, flow {settings.default_flow!r}\n")
+        # One pool transcribes what both callers heard, beside the server's own workers.
+        ears = RecognizerPool(size=1)
+        await ears.start_workers()
         try:
-            calls = {
+            calls: dict[str, list[Action]] = {
                 "by voice": [Say("support")],
                 "by keypad": [Dtmf("3")],
             }
-            results = await asyncio.gather(*(run_call(url, actions) for actions in calls.values()))
+            results = await asyncio.gather(
+                *(run_call(url, actions, recognizer=ears) for actions in calls.values())
+            )
             for title, transcript in zip(calls, results, strict=True):
                 print(f"=== call {title} ===")
                 print(format_transcript(transcript))
                 print()
         finally:
+            await ears.close()
             await runner.cleanup()
     return 0

@@ -21,7 +21,7 @@ FORM = {"CallSid": "CA" + "1" * 32, "AccountSid": "AC" + "2" * 32,
 
 
 @pytest.fixture
-async def signed_client(tmp_path: Path) -> TestClient:  # type: ignore[type-arg]
+async def signed_client(tmp_path: Path) -> TestClient:
     settings = make_settings(tmp_path, twilio_auth_token=TOKEN, public_url=PUBLIC,
                              recognizer_workers=1)
     client = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
@@ -34,7 +34,7 @@ def sign(url: str, params: dict[str, str]) -> str:
     return str(RequestValidator(TOKEN).compute_signature(url, params))
 
 
-async def test_voice_returns_connect_stream_twiml_with_parameters(signed_client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_voice_returns_connect_stream_twiml(signed_client: TestClient) -> None:
     """A signed /voice gets <Connect><Stream url=wss://PUBLIC/media> with flow, from, to."""
     resp = await signed_client.post("/voice", data=FORM,
                                     headers={"X-Twilio-Signature": sign(PUBLIC + "/voice", FORM)})
@@ -49,7 +49,7 @@ async def test_voice_returns_connect_stream_twiml_with_parameters(signed_client:
     assert params == {"flow": "demo", "from": FORM["From"], "to": FORM["To"]}
 
 
-async def test_voice_flow_query_selects_the_flow(signed_client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_voice_flow_query_selects_the_flow(signed_client: TestClient) -> None:
     """?flow=NAME on the webhook URL (signed with its query) picks the flow parameter."""
     url = PUBLIC + "/voice?flow=other"
     resp = await signed_client.post("/voice?flow=other", data=FORM,
@@ -60,7 +60,7 @@ async def test_voice_flow_query_selects_the_flow(signed_client: TestClient) -> N
 
 @pytest.mark.parametrize("signature", [None, "", "bm90IGEgc2lnbmF0dXJl"])
 async def test_voice_rejects_missing_or_wrong_signature(
-    signed_client: TestClient, signature: str | None  # type: ignore[type-arg]
+    signed_client: TestClient, signature: str | None
 ) -> None:
     """Without a valid X-Twilio-Signature /voice answers 403."""
     headers = {} if signature is None else {"X-Twilio-Signature": signature}
@@ -68,14 +68,14 @@ async def test_voice_rejects_missing_or_wrong_signature(
     assert resp.status == 403
 
 
-async def test_voice_rejects_signature_over_other_params(signed_client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_voice_rejects_signature_over_other_params(signed_client: TestClient) -> None:
     """A signature computed for different POST params is rejected (tampering)."""
     sig = sign(PUBLIC + "/voice", {**FORM, "From": "+10000000000"})
     resp = await signed_client.post("/voice", data=FORM, headers={"X-Twilio-Signature": sig})
     assert resp.status == 403
 
 
-async def test_media_upgrade_checks_signature(signed_client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_media_upgrade_checks_signature(signed_client: TestClient) -> None:
     """The WebSocket upgrade is signed over the wss:// URL with empty params."""
     good = sign("wss://ivr.example.com/media", {})
     ws = await signed_client.ws_connect("/media", headers={"X-Twilio-Signature": good})
@@ -87,7 +87,7 @@ async def test_media_upgrade_checks_signature(signed_client: TestClient) -> None
 
 
 async def test_status_callback_records_a_call_that_never_streamed(
-    signed_client: TestClient, tmp_path: Path  # type: ignore[type-arg]
+    signed_client: TestClient, tmp_path: Path
 ) -> None:
     """A call status callback for an unknown call creates its record, numbers masked."""
     form = {**FORM, "CallStatus": "no-answer", "CallDuration": "0"}
@@ -105,14 +105,14 @@ async def test_status_callback_records_a_call_that_never_streamed(
     assert call["from_masked"] == "+1415***0123"
 
 
-async def test_status_callback_without_call_sid_is_400(signed_client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_status_callback_without_call_sid_is_400(signed_client: TestClient) -> None:
     form = {"CallStatus": "completed"}
     resp = await signed_client.post("/status", data=form,
                                     headers={"X-Twilio-Signature": sign(PUBLIC + "/status", form)})
     assert resp.status == 400
 
 
-async def test_healthz(signed_client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_healthz(signed_client: TestClient) -> None:
     resp = await signed_client.get("/healthz")
     assert resp.status == 200
     body = await resp.json()
