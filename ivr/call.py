@@ -109,6 +109,8 @@ class CallSession:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._conductor: asyncio.Task[None] | None = None
         self._ended = False
+        self._ending: asyncio.Task[None] | None = None
+        self._hangup_task: asyncio.Task[None] | None = None
         self._turn_seq = 0
         self._turn: Turn | None = None  # the turn awaiting its reply's first frame
         self._prompts: list[Prompt] = []  # prompts since the last answer
@@ -139,18 +141,25 @@ class CallSession:
         self._conductor = asyncio.create_task(self._conduct(), name=f"call-{self.call_sid}")
 
     async def end(self, reason: str) -> None:
-        """End the call (idempotent): stop every task, write the record."""
-        if self._ended:
-            return
-        self._ended = True
+        """End the call (idempotent): stop every task, write the record.
+
+        The work runs in a task of its own, shielded: the WebSocket handler that calls
+        this is cancelled by aiohttp when the connection drops, and a cancelled end
+        would lose the call record.
+        """
+        if self._ending is None:
+            self._ended = True
+            self._ending = asyncio.create_task(self._end(reason), name=f"end-{self.call_sid}")
+        await asyncio.shield(self._ending)
+
+    async def _end(self, reason: str) -> None:
         if not self.runner.done:
             self.runner.handle(engine.CallerHangup())
             outcome = ABANDONED if reason == "stop" else DROPPED
         else:
             outcome = _FLOW_OUTCOMES.get(self.runner.outcome or "", COMPLETED)
-        current = asyncio.current_task()
         tasks = [t for t in (self._conductor, self._play_task, self._utt_task, *self._tasks)
-                 if t is not None and t is not current and not t.done()]
+                 if t is not None and not t.done()]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -313,12 +322,16 @@ class CallSession:
         except Exception:
             self.log.exception("call_failed", step=self.runner.current_step)
             self.stats["failures"] += 1
-        # Closing the socket is how a call hangs up: Twilio moves past <Connect>.
-        self._spawn(self._hang_up())
+        # Closing the socket is how a call hangs up: Twilio moves past <Connect>. Not a
+        # _spawn()ed task: ending the call cancels those, and this one must finish the close.
+        self._hangup_task = asyncio.create_task(self._hang_up())
 
     async def _hang_up(self) -> None:
+        if self._ending is None:  # claim the reason before the handler sees the close
+            self._ended = True
+            self._ending = asyncio.create_task(self._end("hangup"), name=f"end-{self.call_sid}")
         await self.ws.close()
-        await self.end("hangup")
+        await asyncio.shield(self._ending)
 
     def _voice(self) -> tuple[str, int]:
         v = self.flow.voice

@@ -1,0 +1,180 @@
+"""Whole calls through the real server on a loopback port, placed by the simulated caller.
+
+Calls run in real time, so every call of this module is placed at once, concurrently,
+by one module fixture; each test then checks one behaviour of the results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestServer
+
+from ivr.app import create_app
+from ivr.caller import Action, Barge, CallTranscript, Dtmf, Say, Silence, run_call
+from ivr.store.db import CallStore
+from tests.conftest import make_settings
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+
+LEAD_S = 0.160
+FRAME_S = 0.020
+# Loopback and a shared 2-core machine add a little jitter to arrival times.
+JITTER_S = 0.012
+
+CALLS: dict[str, tuple[list[Action], dict[str, Any]]] = {
+    "voice_sales": ([Say("sales")], {}),
+    "voice_support_other_voice": ([Say("support")], {"voice": "en-gb"}),
+    "keypad_hours": ([Dtmf("3")], {}),
+    # The greeting (~1.5 s) may not be interrupted; 2.6 s in lands inside the menu prompt.
+    "barge_in": ([Barge("hours", after_ms=2600)], {}),
+    "no_input_then_fallback": ([Silence(5500), Silence(5500), Silence(5500)], {}),
+}
+
+
+@dataclass
+class Placed:
+    transcript: CallTranscript
+    record: dict[str, Any]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def placed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, Placed]]:
+    import asyncio
+
+    tmp: Path = tmp_path_factory.mktemp("e2e")
+    settings = make_settings(tmp)
+    server = TestServer(create_app(settings), host="127.0.0.1")
+    await server.start_server()
+    url = f"ws://127.0.0.1:{server.port}/media"
+    try:
+        transcripts = await asyncio.gather(*(
+            run_call(url, actions, transcribe=False, **options)
+            for actions, options in CALLS.values()
+        ))
+    finally:
+        await server.close()
+    # The record is read from the database file itself, after the server has stopped.
+    store = await CallStore.open(settings.db)
+    try:
+        records = [await store.get_call(t.call_sid) for t in transcripts]
+    finally:
+        await store.close()
+    out = {}
+    for name, transcript, record in zip(CALLS, transcripts, records, strict=True):
+        assert record is not None, f"{name}: no call record"
+        out[name] = Placed(transcript, record)
+    yield out
+
+
+def answered(record: dict[str, Any]) -> list[dict[str, Any]]:
+    return [t for t in record["turns"] if t["input_kind"] is not None]
+
+
+async def test_voice_answer_is_understood(placed: dict[str, Placed]) -> None:
+    """Saying 'sales' at the menu takes the sales branch, and the reply is played."""
+    rec = placed["voice_sales"].record
+    first = answered(rec)[0]
+    assert first["step"] == "menu"
+    assert first["input_kind"] == "speech"
+    assert first["understood"] == "sales", first
+    assert "Say sales, support, or hours" in first["prompt"]
+    assert first["prompt_heard"] == "played"
+    assert any("Our sales team" in t["prompt"] for t in rec["turns"])
+    assert rec["outcome"] == "completed"
+
+
+async def test_voice_answer_in_another_voice_is_understood(placed: dict[str, Placed]) -> None:
+    """A caller with a British voice saying 'support' is understood too."""
+    first = answered(placed["voice_support_other_voice"].record)[0]
+    assert (first["input_kind"], first["understood"]) == ("speech", "support"), first
+
+
+async def test_keypad_answer_is_understood(placed: dict[str, Placed]) -> None:
+    """Pressing 3 at the menu takes the hours branch."""
+    rec = placed["keypad_hours"].record
+    first = answered(rec)[0]
+    assert (first["input_kind"], first["input_text"], first["understood"]) == (
+        "dtmf", "3", "hours")
+    assert any("We are open nine to five" in t["prompt"] for t in rec["turns"])
+    assert rec["outcome"] == "completed"
+
+
+async def test_no_input_reprompts_then_falls_back(placed: dict[str, Placed]) -> None:
+    """Silence gets the escalating no-input prompts, then the fallback says goodbye."""
+    rec = placed["no_input_then_fallback"].record
+    results = [t["result"] for t in answered(rec)]
+    assert results == ["no_input", "no_input", "no_input"]
+    prompts = [t["prompt"] for t in rec["turns"]]
+    assert "didn't hear you" in prompts[1]
+    assert prompts[-1].endswith("Goodbye.")
+    assert rec["stats"]["flow_outcome"] == "fallback"
+
+
+async def test_barge_in_clears_within_300_ms_of_speech_onset(placed: dict[str, Placed]) -> None:
+    """Speech during the menu prompt brings a `clear` within 300 ms of its onset."""
+    t = placed["barge_in"].transcript
+    assert t.speech_onsets, "the caller never spoke"
+    latency = t.clear_latency(t.speech_onsets[0])
+    assert latency is not None, "no clear after the caller started speaking"
+    assert latency < 0.300, f"clear came {latency * 1000:.0f} ms after speech onset"
+
+
+async def test_barge_in_is_recorded_and_understood(placed: dict[str, Placed]) -> None:
+    """The interrupted prompt is recorded as such and the interrupting answer is used."""
+    first = answered(placed["barge_in"].record)[0]
+    assert first["prompt_heard"] == "interrupted"
+    assert 0 < first["timings"]["prompt_heard_ms"] < 6000
+    assert first["understood"] == "hours", first
+
+
+def _segments(t: CallTranscript) -> list[list[float]]:
+    """Arrival times of outbound frames, split into prompts at marks and clears."""
+    cuts = sorted([m.t_received for m in t.marks] + list(t.clears))
+    segments: list[list[float]] = [[]]
+    i = 0
+    for arrival, _ in t.frames:
+        while i < len(cuts) and cuts[i] <= arrival:
+            segments.append([])
+            i += 1
+        segments[-1].append(arrival)
+    return [s for s in segments if s]
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+async def test_outbound_audio_is_160_byte_frames_on_a_20_ms_clock(
+    placed: dict[str, Placed], name: str
+) -> None:
+    """Every payload is 160 bytes; inside a prompt no burst beyond the lead, no gap > 40 ms."""
+    t = placed[name].transcript
+    assert t.frames, "no audio"
+    assert {n for _, n in t.frames} == {160}
+    for seg in _segments(t):
+        t0 = seg[0]
+        for i, arrival in enumerate(seg):
+            # Never more than the lead ahead of real time: no burst.
+            assert arrival >= t0 + i * FRAME_S - LEAD_S - JITTER_S, (i, arrival - t0)
+        gaps = [b - a for a, b in zip(seg, seg[1:], strict=False)]
+        assert max(gaps, default=0.0) <= 0.040 + JITTER_S, max(gaps)
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+async def test_marks_are_echoed_and_record_lands(placed: dict[str, Placed], name: str) -> None:
+    """Every mark the server sent was echoed; the call's record has an end and an outcome."""
+    p = placed[name]
+    assert p.transcript.marks
+    assert all(m.t_echoed is not None for m in p.transcript.marks)
+    assert p.transcript.closed_by == "server"
+    rec = p.record
+    assert rec["ended_at"] and rec["outcome"] == "completed"
+    assert rec["stream_sid"] == p.transcript.stream_sid
+    assert rec["from_masked"].endswith("0001") and "***" in rec["from_masked"]
+    assert rec["stats"]["frames_in"] > 0
+    assert rec["stats"]["late_frames"] == 0
+    for turn in answered(rec):
+        assert turn["timings"]["prompt_first_frame"] >= 0
