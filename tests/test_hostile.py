@@ -1,0 +1,126 @@
+"""Hostile input on the live /media handler: nothing escapes, nothing disturbs another call."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ivr.caller import Dtmf, run_call
+from ivr.telephony import protocol
+
+SID = "MZ" + "a" * 32
+CALL = "CA" + "b" * 32
+ACCOUNT = "AC" + "c" * 32
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+
+
+def _valid_frames() -> list[dict[str, Any]]:
+    payload = base64.b64encode(b"\xff" * 160).decode()
+    return [
+        {"event": "media", "sequenceNumber": "3", "streamSid": SID,
+         "media": {"track": "inbound", "chunk": "2", "timestamp": "40", "payload": payload}},
+        {"event": "dtmf", "sequenceNumber": "4", "streamSid": SID,
+         "dtmf": {"track": "inbound_track", "digit": "5"}},
+        {"event": "mark", "sequenceNumber": "5", "streamSid": SID, "mark": {"name": "prompt-1"}},
+        {"event": "start", "sequenceNumber": "1", "streamSid": SID, "start": {
+            "streamSid": SID, "callSid": CALL, "accountSid": ACCOUNT, "tracks": ["inbound"],
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}},
+    ]
+
+
+@st.composite
+def mutated_frame(draw: st.DrawFn) -> str:
+    """A valid frame with one field dropped, retyped or corrupted."""
+    frame = json.loads(json.dumps(draw(st.sampled_from(_valid_frames()))))
+    section = frame.get(frame["event"], {})
+    target = draw(st.sampled_from(["top", "section"])) if section else "top"
+    obj = frame if target == "top" else section
+    key = draw(st.sampled_from(sorted(obj)))
+    how = draw(st.sampled_from(["drop", "retype", "corrupt"]))
+    if how == "drop":
+        del obj[key]
+    elif how == "retype":
+        obj[key] = draw(json_values)
+    else:
+        obj[key] = draw(st.sampled_from(["", "!!!", "-1", "x" * 300, "\u0000", "9" * 40, "=="]))
+    return json.dumps(frame)
+
+
+hostile = st.one_of(
+    st.text(max_size=200),
+    json_values.map(json.dumps),
+    mutated_frame(),
+    st.just("{" * 5000),
+    st.just(json.dumps({"event": "media", "streamSid": SID, "media": {"payload": "x" * 70000}})),
+    st.just(protocol.stop_message(9, "MZ" + "0" * 32, ACCOUNT, CALL)),  # another call's stop
+)
+
+
+def _examples(strategy: st.SearchStrategy[Any], n: int) -> list[Any]:
+    out: list[Any] = []
+
+    @settings(max_examples=n, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(strategy)
+    def collect(example: Any) -> None:
+        out.append(example)
+
+    collect()
+    return out
+
+
+async def test_hostile_frames_never_escape_and_a_healthy_call_completes(
+    server: TestServer,
+) -> None:
+    """Hundreds of malformed frames (before and after start, binary too) are counted and
+    skipped; the hostile connection stays usable, and a concurrent call completes."""
+    frames: list[str] = _examples(hostile, 300)
+    url = f"ws://127.0.0.1:{server.port}/media"
+
+    async def attack() -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            # Before start: everything here is out of order or malformed.
+            for text in frames[:50]:
+                await ws.send_str(text)
+            await ws.send_bytes(b"\x00\x01binary")
+            await ws.send_str(protocol.connected_message())
+            await ws.send_str(protocol.start_message(1, SID, ACCOUNT, CALL, {"flow": "demo"}))
+            for i, text in enumerate(frames[50:]):
+                await ws.send_str(text)
+                await ws.send_str(protocol.inbound_media_message(i + 2, SID, i + 1, 20 * i,
+                                                                 b"\xff" * 160))
+                await asyncio.sleep(0)
+            # The call goes on: it still answers protocol-valid frames, it did not close.
+            assert not ws.closed
+            await ws.send_str(protocol.stop_message(len(frames) + 2, SID, ACCOUNT, CALL))
+            async with http.get(f"http://127.0.0.1:{server.port}/healthz") as resp:
+                return dict(await resp.json())
+
+    health, healthy = await asyncio.gather(
+        attack(), run_call(url, [Dtmf("2")], transcribe=False, call_timeout=60),
+    )
+    counters = health["counters"]
+    assert counters.get("handler_failures", 0) == 0
+    assert counters.get("protocol_error.binary_frame") == 1
+    assert counters.get("protocol_error.media_before_start", 0) >= 1
+    assert counters.get("protocol_error.oversized", 0) >= 1
+    assert sum(v for k, v in counters.items() if k.startswith("protocol_error.")) >= 50
+    # The healthy call was not disturbed.
+    assert healthy.closed_by == "server"
+    assert healthy.server is not None
+    first = healthy.server["turns"][0]
+    assert (first["input_kind"], first["understood"]) == ("dtmf", "support")
+    assert healthy.server["outcome"] == "completed"
