@@ -6,6 +6,7 @@ by one module fixture; each test then checks one behaviour of the results.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,7 +160,7 @@ async def test_outbound_audio_is_160_byte_frames_on_a_20_ms_clock(
         for i, arrival in enumerate(seg):
             # Never more than the lead ahead of real time: no burst.
             assert arrival >= t0 + i * FRAME_S - LEAD_S - JITTER_S, (i, arrival - t0)
-        gaps = [b - a for a, b in zip(seg, seg[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(seg)]
         assert max(gaps, default=0.0) <= 0.040 + JITTER_S, max(gaps)
 
 
