@@ -88,8 +88,11 @@ def test_normalize_phrase() -> None:
     assert normalize_phrase("?!") == []
 
 
+FILLERS = {"lead_fillers": ("i'd like", "i would like"), "trail_fillers": ("please",)}
+
+
 def test_grammar_to_jsgf_shape() -> None:
-    jsgf = grammar_to_jsgf(Grammar(("Sales", "Technical Support", "Press 1")), VOCAB)
+    jsgf = grammar_to_jsgf(Grammar(("Sales", "Technical Support", "Press 1")), VOCAB, **FILLERS)
     lines = jsgf.splitlines()
     assert lines[0] == "#JSGF V1.0;"
     assert lines[1] == "grammar ivr;"
@@ -124,7 +127,9 @@ def test_fillers_outside_vocabulary_are_left_out() -> None:
 
 
 def test_match_maps_hypotheses_back_to_phrases() -> None:
-    compiled = compile_grammar(Grammar(("Sales", "Press 1", "please hold")), VOCAB | {"hold"})
+    compiled = compile_grammar(
+        Grammar(("Sales", "Press 1", "please hold")), VOCAB | {"hold"}, **FILLERS
+    )
     assert compiled.match("sales") == "Sales"
     assert compiled.match("i'd like sales please") == "Sales"
     assert compiled.match("i would like press one") == "Press 1"
@@ -215,10 +220,10 @@ async def test_grammar_recognizes_menu_phrases(pool: RecognizerPool) -> None:
             assert 0 < result.cpu_seconds < result.audio_seconds
 
 
-async def test_fillers_are_recognized_and_stripped(pool: RecognizerPool) -> None:
-    result = await recognize(pool, speech("i'd like billing please"), MENU)
-    assert result.text == "Billing"
-    assert result.extra["hypothesis"] == "i'd like billing please"
+def test_default_grammar_has_no_fillers() -> None:
+    """Fillers cost accuracy on phone audio (see LEAD_FILLERS), so none by default."""
+    jsgf = grammar_to_jsgf(Grammar(("Sales", "Billing")), VOCAB)
+    assert jsgf.splitlines()[-1] == "public <answer> = ( sales | billing );"
 
 
 async def test_language_model_returns_text(pool: RecognizerPool) -> None:
