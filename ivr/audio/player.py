@@ -98,6 +98,10 @@ class Player:
             await self._send(mark_message(self._sid, prompt.name))
             prompt.mark_sent = True
             return prompt
+        except asyncio.CancelledError:
+            # Barge-in: the caller heard what was sent until now, at most.
+            self._cut(prompt, self._clock())
+            raise
         finally:
             self._current = None
 
@@ -145,15 +149,19 @@ class Player:
         cut.extend(self._pending.values())
         self._pending.clear()
         for prompt in cut:
-            prompt.state = "interrupted"
-            if prompt.first_frame_at is not None:
-                prompt.heard_ms = min(prompt.duration_ms, (now - prompt.first_frame_at) * 1000)
-            prompt.done.set()
+            self._cut(prompt, now)
         self._current = None
         self._buffer_end = now
         self.clears += 1
         await self._send(clear_message(self._sid))
         return cut
+
+    @staticmethod
+    def _cut(prompt: Prompt, now: float) -> None:
+        prompt.state = "interrupted"
+        if prompt.first_frame_at is not None:
+            prompt.heard_ms = min(prompt.duration_ms, (now - prompt.first_frame_at) * 1000)
+        prompt.done.set()
 
     def abandon(self) -> None:
         """The call ended: release anyone waiting on a mark that will never come."""
