@@ -20,7 +20,8 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check ivr tests
-	$(BIN)/pytest -q
+	$(BIN)/mypy ivr
+	$(BIN)/pytest -q -p no:logging
 
 lint: $(STAMP)
 	$(BIN)/ruff check ivr tests
