@@ -96,6 +96,7 @@ async def test_hostile_frames_never_escape_and_a_healthy_call_completes(
             for text in frames[:50]:
                 await ws.send_str(text)
             await ws.send_bytes(b"\x00\x01binary")
+            await ws.send_str(protocol.inbound_media_message(2, SID, 1, 0, b"\xff" * 160))
             await ws.send_str(protocol.connected_message())
             await ws.send_str(protocol.start_message(1, SID, ACCOUNT, CALL, {"flow": "demo"}))
             for i, text in enumerate(frames[50:]):
