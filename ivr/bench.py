@@ -1,9 +1,10 @@
 """`ivr bench accuracy`: how often the embedded recognizer understands a flow's answers.
 
 Each expected answer of each `ask` step is spoken by the embedded synthesizer in every
-voice given, sent through the same path as a phone call — 8 kHz µ-law, decoded, then
-upsampled to 16 kHz by the per-call streaming resampler — recognized with the step's
-grammar, and matched to a choice by the flow's own matcher.
+voice given and sent through the same path as a phone call: 8 kHz µ-law in 20 ms frames
+with (digital) silence around it, decoded, endpointed by the call's `Endpointer` (preroll
+included), upsampled to 16 kHz by the per-call streaming resampler, recognized with the
+step's grammar, and matched to a choice by the flow's own matcher.
 """
 
 from __future__ import annotations
@@ -11,13 +12,32 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ivr.audio.codec import Upsampler, to_ulaw8k, ulaw_to_pcm16
+from ivr.audio.codec import ULAW_SILENCE, Upsampler, frames, to_ulaw8k, ulaw_to_pcm16
+from ivr.audio.endpoint import EndpointConfig, Endpointer, SpeechEnded, SpeechStarted
 from ivr.flows.loader import load_flow
 from ivr.flows.match import expected_phrases, match_choice
 from ivr.flows.model import AskStep
 from ivr.speech.base import Grammar
 from ivr.speech.espeak import EspeakSynthesizer
 from ivr.speech.sphinx import RecognizerPool
+
+
+def endpointed(speech: bytes) -> bytes:
+    """The 16 kHz audio a call would send to the recognizer for `speech` (µ-law)."""
+    line = ULAW_SILENCE * 8000 + speech + ULAW_SILENCE * 12000
+    endpointer, up, out = Endpointer(), Upsampler(), bytearray()
+    endpointer.arm(EndpointConfig(), 0)
+    for i, frame in enumerate(frames(line)):
+        pcm = ulaw_to_pcm16(frame)
+        event = endpointer.process(pcm, i * 20)
+        if isinstance(event, SpeechStarted):
+            out += up.process(event.preroll)
+        elif endpointer.in_speech:
+            out += up.process(pcm)
+        elif isinstance(event, SpeechEnded):
+            out += up.flush()
+            break
+    return bytes(out)
 
 
 async def accuracy_main(flow_path: str, voices: list[str], workers: int = 2) -> int:
@@ -41,10 +61,8 @@ async def accuracy_main(flow_path: str, voices: list[str], workers: int = 2) -> 
             pcm, rate = b"", 0
             async for chunk, chunk_rate in synth.synthesize(phrase, voice=voice):
                 pcm, rate = pcm + chunk, chunk_rate
-            up = Upsampler()
-            audio16k = up.process(ulaw_to_pcm16(to_ulaw8k(pcm, rate))) + up.flush()
             utt = await pool.start(Grammar(expected_phrases(step)))
-            utt.feed(audio16k)
+            utt.feed(endpointed(to_ulaw8k(pcm, rate)))
             rec = await utt.finish()
             got = match_choice(rec.text, step.choices)
             hit = got is not None and got.label == label

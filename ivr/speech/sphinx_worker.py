@@ -62,6 +62,20 @@ BLOCK_BYTES = SAMPLE_RATE * 2 // 10  # 100 ms: fine-grained enough to notice CAN
 # synthesized answers). Faint noise in that band (about -50 dBFS) gives those filters
 # the floor they saw in training. Measured with `ivr bench accuracy`: see the README.
 BAND_FILL_LEVEL = 100.0
+# The same reasoning for digital silence (µ-law 0xFF decodes to exact zeros, as a muted
+# or very clean line sends): a faint white floor (about -55 dBFS) under everything.
+WHITE_LEVEL = 60.0
+
+# Cepstral mean of phone-path speech (espeak voices -> 8 kHz µ-law -> 16 kHz, band-filled),
+# endpointed as a call does, read with `Decoder.get_cmn()` after 150 such utterances. Live
+# CMN starts from the model's full-band prior and adapts during an utterance, so a worker's
+# first short answers were decoded with the wrong mean ("support" heard as "hours") and
+# results depended on what the worker had decoded before. Every utterance now starts from
+# this phone prior.
+PHONE_CMN = (
+    "53.8512,-9.97024,-1.45364,6.29877,-9.66028,-9.31558,5.37292,-7.23894,-5.78264,"
+    "-3.58242,-3.85585,-2.07563,-0.770549"
+)
 _GRAMMAR_CACHE_SIZE = 32
 _READ_SIZE = 256 * 1024
 
@@ -125,8 +139,10 @@ class _Job:
 def band_fill(pcm16: bytes, rng: np.random.Generator, level: float = BAND_FILL_LEVEL) -> bytes:
     """Add faint high-frequency-tilted noise (first difference of white noise)."""
     samples = np.frombuffer(pcm16, dtype=np.int16).astype(np.float32)
-    noise = np.diff(rng.standard_normal(len(samples) + 1).astype(np.float32))
-    return bytes(np.clip(samples + level * noise, -32768, 32767).astype(np.int16).tobytes())
+    tilted = np.diff(rng.standard_normal(len(samples) + 1).astype(np.float32))
+    white = rng.standard_normal(len(samples)).astype(np.float32)
+    noisy = samples + level * tilted + WHITE_LEVEL * white
+    return bytes(np.clip(noisy, -32768, 32767).astype(np.int16).tobytes())
 
 
 class Worker:
@@ -234,6 +250,7 @@ class Worker:
                 self._decoder.activate_search(job.search)
             else:
                 self._decoder.activate_search()  # the default search: the language model
+            self._decoder.set_cmn(PHONE_CMN)
             self._decoder.start_utt()
         except (ValueError, RuntimeError, KeyError) as exc:
             job.error = f"{type(exc).__name__}: {exc}"
