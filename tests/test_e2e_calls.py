@@ -29,7 +29,9 @@ FRAME_S = 0.020
 JITTER_S = 0.012
 
 CALLS: dict[str, tuple[list[Action], dict[str, Any]]] = {
-    "voice_sales": ([Say("sales")], {}),
+    # Answers the embedded recognizer gets right in 15 of 15 fresh syntheses (espeak's
+    # output varies run to run; "sales" in en-us only 13 of 15: see the README's figures).
+    "voice_opening_hours": ([Say("opening hours")], {}),
     "voice_support_other_voice": ([Say("support")], {"voice": "en-gb"}),
     "keypad_hours": ([Dtmf("3")], {}),
     # The greeting (~1.5 s) may not be interrupted; 2.6 s in lands inside the menu prompt.
@@ -78,15 +80,16 @@ def answered(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def test_voice_answer_is_understood(placed: dict[str, Placed]) -> None:
-    """Saying 'sales' at the menu takes the sales branch, and the reply is played."""
-    rec = placed["voice_sales"].record
+    """Saying 'opening hours' at the menu takes the hours branch, and the reply is played."""
+    rec = placed["voice_opening_hours"].record
     first = answered(rec)[0]
     assert first["step"] == "menu"
     assert first["input_kind"] == "speech"
-    assert first["understood"] == "sales", first
+    assert first["understood"] == "hours", first
+    assert first["input_text"] == "opening hours"
     assert "Say sales, support, or hours" in first["prompt"]
     assert first["prompt_heard"] == "played"
-    assert any("Our sales team" in t["prompt"] for t in rec["turns"])
+    assert any("We are open nine to five" in t["prompt"] for t in rec["turns"])
     assert rec["outcome"] == "completed"
 
 
