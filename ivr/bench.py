@@ -40,7 +40,9 @@ def endpointed(speech: bytes) -> bytes:
     return bytes(out)
 
 
-async def accuracy_main(flow_path: str, voices: list[str], workers: int = 2) -> int:
+async def accuracy_main(
+    flow_path: str, voices: list[str], workers: int = 2, repeat: int = 1
+) -> int:
     flow = load_flow(Path(flow_path))
     synth = EspeakSynthesizer()
     cases: list[tuple[str, str, str, str]] = []  # step, voice, phrase, expected label
@@ -50,7 +52,8 @@ async def accuracy_main(flow_path: str, voices: list[str], workers: int = 2) -> 
         for choice in step.choices:
             for phrase in choice.words:
                 for voice in voices:
-                    cases.append((name, voice, phrase, choice.label))
+                    # espeak's output differs slightly on every synthesis: repeat to see it.
+                    cases.extend([(name, voice, phrase, choice.label)] * repeat)
     ok = 0
     lines: list[str] = []
     started = time.perf_counter()
@@ -74,5 +77,5 @@ async def accuracy_main(flow_path: str, voices: list[str], workers: int = 2) -> 
     pct = 100 * ok / len(cases) if cases else 0.0
     print(f"understood {ok}/{len(cases)} = {pct:.0f}% through 8 kHz µ-law "
           f"({elapsed:.1f} s; reproduce: ivr bench accuracy --flow {flow_path} "
-          f"--voices {','.join(voices)})")
+          f"--voices {','.join(voices)}" + (f" --repeat {repeat}" if repeat > 1 else "") + ")")
     return 0

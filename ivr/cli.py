@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     acc = bench_sub.add_parser("accuracy", help="recognizer accuracy on the demo flow's answers")
     acc.add_argument("--voices", default="en-us,en-gb", help="comma-separated espeak voices")
     acc.add_argument("--flow", default="flows/demo.yaml")
+    acc.add_argument("--repeat", type=int, default=1,
+                     help="synthesize each answer this many times (espeak varies slightly)")
     return parser
 
 
@@ -73,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.command == "bench":
             from ivr.bench import accuracy_main
 
-            sys.exit(asyncio.run(accuracy_main(args.flow, args.voices.split(","))))
+            sys.exit(asyncio.run(
+                accuracy_main(args.flow, args.voices.split(","), repeat=args.repeat)))
     except IvrError as exc:
         sys.exit(f"ivr: {exc}")
 
