@@ -111,6 +111,7 @@ class CallSession:
         self._ended = False
         self._ending: asyncio.Task[None] | None = None
         self._hangup_task: asyncio.Task[None] | None = None
+        self._prefetched: dict[str, asyncio.Task[bytes]] = {}
         self._turn_seq = 0
         self._turn: Turn | None = None  # the turn awaiting its reply's first frame
         self._prompts: list[Prompt] = []  # prompts since the last answer
@@ -300,6 +301,8 @@ class CallSession:
                     self._listen = nxt if isinstance(nxt, engine.Listen) else None
                     if self._barged:
                         continue  # the caller already answers: skip the rest of the prompts
+                    if actions and isinstance(actions[0], engine.Play):
+                        self._prefetch(actions[0].text)
                     await self._play(action)
                 elif isinstance(action, engine.Listen):
                     self._listen = action
@@ -338,7 +341,26 @@ class CallSession:
         return ((v.name if v and v.name else self.settings.voice),
                 (v.rate if v and v.rate else self.settings.voice_rate))
 
+    def _prefetch(self, text: str) -> None:
+        """Synthesize the next prompt while this one plays, so no gap opens between them
+        when many calls share the synthesizer."""
+        if text not in self._prefetched:
+            self._prefetched[text] = asyncio.create_task(self._collect(text))
+            self._tasks.add(self._prefetched[text])
+            self._prefetched[text].add_done_callback(self._tasks.discard)
+
+    async def _collect(self, text: str) -> bytes:
+        return b"".join([chunk async for chunk in self._synthesize(text)])
+
     async def _audio(self, text: str) -> AsyncIterator[bytes]:
+        task = self._prefetched.pop(text, None)
+        if task is not None:
+            yield await task
+            return
+        async for chunk in self._synthesize(text):
+            yield chunk
+
+    async def _synthesize(self, text: str) -> AsyncIterator[bytes]:
         assert self.services.synthesizer is not None
         voice, rate = self._voice()
         conv: ToUlaw8k | None = None

@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     acc = bench_sub.add_parser("accuracy", help="recognizer accuracy on the demo flow's answers")
     acc.add_argument("--voices", default="en-us,en-gb", help="comma-separated espeak voices")
     acc.add_argument("--flow", default="flows/demo.yaml")
+    load = bench_sub.add_parser("load", help="N concurrent calls against a server process")
+    load.add_argument("--calls", type=int, default=100)
+    load.add_argument("--seconds", type=float, default=10.0)
+    load.add_argument("--workers", type=int, default=1, help="server recognizer workers")
     acc.add_argument("--repeat", type=int, default=1,
                      help="synthesize each answer this many times (espeak varies slightly)")
     return parser
@@ -72,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(asyncio.run(_call(args)))
         elif args.command == "demo":
             sys.exit(asyncio.run(demo()))
+        elif args.command == "bench" and args.bench == "load":
+            from ivr.bench_load import load_main
+
+            sys.exit(asyncio.run(load_main(args.calls, args.seconds, args.workers)))
         elif args.command == "bench":
             from ivr.bench import accuracy_main
 
@@ -152,3 +160,7 @@ async def demo() -> int:
             await ears.close()
             await runner.cleanup()
     return 0
+
+
+if __name__ == "__main__":
+    main()
