@@ -409,3 +409,20 @@ async def test_event_loop_lag_while_decoding(realtime: bool) -> None:
     )
     assert len(lags) > 100
     assert p99 < 5.0
+
+
+def test_raw_jsgf_grammar_is_used_as_given() -> None:
+    """A structured grammar (dates, digit strings) passes through; its hypothesis is the text."""
+    jsgf = "#JSGF V1.0;\ngrammar g;\npublic <answer> = <d> <d>;\n<d> = one | two;\n"
+    compiled = compile_grammar(Grammar(jsgf=jsgf), VOCAB)
+    assert compiled.jsgf == jsgf
+    assert compiled.match("one two") == "one two"
+    assert compiled.match("") is None
+
+
+async def test_raw_jsgf_grammar_recognizes_digits(pool: RecognizerPool) -> None:
+    digits = " | ".join(["zero", "one", "two", "three", "four", "five", "six", "seven",
+                         "eight", "nine"])
+    jsgf = f"#JSGF V1.0;\ngrammar g;\npublic <answer> = <d> <d> <d>;\n<d> = {digits};\n"
+    result = await recognize(pool, speech("four five six"), Grammar(jsgf=jsgf))
+    assert result.text == "four five six"

@@ -13,9 +13,15 @@ from typing import Protocol
 
 @dataclass(frozen=True, slots=True)
 class Grammar:
-    """Phrases the caller is expected to say; recognizers may constrain decoding to them."""
+    """What the caller is expected to say; recognizers may constrain decoding to it.
 
-    phrases: tuple[str, ...]
+    Either a list of `phrases`, or (for structured answers such as dates, times and digit
+    strings) a complete JSGF grammar in `jsgf` whose public rule is `<answer>`; `phrases`
+    then lists a few examples for engines that only take hints (remote prompts).
+    """
+
+    phrases: tuple[str, ...] = ()
+    jsgf: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

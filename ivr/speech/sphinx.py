@@ -144,9 +144,12 @@ class CompiledGrammar:
     skipped: tuple[str, ...]  # phrases with words the dictionary cannot pronounce
     lead: tuple[tuple[str, ...], ...]
     trail: tuple[tuple[str, ...], ...]
+    raw: bool = False  # a caller-written JSGF grammar: the hypothesis is the answer
 
     def match(self, hypothesis: str) -> str | None:
         """The grammar phrase a hypothesis stands for, fillers removed; None if partial."""
+        if self.raw:
+            return hypothesis or None
         words = tuple(hypothesis.split())
         n = len(words)
         starts = [0] + [len(f) for f in self.lead if words[: len(f)] == f]
@@ -182,6 +185,8 @@ def compile_grammar(
     trail_fillers: Iterable[str] = TRAIL_FILLERS,
 ) -> CompiledGrammar:
     """Compile `grammar` to JSGF; raises ValueError if no phrase is speakable."""
+    if grammar.jsgf is not None:
+        return CompiledGrammar(grammar.jsgf, {}, (), (), (), raw=True)
     phrases, skipped = _speakable(grammar.phrases, vocabulary)
     if not phrases:
         raise ValueError(f"no speakable phrase in grammar {list(grammar.phrases)!r}")
