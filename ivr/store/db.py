@@ -48,6 +48,50 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (call_sid, seq)
     );
     """,
+    # v2: the data the built-in tools (ivr.tools) work on.
+    """
+    CREATE TABLE services (
+        name            TEXT PRIMARY KEY,
+        duration_min    INTEGER NOT NULL CHECK (duration_min > 0),
+        description     TEXT NOT NULL DEFAULT ''
+    );
+    -- A cancelled booking keeps its row (the reference still resolves), so the slot
+    -- rule below only counts rows that are booked.
+    CREATE TABLE bookings (
+        id              INTEGER PRIMARY KEY,
+        ref             TEXT NOT NULL UNIQUE,
+        service         TEXT NOT NULL REFERENCES services(name),
+        day             TEXT NOT NULL,
+        start           TEXT NOT NULL,
+        name            TEXT NOT NULL,
+        phone           TEXT NOT NULL DEFAULT '',
+        status          TEXT NOT NULL DEFAULT 'booked'
+                        CHECK (status IN ('booked', 'cancelled')),
+        created_at      TEXT NOT NULL,
+        updated_at      TEXT NOT NULL,
+        -- No foreign key to calls: a tool can run before the call's row is written.
+        call_sid        TEXT
+    );
+    -- One chair: a slot holds one booking whatever the service (durations are
+    -- informational). The database, not the code, is what makes a double booking
+    -- impossible, even for writers that skip the tools' own check.
+    CREATE UNIQUE INDEX bookings_one_per_slot ON bookings(day, start)
+        WHERE status = 'booked';
+    CREATE INDEX bookings_phone ON bookings(phone, day);
+    CREATE TABLE orders (
+        number          TEXT PRIMARY KEY,
+        status          TEXT NOT NULL,
+        item            TEXT NOT NULL,
+        eta             TEXT,
+        phone           TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE accounts (
+        phone           TEXT PRIMARY KEY,
+        name            TEXT NOT NULL,
+        balance_cents   INTEGER NOT NULL DEFAULT 0,
+        plan            TEXT NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,0 +1,549 @@
+"""Tools: the registry's contract (validation, timeouts, contained failures), bookings on a
+real SQLite file (availability, book, cancel, reschedule, concurrent callers racing for one
+slot), lookups and the demo seed."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+from structlog.testing import capture_logs
+
+from ivr.store.db import SCHEMA_VERSION, CallStore
+from ivr.tools import (
+    Tool,
+    ToolContext,
+    ToolError,
+    ToolRegistry,
+    bookings,
+    default_registry,
+    seed,
+)
+from ivr.tools.bookings import SLOTS
+from ivr.tools.lookups import spoken_money
+from ivr.tools.registry import normalize_phone
+
+# The business clock: a fixed Monday morning in a non-UTC zone, so "today" and "past"
+# are read in the context's zone, not the host's.
+TZ = timezone(timedelta(hours=-5))
+MONDAY = date(2030, 1, 7)
+TUESDAY, WEDNESDAY, THURSDAY, FRIDAY, SATURDAY = (MONDAY + timedelta(days=i) for i in range(1, 6))
+NOW = datetime(2030, 1, 7, 10, 10, tzinfo=TZ)
+ALICE = "+15550100001"  # seeded: booking BK-SEED2 on TUESDAY at 10:00
+CAROL = "+15550100003"  # seeded: booking BK-SEED3 on WEDNESDAY at 14:30
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> Path:
+    path = tmp_path / "ivr.db"
+    await seed(path, today=MONDAY)
+    return path
+
+
+@pytest.fixture
+def registry(db: Path) -> ToolRegistry:
+    return default_registry(db)
+
+
+def ctx_for(db: Path, caller: str = ALICE, now: datetime = NOW) -> ToolContext:
+    return ToolContext(call_sid="CA" + "1" * 32, caller=caller, db_path=db, now=now)
+
+
+def booked_rows(db: Path) -> list[tuple[str, str, str, str]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT ref, day, start, status FROM bookings ORDER BY ref"
+        ).fetchall()
+
+
+def book_args(day: date, start: str, name: str = "Dana Scully", **extra: Any) -> dict[str, Any]:
+    return {"service": "cleaning", "day": day.isoformat(), "start": start, "name": name,
+            **extra}
+
+
+# ------------------------------------------------------------------------ registry
+
+
+async def _echo(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+    return {"echo": args}
+
+
+def _tool(name: str = "test.echo", handler: Any = _echo, timeout_s: float = 5.0) -> Tool:
+    return Tool(
+        name=name, description="test", handler=handler, timeout_s=timeout_s,
+        parameters={"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}},
+                    "required": ["n"], "additionalProperties": False},
+    )
+
+
+def test_schemas_are_openai_function_definitions(registry: ToolRegistry) -> None:
+    schemas = registry.schemas()
+    names = [s["function"]["name"] for s in schemas]
+    assert "bookings__book" in names and "lookups__order_status" in names
+    assert all(s["type"] == "function" for s in schemas)
+    assert all(s["function"]["parameters"]["type"] == "object" for s in schemas)
+    assert all(n.replace("_", "").isalnum() for n in names)
+    assert registry.get("bookings__book") is registry.get("bookings.book") is not None
+    assert registry.names() == sorted(registry.names())
+
+
+def test_register_refuses_bad_tools() -> None:
+    reg = ToolRegistry()
+    reg.register(_tool())
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register(_tool())
+    with pytest.raises(ValueError, match="dotted lower-case"):
+        reg.register(_tool(name="bad__name"))
+    with pytest.raises(ValueError, match="invalid parameters schema"):
+        reg.register(Tool(name="test.bad", description="", handler=_echo,
+                          parameters={"type": "object", "properties": {"n": {"type": 5}}}))
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ({}, "missing required argument 'n'"),
+        ({"n": "two"}, "argument 'n': 'two' is not of type 'integer'"),
+        ({"n": 0}, "argument 'n': 0 is less than the minimum of 1"),
+        ({"n": 1, "x": 2}, "unexpected argument 'x' (allowed: n)"),
+        ("[1]", "arguments must be a JSON object"),
+        ("{nope", "arguments are not valid JSON"),
+    ],
+)
+async def test_invalid_arguments_are_refused_before_the_handler_runs(
+    tmp_path: Path, args: Any, expected: str
+) -> None:
+    ran = False
+
+    async def handler(a: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+        nonlocal ran
+        ran = True
+        return {}
+
+    reg = ToolRegistry()
+    reg.register(_tool(handler=handler))
+    result = await reg.call("test.echo", args, ctx_for(tmp_path / "none.db"))
+    assert not result.ok and result.error is not None
+    assert expected in result.error
+    assert not ran
+
+
+async def test_arguments_as_model_json_text_and_openai_name(tmp_path: Path) -> None:
+    reg = ToolRegistry()
+    reg.register(_tool())
+    result = await reg.call("test__echo", '{"n": 3}', ctx_for(tmp_path / "none.db"))
+    assert result.ok and result.value == {"echo": {"n": 3}} and result.error is None
+
+
+async def test_builtin_schema_errors_name_the_field(registry: ToolRegistry, db: Path) -> None:
+    result = await registry.call("bookings.book", {"service": "cleaning", "day": "tomorrow",
+                                                   "start": "9am"}, ctx_for(db))
+    assert not result.ok and result.error is not None
+    assert "missing required argument 'name'" in result.error
+    assert "argument 'day': 'tomorrow' is not a 'date'" in result.error
+    assert "argument 'start'" in result.error
+    cancel = await registry.call("bookings.cancel", {}, ctx_for(db))
+    assert cancel.error == "invalid arguments: give 'ref' or 'day'"
+
+
+async def test_unknown_tool(registry: ToolRegistry, db: Path) -> None:
+    result = await registry.call("bookings.teleport", {}, ctx_for(db))
+    assert not result.ok and result.error is not None
+    assert result.error.startswith("unknown tool 'bookings.teleport'")
+    assert "bookings.book" in result.error
+
+
+async def test_slow_tool_times_out(tmp_path: Path) -> None:
+    async def slow(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+        await asyncio.sleep(10)
+        return {}
+
+    reg = ToolRegistry()
+    reg.register(_tool(handler=slow, timeout_s=0.05))
+    result = await reg.call("test.echo", {"n": 1}, ctx_for(tmp_path / "none.db"))
+    assert not result.ok and result.error == "timed out after 0.05s"
+    assert 40 <= result.duration_ms < 2000
+
+
+async def test_handler_failures_are_contained(tmp_path: Path) -> None:
+    async def crash(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+        raise RuntimeError("boom")
+
+    async def refuse(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+        raise ToolError("no can do", {"why": "because"})
+
+    async def own_timeout(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+        raise TimeoutError("upstream")  # not the registry's deadline
+
+    async def bad_value(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+        return {"when": datetime.now()}  # not JSON
+
+    reg = ToolRegistry()
+    for name, handler in [("t.crash", crash), ("t.refuse", refuse),
+                          ("t.own_timeout", own_timeout), ("t.bad_value", bad_value)]:
+        reg.register(_tool(name=name, handler=handler))
+    ctx = ctx_for(tmp_path / "none.db")
+    with capture_logs() as logs:
+        crashed = await reg.call("t.crash", {"n": 1}, ctx)
+        refused = await reg.call("t.refuse", {"n": 1}, ctx)
+        timed = await reg.call("t.own_timeout", {"n": 1}, ctx)
+        bad = await reg.call("t.bad_value", {"n": 1}, ctx)
+    assert crashed.error == "internal error: boom" and not crashed.ok
+    assert refused.error == "no can do" and refused.value == {"why": "because"}
+    assert timed.error == "internal error: upstream"
+    assert bad.error is not None and bad.error.startswith("internal error:")
+    crashes = [e for e in logs if e["event"] == "tool_crashed"]
+    assert [e["tool"] for e in crashes] == ["t.crash", "t.own_timeout", "t.bad_value"]
+    assert all(e["log_level"] == "error" for e in crashes)
+
+
+def test_context_needs_an_aware_clock(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        ToolContext(call_sid=None, caller="", db_path=tmp_path, now=datetime(2030, 1, 7))
+
+
+async def test_unmigrated_or_missing_database_is_an_internal_error(tmp_path: Path) -> None:
+    reg = default_registry(tmp_path / "missing.db")
+    missing = await reg.call("lookups.order_status", {"order_number": "4567"},
+                             ctx_for(tmp_path / "missing.db"))
+    assert missing.error is not None and "cannot open the database" in missing.error
+    assert not (tmp_path / "missing.db").exists()
+    old = tmp_path / "old.db"
+    sqlite3.connect(old).execute("CREATE TABLE x (y)")
+    result = await reg.call("lookups.order_status", {"order_number": "4567"}, ctx_for(old))
+    assert result.error is not None and "schema v0, tools need v2" in result.error
+
+
+# ------------------------------------------------------------------------ bookings
+
+
+async def test_availability_excludes_booked_and_past_slots(
+    registry: ToolRegistry, db: Path
+) -> None:
+    tuesday = await registry.call("bookings.check_availability",
+                                  {"day": TUESDAY.isoformat()}, ctx_for(db))
+    assert tuesday.ok
+    assert tuesday.value["weekday"] == "Tuesday"
+    assert "10:00" not in tuesday.value["available"]  # seeded booking
+    assert len(tuesday.value["available"]) == len(SLOTS) - 1
+    # Monday at 10:10: 09:00-10:00 have started; 10:30 is the first bookable time.
+    today = await registry.call("bookings.check_availability",
+                                {"day": MONDAY.isoformat(), "service": "Whitening"},
+                                ctx_for(db))
+    assert today.value["available"][0] == "10:30"
+    assert today.value["available"][-1] == SLOTS[-1]
+    assert today.value["service"] == "whitening"
+    late = await registry.call("bookings.check_availability", {"day": MONDAY.isoformat()},
+                               ctx_for(db, now=NOW.replace(hour=16, minute=45)))
+    assert late.value["available"] == [] and late.value["reason"] == "no times are left today"
+
+
+async def test_availability_on_closed_days(registry: ToolRegistry, db: Path) -> None:
+    saturday = await registry.call("bookings.check_availability",
+                                   {"day": SATURDAY.isoformat()}, ctx_for(db))
+    assert saturday.ok and saturday.value["available"] == []
+    assert "closed on Saturdays" in saturday.value["reason"]
+    past = await registry.call("bookings.check_availability",
+                               {"day": (MONDAY - timedelta(days=3)).isoformat()}, ctx_for(db))
+    assert past.value["available"] == [] and "already passed" in past.value["reason"]
+    bad_service = await registry.call("bookings.check_availability",
+                                      {"day": TUESDAY.isoformat(), "service": "massage"},
+                                      ctx_for(db))
+    assert not bad_service.ok and "we don't offer 'massage'" in (bad_service.error or "")
+    assert "cleaning" in bad_service.value["services"]
+
+
+async def test_book_then_find_then_cancel(registry: ToolRegistry, db: Path) -> None:
+    booked = await registry.call("bookings.book", book_args(THURSDAY, "9:30"), ctx_for(db))
+    assert booked.ok, booked.error
+    ref = booked.value["ref"]
+    assert ref.startswith("BK-") and len(ref) == 8
+    assert booked.value == {"ref": ref, "service": "cleaning", "day": THURSDAY.isoformat(),
+                            "weekday": "Thursday", "start": "09:30"}
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT name, phone, call_sid, status FROM bookings WHERE ref = ?",
+                           (ref,)).fetchone()
+    assert row == ("Dana Scully", ALICE, "CA" + "1" * 32, "booked")  # phone: the caller's
+
+    found = await registry.call("bookings.find", {}, ctx_for(db))
+    assert [b["ref"] for b in found.value["bookings"]] == ["BK-SEED2", ref]
+
+    # Spoken back loosely: lower case, spaces, no dash.
+    cancelled = await registry.call("bookings.cancel",
+                                    {"ref": "bk " + ref[3:].lower()}, ctx_for(db))
+    assert cancelled.ok and cancelled.value["status"] == "cancelled"
+    again = await registry.call("bookings.cancel", {"ref": ref}, ctx_for(db))
+    assert again.error == f"booking {ref} is already cancelled"
+    free = await registry.call("bookings.check_availability", {"day": THURSDAY.isoformat()},
+                               ctx_for(db))
+    assert "09:30" in free.value["available"]
+    # The slot is free again, so it can be booked again (the cancelled row stays).
+    rebooked = await registry.call("bookings.book", book_args(THURSDAY, "09:30", "Fox"),
+                                   ctx_for(db, caller=""))
+    assert rebooked.ok
+
+
+async def test_cancel_by_phone_and_day(registry: ToolRegistry, db: Path) -> None:
+    none = await registry.call("bookings.cancel", {"day": FRIDAY.isoformat()}, ctx_for(db))
+    assert none.error == f"no booking for that number on Friday {FRIDAY.isoformat()}"
+    for start in ("09:00", "15:00"):
+        assert (await registry.call("bookings.book", book_args(FRIDAY, start),
+                                    ctx_for(db))).ok
+    ambiguous = await registry.call("bookings.cancel", {"day": FRIDAY.isoformat()},
+                                    ctx_for(db))
+    assert not ambiguous.ok and "at 09:00, 15:00; which one?" in (ambiguous.error or "")
+    assert len(ambiguous.value["bookings"]) == 2
+    # Another phone (given, formatted as a person would say it) on the same day.
+    cancel = await registry.call("bookings.cancel",
+                                 {"day": WEDNESDAY.isoformat(), "phone": "(555) 010-0003"},
+                                 ctx_for(db))
+    assert cancel.ok and cancel.value["ref"] == "BK-SEED3"
+    one = await registry.call("bookings.cancel",
+                              {"day": FRIDAY.isoformat(), "start": "15:00"}, ctx_for(db))
+    assert one.ok and one.value["start"] == "15:00"
+    anonymous = await registry.call("bookings.cancel", {"day": FRIDAY.isoformat()},
+                                    ctx_for(db, caller="anonymous"))
+    assert "I need the booking reference" in (anonymous.error or "")
+
+
+@pytest.mark.parametrize(
+    ("day", "start", "error"),
+    [
+        (SATURDAY, "10:00", "we are closed on Saturdays"),
+        (MONDAY, "09:30", "09:30 today has already passed"),
+        (MONDAY - timedelta(days=7), "10:00", "has already passed"),
+        (TUESDAY, "09:15", "appointments start every 30 minutes"),
+        (TUESDAY, "17:00", "outside opening hours"),
+        (TUESDAY, "08:30", "outside opening hours"),
+        (TUESDAY, "25:00", "start must be a 24-hour time"),
+        (MONDAY + timedelta(days=365), "10:00", "up to 90 days ahead"),
+    ],
+)
+async def test_book_refuses_impossible_times(
+    registry: ToolRegistry, db: Path, day: date, start: str, error: str
+) -> None:
+    before = booked_rows(db)
+    result = await registry.call("bookings.book", book_args(day, start), ctx_for(db))
+    assert not result.ok and error in (result.error or "")
+    assert booked_rows(db) == before
+
+
+async def test_book_refuses_unknown_service_and_bad_dates(
+    registry: ToolRegistry, db: Path
+) -> None:
+    result = await registry.call("bookings.book", {**book_args(TUESDAY, "11:00"),
+                                                   "service": "massage"}, ctx_for(db))
+    assert "we don't offer 'massage'" in (result.error or "")
+    result = await registry.call("bookings.book", book_args(TUESDAY, "11:00") | {
+        "day": "2030-02-30"}, ctx_for(db))
+    assert not result.ok and "2030-02-30" in (result.error or "")
+
+
+async def test_taken_slot_offers_the_nearest_free_times(
+    registry: ToolRegistry, db: Path
+) -> None:
+    result = await registry.call("bookings.book", book_args(TUESDAY, "10:00"), ctx_for(db))
+    assert not result.ok and result.error is not None
+    assert result.error.startswith("that time is taken")
+    starts = [(a["day"], a["start"]) for a in result.value["alternatives"]]
+    day = TUESDAY.isoformat()
+    assert starts == [(day, "09:00"), (day, "09:30"), (day, "10:30")]
+    assert "Tuesday 2030-01-08 at 09:30" in result.error
+
+
+async def test_reschedule_moves_the_booking_atomically(registry: ToolRegistry, db: Path) -> None:
+    moved = await registry.call("bookings.reschedule",
+                                {"ref": "BK-SEED2", "day": THURSDAY.isoformat(),
+                                 "start": "16:30"}, ctx_for(db))
+    assert moved.ok, moved.error
+    assert moved.value["previous"] == {"day": TUESDAY.isoformat(), "start": "10:00"}
+    assert moved.value["ref"] == "BK-SEED2" and moved.value["start"] == "16:30"
+    tuesday = await registry.call("bookings.check_availability",
+                                  {"day": TUESDAY.isoformat()}, ctx_for(db))
+    assert "10:00" in tuesday.value["available"]  # the old slot is free
+    thursday = await registry.call("bookings.check_availability",
+                                   {"day": THURSDAY.isoformat()}, ctx_for(db))
+    assert "16:30" not in thursday.value["available"]
+    same = await registry.call("bookings.reschedule",
+                               {"ref": "BK-SEED2", "day": THURSDAY.isoformat(),
+                                "start": "16:30"}, ctx_for(db))
+    assert same.ok and same.value["changed"] is False
+
+
+async def test_reschedule_onto_a_taken_slot_changes_nothing(
+    registry: ToolRegistry, db: Path
+) -> None:
+    before = booked_rows(db)
+    result = await registry.call("bookings.reschedule",
+                                 {"ref": "BK-SEED2", "day": WEDNESDAY.isoformat(),
+                                  "start": "14:30"}, ctx_for(db))
+    assert not result.ok and (result.error or "").startswith("that time is taken")
+    assert booked_rows(db) == before
+    unknown = await registry.call("bookings.reschedule",
+                                  {"ref": "BK-ZZZZZ", "day": WEDNESDAY.isoformat(),
+                                   "start": "09:00"}, ctx_for(db))
+    assert unknown.error == "no booking with reference BK-ZZZZZ"
+
+
+async def test_the_database_refuses_a_double_booking_the_tools_did_not_check(db: Path) -> None:
+    """The partial unique index is the backstop, whatever writes to the table."""
+    with sqlite3.connect(db) as conn:
+        insert = ("INSERT INTO bookings (ref, service, day, start, name, status, created_at, "
+                  "updated_at) VALUES (?, 'checkup', ?, '10:00', 'X', ?, 'now', 'now')")
+        conn.execute(insert, ("BK-AAAAA", TUESDAY.isoformat(), "cancelled"))  # fine
+        with pytest.raises(sqlite3.IntegrityError, match=r"bookings\.day, bookings\.start"):
+            conn.execute(insert, ("BK-BBBBB", TUESDAY.isoformat(), "booked"))
+
+
+@pytest.mark.parametrize("check", ["tools check first", "only the index"])
+async def test_fifty_callers_racing_for_one_slot_get_exactly_one_booking(
+    registry: ToolRegistry, db: Path, monkeypatch: pytest.MonkeyPatch, check: str
+) -> None:
+    if check == "only the index":
+        # Without the tools' own check the unique index alone must refuse the 49.
+        async def never_taken(*args: Any) -> bool:
+            return False
+
+        monkeypatch.setattr(bookings, "_slot_taken", never_taken)
+    connects = 0
+    real_connect = aiosqlite.connect
+
+    def counting_connect(*args: Any, **kwargs: Any) -> aiosqlite.Connection:
+        nonlocal connects
+        connects += 1
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite, "connect", counting_connect)
+    results = await asyncio.gather(*(
+        registry.call("bookings.book", book_args(THURSDAY, "11:00", f"Caller {i}",
+                                                 phone=f"+1555020{i:04d}"),
+                      ctx_for(db, caller=f"+1555020{i:04d}"))
+        for i in range(50)
+    ))
+    assert connects == 50  # each call raced on its own connection
+    winners = [r for r in results if r.ok]
+    losers = [r for r in results if not r.ok]
+    assert len(winners) == 1
+    assert len(losers) == 49
+    assert all((r.error or "").startswith("that time is taken") for r in losers), {
+        r.error for r in losers}
+    assert all(r.value["alternatives"] for r in losers)
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT ref, name FROM bookings WHERE day = ? AND start = '11:00'",
+            (THURSDAY.isoformat(),),
+        ).fetchall()
+    assert rows == [(winners[0].value["ref"], rows[0][1])]
+
+
+async def test_concurrent_reschedules_and_bookings_for_one_slot(
+    registry: ToolRegistry, db: Path
+) -> None:
+    """Two moves and ten bookings race for one slot: one wins, the movers who lose stay put."""
+    target = {"day": FRIDAY.isoformat(), "start": "12:00"}
+    moves = [registry.call("bookings.reschedule", {"ref": ref, **target}, ctx_for(db))
+             for ref in ("BK-SEED2", "BK-SEED3")]
+    books = [registry.call("bookings.book", book_args(FRIDAY, "12:00", f"N{i}"), ctx_for(db))
+             for i in range(10)]
+    results = await asyncio.gather(*moves, *books)
+    assert sum(r.ok for r in results) == 1
+    rows = {ref: (day, start, status) for ref, day, start, status in booked_rows(db)}
+    in_slot = [ref for ref, (day, start, status) in rows.items()
+               if (day, start, status) == (FRIDAY.isoformat(), "12:00", "booked")]
+    assert len(in_slot) == 1
+    for ref, home in (("BK-SEED2", (TUESDAY.isoformat(), "10:00")),
+                      ("BK-SEED3", (WEDNESDAY.isoformat(), "14:30"))):
+        assert rows[ref][:2] in (home, (FRIDAY.isoformat(), "12:00"))
+
+
+# ------------------------------------------------------------------------- lookups
+
+
+async def test_order_status(registry: ToolRegistry, db: Path) -> None:
+    for number in ("4567", "#4567", 4567, "45 67"):
+        result = await registry.call("lookups.order_status", {"order_number": number},
+                                     ctx_for(db))
+        assert result.value == {"number": "4567", "status": "shipped",
+                                "item": "wireless headphones",
+                                "eta": (MONDAY + timedelta(days=2)).isoformat()}
+    missing = await registry.call("lookups.order_status", {"order_number": "0000"},
+                                  ctx_for(db))
+    assert not missing.ok and missing.error == "no order with number 0000"
+    cancelled = await registry.call("lookups.order_status", {"order_number": "3141"},
+                                    ctx_for(db))
+    assert cancelled.value["status"] == "cancelled" and cancelled.value["eta"] is None
+
+
+async def test_account_by_phone(registry: ToolRegistry, db: Path) -> None:
+    mine = await registry.call("lookups.account_by_phone", {}, ctx_for(db))
+    assert mine.value == {"name": "Alice Johnson", "plan": "Gold",
+                          "balance": "12 dollars and 50 cents", "balance_cents": 1250}
+    keyed = await registry.call("lookups.account_by_phone", {"phone": "555-010-0004"},
+                                ctx_for(db, caller=""))
+    assert keyed.value["name"] == "David Lee"
+    assert keyed.value["balance"] == "1 dollar and 1 cent"
+    stranger = await registry.call("lookups.account_by_phone", {}, ctx_for(db, caller=CAROL[:-1]
+                                                                            + "9"))
+    assert stranger.error == "no account with that phone number"
+    nobody = await registry.call("lookups.account_by_phone", {}, ctx_for(db, caller=""))
+    assert nobody.error == "I need a phone number to find the account"
+    junk = await registry.call("lookups.account_by_phone", {"phone": "call me"}, ctx_for(db))
+    assert junk.error == "'call me' is not a phone number"
+
+
+@pytest.mark.parametrize(
+    ("cents", "spoken"),
+    [(1250, "12 dollars and 50 cents"), (100, "1 dollar"), (0, "0 dollars"), (5, "5 cents"),
+     (101, "1 dollar and 1 cent"), (-250, "minus 2 dollars and 50 cents")],
+)
+def test_spoken_money(cents: int, spoken: str) -> None:
+    assert spoken_money(cents) == spoken
+
+
+@pytest.mark.parametrize(
+    ("raw", "normal"),
+    [("+1 555 010 0001", ALICE), ("5550100001", ALICE), ("1-555-010-0001", ALICE),
+     ("+44 20 7946 0958", "+442079460958"), ("", "")],
+)
+def test_normalize_phone(raw: str, normal: str) -> None:
+    assert normalize_phone(raw) == normal
+
+
+# ---------------------------------------------------------------------------- seed
+
+
+async def test_seed_is_idempotent_and_migrates_a_fresh_file(tmp_path: Path) -> None:
+    path = tmp_path / "fresh.db"
+    first = await seed(path, today=MONDAY)
+    assert first == {"services": 4, "accounts": 5, "orders": 10, "bookings": 2}
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    snapshot = _dump(path)
+    again = await seed(path, today=MONDAY + timedelta(days=30))  # another day, too
+    assert again == {"services": 0, "accounts": 0, "orders": 0, "bookings": 0}
+    assert _dump(path) == snapshot
+    # The call store still opens it (its own migrations are already applied).
+    store = await CallStore.open(path)
+    await store.close()
+
+
+def _dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    with sqlite3.connect(path) as conn:
+        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+                for t in ("services", "accounts", "orders", "bookings")}
+
+
+async def test_seeded_bookings_are_on_upcoming_open_days(db: Path) -> None:
+    assert [(r[0], r[1], r[2]) for r in booked_rows(db)] == [
+        ("BK-SEED2", TUESDAY.isoformat(), "10:00"), ("BK-SEED3", WEDNESDAY.isoformat(), "14:30"),
+    ]
+    friday = await seed(db.parent / "friday.db", today=FRIDAY)
+    assert friday["bookings"] == 2
+    days = {r[1] for r in booked_rows(db.parent / "friday.db")}
+    assert days == {(FRIDAY + timedelta(days=3)).isoformat(),
+                    (FRIDAY + timedelta(days=4)).isoformat()}
