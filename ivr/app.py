@@ -8,19 +8,22 @@ reverse order, after every live call has been ended and its record written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import signal
 from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
 
 from ivr.config import Settings
-from ivr.flows.loader import load_flows
+from ivr.flows.library import FlowLibrary
 from ivr.services import SERVICES, Services
 from ivr.speech.espeak import EspeakSynthesizer
 from ivr.speech.sphinx import RecognizerPool
 from ivr.store.db import CallStore
 from ivr.telephony import handler, twiml
+from ivr.tools.registry import default_registry
 
 log = structlog.get_logger("ivr.app")
 
@@ -45,9 +48,23 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _flows_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
-    services.flows = load_flows(services.settings.flows)
-    log.info("flows_loaded", flows=sorted(services.flows))
+    s = services.settings
+    library = FlowLibrary(s.flows, default=s.default_flow, routes=s.routes)
+    library.load()
+    services.library = library
+    services.tools = default_registry(s.db)
+    log.info("flows_loaded", flows=sorted(library.flows), routes=len(library.routes))
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        # SIGHUP reloads at once; the watcher catches edits within a second anyway.
+        loop.add_signal_handler(signal.SIGHUP, library.reload)
+    watcher = asyncio.create_task(library.watch())
     yield
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.remove_signal_handler(signal.SIGHUP)
 
 
 async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -78,6 +95,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.extend([_store_ctx, _engines_ctx, _flows_ctx, _calls_ctx])
     app.router.add_post("/voice", twiml.voice)
     app.router.add_post("/status", twiml.status)
+    app.router.add_post("/connect-action", twiml.connect_action)
     app.router.add_get("/healthz", twiml.healthz)
     app.router.add_get("/media", handler.media)
     app.router.add_get("/api/calls/{call_sid}", api_call)

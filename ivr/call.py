@@ -37,13 +37,16 @@ from ivr.audio.endpoint import (
     SpeechStarted,
 )
 from ivr.audio.player import Player, Prompt
+from ivr.conversation import run_tool
 from ivr.flows import engine
 from ivr.flows.model import Flow
 from ivr.logging import mask_number
 from ivr.services import Services
 from ivr.speech.base import Grammar, Recognition, Utterance
-from ivr.store.db import ABANDONED, COMPLETED, DROPPED, FAILED, Turn
+from ivr.store.db import ABANDONED, COMPLETED, DROPPED, FAILED, TRANSFERRED, Turn
+from ivr.telephony import control
 from ivr.telephony.protocol import Dtmf, Mark, Media, Start
+from ivr.tools.registry import ToolContext
 
 # How long past its expected end we wait for a prompt's mark before giving up on it:
 # Twilio echoes marks within a few hundred ms, a lost echo must not stall the call.
@@ -52,7 +55,7 @@ RECOGNITION_TIMEOUT_S = 10.0
 
 _FLOW_OUTCOMES = {
     "completed": COMPLETED, "fallback": COMPLETED, "goto_flow": COMPLETED,
-    "hangup": ABANDONED, "error": FAILED,
+    "hangup": ABANDONED, "error": FAILED, "transferred": TRANSFERRED,
 }
 
 
@@ -87,8 +90,10 @@ class CallSession:
         self.ws = ws
         self.log = log
         params = start.custom_parameters
-        self.flow: Flow = self._pick_flow(params.get("flow"))
-        self.runner = engine.FlowRunner(self.flow)
+        assert services.library is not None
+        self.flow: Flow = services.library.pick(params.get("flow"), params.get("to"))
+        self.caller = params.get("from", "")
+        self.runner = engine.FlowRunner(self.flow, caller=self.caller)
         self.player = Player(self._send, self.stream_sid, lead=self.settings.lead_ms / 1000)
         self.endpointer = Endpointer()
         self.dtmf = DtmfCollector()
@@ -112,22 +117,13 @@ class CallSession:
         self._ending: asyncio.Task[None] | None = None
         self._hangup_task: asyncio.Task[None] | None = None
         self._prefetched: dict[str, asyncio.Task[bytes]] = {}
+        self.transfer_to: str | None = None
         self._turn_seq = 0
         self._turn: Turn | None = None  # the turn awaiting its reply's first frame
         self._prompts: list[Prompt] = []  # prompts since the last answer
         self._pending_turn: Turn | None = None  # the turn whose answer is being taken
 
     # ---------------------------------------------------------------- lifecycle
-
-    def _pick_flow(self, name: str | None) -> Flow:
-        flows = self.services.flows
-        if name and name in flows:
-            return flows[name]
-        if name:
-            self.log.warning("unknown_flow", flow=name, using=self.settings.default_flow)
-        if self.settings.default_flow in flows:
-            return flows[self.settings.default_flow]
-        return next(iter(flows.values()))
 
     async def begin(self) -> None:
         params = self.start_msg.custom_parameters
@@ -237,7 +233,9 @@ class CallSession:
             self._barge_in("speech")
         self.upsampler.reset()
         self._utt_backlog = [self.upsampler.process(event.preroll)]
-        grammar = Grammar(listen.phrases) if listen.phrases else None
+        grammar = listen.grammar or (Grammar(listen.phrases) if listen.phrases else None)
+        if grammar is not None and not grammar.phrases and grammar.jsgf is None:
+            grammar = None  # free text: the language model
         assert self.services.recognizer is not None
         self._utt_task = asyncio.create_task(self.services.recognizer.start(grammar))
         self._utt_task.add_done_callback(self._utt_ready)
@@ -314,8 +312,16 @@ class CallSession:
                         self.log.error("goto_unknown_flow", flow=action.name)
                         break
                     self.flow = self.services.flows[action.name]
-                    self.runner = engine.FlowRunner(self.flow)
+                    self.runner = engine.FlowRunner(self.flow, caller=self.caller)
                     actions.extend(self.runner.start())
+                elif isinstance(action, engine.CallTool):
+                    actions.extend(self.runner.handle(await self._call_tool(action)))
+                elif isinstance(action, engine.Transfer):
+                    await self._wait_heard()
+                    self.transfer_to = action.number
+                    self.stats["transfer_via_" + await control.transfer(
+                        self.services, self.call_sid, action.number)] += 1
+                    break
                 elif isinstance(action, engine.Hangup):
                     break
             await self._wait_heard()
@@ -335,6 +341,19 @@ class CallSession:
             self._ending = asyncio.create_task(self._end("hangup"), name=f"end-{self.call_sid}")
         await self.ws.close()
         await asyncio.shield(self._ending)
+
+    async def _call_tool(self, action: engine.CallTool) -> engine.ToolDone:
+        assert self.services.tools is not None
+        ctx = ToolContext(call_sid=self.call_sid, caller=self.caller,
+                          db_path=self.settings.db, now=self.runner.now())
+        started = self._ms()
+        done = await run_tool(self.services.tools, action, ctx)
+        self.stats["tool_calls"] += 1
+        if not done.ok:
+            self.stats["tool_errors"] += 1
+        self.log.info("tool_call", step=action.step, tool=action.tool, ok=done.ok,
+                      error=done.error, ms=round(self._ms() - started, 1))
+        return done
 
     def _voice(self) -> tuple[str, int]:
         v = self.flow.voice
@@ -518,6 +537,8 @@ class CallSession:
         turn.input_text = result.text if result else None
         turn.confidence = result.confidence if result else None
         turn.understood = result.understood if result else None
+        if result is not None and result.slot is not None:
+            turn.slot, turn.slot_value = result.slot, result.value
         turn.result = result.result if result else "no_input"
         self._turn, self._pending_turn = turn, None
         self.log.info("turn", seq=turn.seq, step=turn.step, input=turn.input_kind,

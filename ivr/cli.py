@@ -47,12 +47,38 @@ def _call_parser(sub: Any) -> None:
                    help="do not recognize what the caller heard")
 
 
+def _authoring_parsers(sub: Any) -> None:
+    flows = sub.add_parser("flows", help="check, test and draw call flows")
+    fsub = flows.add_subparsers(dest="flows_command", required=True)
+    check = fsub.add_parser("check", help="lint flow files; exit 1 on any error")
+    check.add_argument("paths", nargs="+", type=Path)
+    test = fsub.add_parser("test", help="run YAML conversation tests (see ivr/flowtest.py)")
+    test.add_argument("files", nargs="*", type=Path,
+                      help="test files (default: flows/tests/*.yaml)")
+    test.add_argument("--flows", type=Path, default=Path("flows"))
+    test.add_argument("-v", "--verbose", action="store_true", help="print each transcript")
+    graph = fsub.add_parser("graph", help="write a flow as a Mermaid diagram")
+    graph.add_argument("flow", help="flow name or file")
+    graph.add_argument("--flows", type=Path, default=Path("flows"))
+    graph.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    chat = sub.add_parser("chat", help="talk to a flow in the terminal (#12 presses keys)")
+    chat.add_argument("flow")
+    chat.add_argument("--flows", type=Path, default=Path("flows"))
+    chat.add_argument("--db", type=Path, help="SQLite file for the tools (default: IVR_DB)")
+    chat.add_argument("--caller", default="+15550100001")
+    db = sub.add_parser("db", help="database utilities")
+    dsub = db.add_subparsers(dest="db_command", required=True)
+    seed = dsub.add_parser("seed", help="create the schema and insert the demo data")
+    seed.add_argument("--db", type=Path, help="SQLite file (default: IVR_DB or ./ivr.db)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ivr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _call_parser(sub)
     sub.add_parser("demo", help="start a server, place a voice call and a keypad call, stop")
+    _authoring_parsers(sub)
     bench = sub.add_parser("bench", help="measurements")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     acc = bench_sub.add_parser("accuracy", help="recognizer accuracy on the demo flow's answers")
@@ -76,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(asyncio.run(_call(args)))
         elif args.command == "demo":
             sys.exit(asyncio.run(demo()))
+        elif args.command in ("flows", "chat", "db"):
+            from ivr import authoring
+
+            sys.exit(authoring.main(args))
         elif args.command == "bench" and args.bench == "load":
             from ivr.bench_load import load_main
 

@@ -20,6 +20,8 @@ _ENV: dict[str, str] = {
     "default_flow": "IVR_DEFAULT_FLOW",
     "public_url": "IVR_PUBLIC_URL",
     "twilio_auth_token": "TWILIO_AUTH_TOKEN",
+    "twilio_account_sid": "TWILIO_ACCOUNT_SID",
+    "routes": "IVR_ROUTES",
     "recognizer_workers": "IVR_RECOGNIZER_WORKERS",
     "voice": "IVR_VOICE",
     "voice_rate": "IVR_VOICE_RATE",
@@ -44,6 +46,9 @@ class Settings:
     # over it, not over what a reverse proxy shows us; empty means "derive from the request".
     public_url: str = ""
     twilio_auth_token: str = field(default="", repr=False)
+    twilio_account_sid: str = ""
+    # YAML mapping called numbers to flows; default: routes.yaml in the flows directory.
+    routes: Path | None = None
     recognizer_workers: int = field(default_factory=_default_workers)
     voice: str = "en-us"
     voice_rate: int = 170

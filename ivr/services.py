@@ -12,9 +12,11 @@ from ivr.config import Settings
 
 if TYPE_CHECKING:
     from ivr.call import CallSession
+    from ivr.flows.library import FlowLibrary
     from ivr.flows.model import Flow
     from ivr.speech.base import Recognizer, Synthesizer
     from ivr.store.db import CallStore
+    from ivr.tools.registry import ToolRegistry
 
 
 @dataclass(slots=True)
@@ -23,10 +25,17 @@ class Services:
     store: CallStore | None = None
     recognizer: Recognizer | None = None
     synthesizer: Synthesizer | None = None
-    flows: dict[str, Flow] = field(default_factory=dict)
+    library: FlowLibrary | None = None
     calls: dict[str, CallSession] = field(default_factory=dict)
+    # Transfers waiting for Twilio to fetch <Connect action>: call SID -> number to dial.
+    transfers: dict[str, str] = field(default_factory=dict)
     # Counters until the Prometheus registry lands: protocol errors by reason, calls, ...
     counters: Counter[str] = field(default_factory=Counter)
+    tools: ToolRegistry | None = None
+
+    @property
+    def flows(self) -> dict[str, Flow]:
+        return self.library.flows if self.library is not None else {}
 
 
 SERVICES = web.AppKey("services", Services)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import pickle
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 
 from ivr.errors import FlowError
+from ivr.flows import model
 from ivr.flows.engine import (
     CallerHangup,
     Digits,
@@ -21,9 +26,18 @@ from ivr.flows.engine import (
     Play,
     Speech,
 )
-from ivr.flows.loader import FlowLoadError, load_flow, load_flow_text, load_flows
+from ivr.flows.lint import Issue, check_paths, lint_flow
+from ivr.flows.loader import (
+    FlowLoadError,
+    _FlowYamlLoader,
+    load_flow,
+    load_flow_text,
+    load_flows,
+)
 from ivr.flows.match import expected_phrases, match_choice, match_key, normalize, speakable
 from ivr.flows.model import AskStep, Choice, Flow
+from ivr.flows.schema import main as schema_main
+from ivr.flows.schema import schema_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "flows" / "demo.yaml"
@@ -54,13 +68,66 @@ def test_demo_flow_loads(demo: Flow) -> None:
 def test_load_flows_directory(tmp_path: Path) -> None:
     (tmp_path / "demo.yaml").write_text(DEMO.read_text())
     (tmp_path / "notes.txt").write_text("not a flow")
+    (tmp_path / "routes.yaml").write_text("numbers: {'+15550100002': demo}\n")  # the router's
     assert list(load_flows(tmp_path)) == ["demo"]
+    assert check_paths([tmp_path]) == []
 
 
 def test_flow_json_schema_is_exportable() -> None:
     schema = Flow.model_json_schema()
     assert schema["additionalProperties"] is False
-    assert {"SayStep", "AskStep", "HangupStep"} <= set(schema["$defs"])
+    steps = {"SayStep", "AskStep", "SetStep", "BranchStep", "CallStep", "LlmStep"}
+    assert steps | {"TransferStep", "HangupStep", "SlotDef"} <= set(schema["$defs"])
+    assert schema["$defs"]["BranchCase"]["required"] == ["if", "goto"]  # aliases, not if_
+
+
+def test_committed_schema_is_up_to_date() -> None:
+    committed = (ROOT / "flows" / "schema.json").read_text(encoding="utf-8")
+    assert committed == schema_text(), "run: python -m ivr.flows.schema"
+    assert schema_main(["--check"]) == 0
+
+
+def test_schema_command_writes_and_checks(tmp_path: Path) -> None:
+    target = tmp_path / "schema.json"
+    assert schema_main(["--check", str(target)]) == 1  # missing
+    assert schema_main([str(target)]) == 0
+    assert schema_main(["--check", str(target)]) == 0
+    assert json.loads(target.read_text())["$schema"].endswith("2020-12/schema")
+
+
+def documented_example() -> str:
+    """The complete example flow in the docstring of ivr/flows/model.py."""
+    doc = model.__doc__ or ""
+    start = doc.index("    # yaml-language-server:")
+    return textwrap.dedent(doc[start : doc.index("\nVerbs:")])
+
+
+def test_documented_example_is_a_clean_flow(tmp_path: Path) -> None:
+    text = documented_example()
+    assert text.startswith("# yaml-language-server: $schema=schema.json\n")
+    flow = load_flow_text(text, "example.yaml")
+    verbs = {type(step).__name__ for step in flow.steps.values()}
+    assert verbs == {
+        "SayStep",
+        "AskStep",
+        "SetStep",
+        "BranchStep",
+        "CallStep",
+        "LlmStep",
+        "TransferStep",
+        "HangupStep",
+    }
+    (tmp_path / "booking.yaml").write_text(text)
+    (tmp_path / "survey.yaml").write_text("name: survey\nstart: s\nsteps:\n  s: {hangup: }\n")
+    assert check_paths([tmp_path], {"bookings.find", "bookings.book"}) == []
+
+
+@pytest.mark.parametrize("path", ["demo", "example"])
+def test_flows_validate_against_the_json_schema(path: str) -> None:
+    schema = json.loads((ROOT / "flows" / "schema.json").read_text())
+    text = DEMO.read_text() if path == "demo" else documented_example()
+    data = yaml.load(text, Loader=_FlowYamlLoader)
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors(data)) == []
 
 
 @pytest.mark.parametrize(
@@ -72,6 +139,12 @@ def test_flow_json_schema_is_exportable() -> None:
         ("wrong_type", 6, 17, ["'timeout_ms' must be a whole number", "got 'soon'"]),
         ("missing_start", 2, 8, ["start step 'welcome' does not exist", "greet"]),
         ("duplicate_key", 8, 33, ["key '1' is already used by choice 1"]),
+        ("unreachable_step", 7, 3, ["step 'promo' is never reached", "'greet'"]),
+        ("bad_template", 11, 10, ["step 'done': 'say': template does not compile"]),
+        ("wrong_slot_type", 5, 11, ["unknown slot type 'colour'", "valid types: choice"]),
+        ("no_way_out", 4, 3, ["steps 'menu', 'again' loop with no way out"]),
+        ("slot_read_before_set", 7, 10, ["step 'greet' reads slots.day, but no path"]),
+        ("undeclared_tool", 6, 11, ["tool 'bookings.book' is not declared", "bookings.find"]),
     ],
 )
 def test_broken_flow_fixtures(fixture: str, line: int, col: int, fragments: list[str]) -> None:
@@ -379,3 +452,229 @@ def test_implicit_end_keys_only_ask_and_silent_hangup() -> None:
     other = FlowRunner(flow)
     other.start()
     assert other.handle(Digits("2")) == [Hangup("completed")]
+
+
+# ---------------------------------------------------------------------- lint
+
+
+def findings(text: str, known_tools: set[str] | None = None) -> list[tuple[str, str]]:
+    """(severity, message) of every lint finding of a flow that passes the schema."""
+    flow = Flow.model_validate(yaml.load(text, Loader=_FlowYamlLoader))
+    return [(f.severity, f.message) for f in lint_flow(flow, known_tools)]
+
+
+def test_lint_unreachable_steps_are_errors() -> None:
+    text = (
+        "name: x\nstart: a\non_error: oops\nsteps:\n  a: {say: hi}\n"
+        "  oops: {say: sorry, next: bye}\n  bye: {hangup: }\n  lost: {say: never}\n"
+    )
+    # The flow's on_error (and what follows it) counts as reachable: any step can fail.
+    assert findings(text) == [("error", "step 'lost' is never reached from start step 'a'")]
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [
+        # every choice loops back and there is no fallback: the caller can never leave
+        (
+            "  m:\n    ask: q\n    choices: [{words: [a], goto: m}, {words: [b], goto: s}]\n"
+            "  s: {set: {n: 1}, next: m}\n",
+            ["steps 'm', 's' loop with no way out"],
+        ),
+        # the same with a fallback to a hangup is fine
+        (
+            "  m:\n    ask: q\n    choices: [{words: [a], goto: m}]\n    fallback: bye\n"
+            "  bye: {hangup: }\n",
+            [],
+        ),
+        # a branch cycle whose only exit is a condition that may hold is fine
+        (
+            "  m: {branch: [{if: 'slots.n > 1', goto: bye}], else: s}\n"
+            "  s: {set: {n: 2}, next: m}\n  bye: {hangup: }\n",
+            [],
+        ),
+        # a stuck region reached from a healthy one is reported on its own
+        (
+            "  m:\n    ask: q\n    choices: [{words: [a], goto: bye}, {words: [b], goto: t}]\n"
+            "  t: {ask: again, choices: [{words: [a], goto: t}]}\n  bye: {hangup: }\n",
+            ["step 't' has no way out"],
+        ),
+    ],
+)
+def test_lint_way_out(steps: str, expected: list[str]) -> None:
+    text = "name: x\nstart: m\nslots:\n  n: {type: number}\nsteps:\n" + steps
+    messages = [m for _, m in findings(text) if "way out" in m]
+    assert len(messages) == len(expected)
+    for message, fragment in zip(messages, expected, strict=True):
+        assert message.startswith(fragment)
+
+
+READS = """
+name: reads
+start: menu
+tools: [t.find]
+slots:
+  day: {type: date}
+  note: {type: text}
+steps:
+  menu:
+    ask: Day or skip?
+    choices:
+      - {words: [day], goto: ask_day}
+      - {words: [skip], goto: tell}
+  ask_day:
+    ask: "Which day?"
+    slot: day
+    confirm: "{{ slots.day | spoken_date }}?"
+    fallback: tell
+    next: find
+  find: {call: t.find, args: {day: "{{ slots.day }}"}, result: found, next: tell, on_error: tell}
+  tell:
+    say: >-
+      {{ slots.day }} {{ vars.found.x }}
+      {% if slots.day is defined %}{{ slots.day }}{% endif %}
+      {{ slots.day | default('no day') }}
+      {{ slots.note }}
+"""
+
+
+def test_lint_slot_reads_dataflow() -> None:
+    # Only the bare reads count: `is defined` and `default` guard the others.
+    assert findings(READS) == [
+        ("warning", "step 'tell' reads slots.day, which only some paths to it set"),
+        ("error", "step 'tell' reads slots.note, but no path to it sets it"),
+        ("warning", "step 'tell' reads vars.found, which only some paths to it set"),
+    ]
+
+
+def test_lint_reads_after_a_set_on_every_path_are_fine() -> None:
+    text = READS.replace("start: menu", "start: first").replace(
+        "steps:\n", "steps:\n  first: {set: {note: hello, day: 2026-01-02}, next: menu}\n"
+    )
+    assert findings(text) == [
+        ("warning", "step 'tell' reads vars.found, which only some paths to it set"),
+    ]
+
+
+def test_lint_undeclared_and_unknown_tools() -> None:
+    text = (
+        "name: x\nstart: a\ntools: [t.find, t.gone]\nsteps:\n"
+        "  a: {call: t.book, next: b}\n"
+        "  b: {llm: hi, tools: [t.find, t.other], fallback: c}\n  c: {hangup: }\n"
+    )
+    assert findings(text, {"t.find", "t.book"}) == [
+        ("error", "tool 't.gone' does not exist"),
+        ("error", "step 'a': tool 't.book' is not declared in the flow's tools"),
+        ("error", "step 'b': tool 't.other' is not declared in the flow's tools"),
+        ("warning", "tool 't.gone' is declared but no step uses it"),
+    ]
+    # Without a registry only the flow's own list is checked.
+    assert [m for _, m in findings(text) if "does not exist" in m] == []
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "col", "fragment"),
+    [
+        ("name: x\nstart: a\nsteps:\n  a: {ask: hmm}\n", 4, 3, "needs choices (a menu) or a slot"),
+        (
+            "name: x\nstart: a\nslots:\n  d: {type: date}\nsteps:\n"
+            "  a: {ask: hmm, slot: d, choices: [{words: [x], goto: b}]}\n  b: {hangup: }\n",
+            6,
+            17,
+            "either choices or a slot, not both",
+        ),
+        ("name: x\nstart: a\nsteps:\n  a: {ask: hmm, slot: day}\n", 4, 23, "slot 'day' is not"),
+        (
+            "name: x\nstart: a\nsteps:\n"
+            "  a: {ask: hmm, confirm: ok, choices: [{key: 1, goto: b}]}\n  b: {hangup: }\n",
+            4,
+            17,
+            "'confirm' only applies to an ask with a slot",
+        ),
+        ("name: x\nstart: a\nsteps:\n  a: {set: {q: 1}}\n", 4, 13, "slot 'q' is not declared"),
+        (
+            "name: x\nstart: a\nslots:\n  n: {type: number, max: 5}\nsteps:\n  a: {set: {n: 9}}\n",
+            6,
+            16,
+            "9 is not a valid number for slot 'n'",
+        ),
+        ("name: x\ntimezone: Mars/Base\nstart: a\nsteps:\n  a: {say: hi}\n", 2, 11, "time zone"),
+        ("name: x\nstart: a\nsteps:\n  a: {transfer: mom}\n", 4, 17, "'mom' is not a phone"),
+        (
+            "name: x\nstart: a\nsteps:\n  a: {say: '{{ slot.day }}'}\n",
+            4,
+            12,
+            "unknown name 'slot'",
+        ),
+        ("name: x\nstart: a\nsteps:\n  a: {say: '{{ slots.day }}'}\n", 4, 12, "not a declared"),
+        ("name: x\nstart: a\nsteps:\n  a: {say: '{{ vars.r }}'}\n", 4, 12, "not the result"),
+        (
+            "name: x\nstart: a\nsteps:\n  a:\n    branch:\n      - {if: 'x >', goto: b}\n"
+            "    else: b\n  b: {hangup: }\n",
+            6,
+            14,
+            "'if': condition does not compile",
+        ),
+        (
+            "name: x\nstart: a\nslots:\n  s: {type: choice}\nsteps:\n  a: {ask: s, slot: s}\n",
+            4,
+            6,
+            "slot 's': a choice slot needs at least one entry",
+        ),
+        (
+            "name: x\nstart: a\nsteps:\n  a:\n    branch:\n      - {iff: x, goto: a}\n"
+            "    else: a\n",
+            6,
+            10,
+            "unknown key 'iff' (did you mean 'if'?",
+        ),
+        ("name: x\nstart: a\nsteps:\n  a: {ask: Day?, slot: d}\n", 4, 15, "unexpected '?'"),
+    ],
+)
+def test_lint_error_positions(text: str, line: int, col: int, fragment: str) -> None:
+    err = errors_of(text)[0]
+    assert (err.line, err.col) == (line, col), str(err)
+    assert fragment in str(err)
+
+
+def test_warnings_do_not_stop_loading_but_are_checked(tmp_path: Path) -> None:
+    text = READS.replace("      {{ slots.note }}\n", "")
+    flow = load_flow_text(text)
+    assert flow.name == "reads"
+    path = tmp_path / "reads.yaml"
+    path.write_text(text)
+    issues = check_paths([path])
+    assert {i.severity for i in issues} == {"warning"}
+    first = issues[0]
+    assert str(first).startswith(f"{path}:{first.line}:{first.col}: warning: step 'tell' reads")
+
+
+def test_check_paths_reports_everything_and_raises_nothing(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("name: a\nstart: s\nsteps:\n  s: {say: hi, next: {flow: b}}\n")
+    (tmp_path / "b.yaml").write_text("name: a\nstart: s\nsteps:\n  s: {hangup: }\n")
+    (tmp_path / "broken.yaml").write_text("name: c\nstart: s\nsteps:\n  s: {say: hi}\n   x: 1\n")
+    issues = check_paths([tmp_path / "a.yaml", tmp_path / "b.yaml", tmp_path / "broken.yaml"])
+    assert all(isinstance(i, Issue) and i.severity == "error" for i in issues)
+    where = {(Path(i.file or "").name, i.line, i.col) for i in issues}
+    assert ("b.yaml", 1, 7) in where  # duplicate name
+    assert ("a.yaml", 4, 29) in where  # flow 'b' does not exist
+    assert any(name == "broken.yaml" for name, _, _ in where)  # YAML error, still reported
+
+
+def test_check_one_file_resolves_hand_overs_to_its_siblings(tmp_path: Path) -> None:
+    (tmp_path / "main.yaml").write_text(
+        "name: main\nstart: s\nsteps:\n  s: {say: hi, next: {flow: billing}}\n"
+    )
+    (tmp_path / "billing.yaml").write_text("name: billing\nstart: s\nsteps:\n  s: {hangup: }\n")
+    assert check_paths([tmp_path / "main.yaml"]) == []
+    assert check_paths([tmp_path]) == []
+
+
+def test_loading_is_side_effect_free_and_repeatable(tmp_path: Path) -> None:
+    path = tmp_path / "demo.yaml"
+    path.write_text(DEMO.read_text())
+    first = load_flow(path)
+    path.write_text(DEMO.read_text().replace("goto: sales}", "goto: salez}"))
+    with pytest.raises(FlowLoadError):
+        load_flow(path)
+    assert first == load_flow(DEMO)  # the working flow object is untouched

@@ -4,47 +4,66 @@ Loading runs in phases, each of which only starts when the one before succeeded:
 1. YAML syntax (composed to nodes that remember their positions) and duplicate keys.
 2. Schema: pydantic validates the plain data; each error's `loc` is walked back through
    the node tree to the line and column of the offending key or value.
-3. Semantics: small `validate_*` functions over the valid model (targets exist, keys are
-   unique, no endless say-loops), reporting `Issue`s located the same way.
+3. Meaning: the checks of `ivr.flows.lint` over the valid model (targets exist,
+   templates compile, tools are declared, every step is reachable and can end the
+   call, slots are set before they are read), reported as `Finding`s located the
+   same way.
 
-Errors: every function here raises `FlowLoadError`, a `FlowError` located at the first
+Errors: the `load_*` functions raise `FlowLoadError`, a `FlowError` located at the first
 problem whose `.errors` lists all problems found (sorted by position) and whose `str()`
-shows them one per line, so `ivr flows check` can print it as is.
+shows them one per line. Warnings do not stop a load; `check_paths` (what `ivr flows
+check` prints) returns errors and warnings alike as `Issue`s and raises nothing.
+Loading has no side effects: nothing is registered or cached except compiled templates,
+so a broken file never disturbs flows already loaded.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 import types
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, Tag, ValidationError
+from pydantic.fields import FieldInfo
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ivr.errors import FlowError
-from ivr.flows.match import normalize, speakable
+from ivr.flows.lint import (
+    SEMANTIC_CHECKS,
+    Finding,
+    Issue,
+    closest,
+    field_name,
+    lint_flow,
+    suggest,
+    validate_choices,
+    validate_loops,
+    validate_start,
+    validate_targets,
+    where,
+)
 from ivr.flows.model import (
     STEP_KIND_ERROR,
     STEP_VERBS,
     TARGET_KIND_ERROR,
     UNION_TAGS,
-    AskStep,
     Flow,
     FlowRef,
     Loc,
-    SayStep,
     step_verb,
 )
+from ivr.flows.slots import SLOT_TYPES
 
 __all__ = [
     "SEMANTIC_CHECKS",
+    "Finding",
     "FlowLoadError",
     "Issue",
+    "check_paths",
     "load_flow",
     "load_flow_text",
     "load_flows",
@@ -55,6 +74,13 @@ __all__ = [
 ]
 
 FLOW_SUFFIXES = (".yaml", ".yml")
+# YAML files that live among the flows but are not flows (the called-number routing
+# table of `ivr.flows.library`); reading a directory of flows skips them.
+NOT_FLOWS = frozenset({"routes.yaml", "routes.yml"})
+
+
+def _is_flow_file(path: Path) -> bool:
+    return path.suffix in FLOW_SUFFIXES and path.name not in NOT_FLOWS and path.is_file()
 
 
 class FlowLoadError(FlowError):
@@ -77,30 +103,22 @@ class FlowLoadError(FlowError):
         return "\n".join(FlowError.__str__(e) for e in self.errors)
 
 
-@dataclass(frozen=True, slots=True)
-class Issue:
-    """A semantic problem at `loc` in the flow document; `at_key` points at the key."""
-
-    loc: Loc
-    message: str
-    hint: str | None = None
-    at_key: bool = False
-
-
 # --------------------------------------------------------------------------- YAML
 
 
 class _FlowYamlLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans: `no`, `on`, `yes` stay words.
+    """SafeLoader with YAML 1.2 booleans: `no`, `on`, `yes` stay words, and no timestamps.
 
     Authors write choice words like `[yes, no]` and step names like `on`; YAML 1.1
-    would silently turn those into booleans.
+    would silently turn those into booleans. Likewise `set: {day: 2026-11-24}` stays
+    text, which the date slot then parses, instead of a date no text field accepts.
     """
 
 
 _BOOL_TAG = "tag:yaml.org,2002:bool"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _FlowYamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL_TAG]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL_TAG, _TIMESTAMP_TAG)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _FlowYamlLoader.add_implicit_resolver(
@@ -149,6 +167,15 @@ def _syntax_error(exc: yaml.MarkedYAMLError, text: str, file: str) -> FlowError:
             line=line,
             col=col,
             hint="YAML indents with spaces only; replace the tab with spaces",
+        )
+    if "but got '?'" in problem:
+        # PyYAML reads "?" in {...} as a key marker, so `{ask: Which day?, ...}` breaks.
+        return FlowError(
+            "unexpected '?' inside {...}",
+            file=file,
+            line=line,
+            col=col,
+            hint='quote text with a question mark inside {...}, e.g. {ask: "Which day?"}',
         )
     if problem.startswith("mapping values are not allowed"):
         before = src[: mark.column].strip()
@@ -291,54 +318,6 @@ def _data_at(data: Any, loc: Loc) -> Any:
     return data
 
 
-def _where(loc: Loc) -> str:
-    """A human name for the container at `loc`: "step 'menu', choice 2, dtmf"."""
-    if not loc:
-        return "flow"
-    parts: list[str] = []
-    rest: Loc = loc
-    if loc[0] == "steps" and len(loc) >= 2:
-        parts.append(f"step '{loc[1]}'")
-        rest = loc[2:]
-    i = 0
-    while i < len(rest):
-        elem = rest[i]
-        if elem == "choices" and i + 1 < len(rest) and isinstance(rest[i + 1], int):
-            parts.append(f"choice {int(rest[i + 1]) + 1}")
-            i += 2
-            continue
-        parts.append(f"item {elem + 1}" if isinstance(elem, int) else str(elem))
-        i += 1
-    return ", ".join(parts)
-
-
-def _field_name(loc: Loc) -> tuple[Loc, str]:
-    """(container location, name of the field) for a value error at `loc`."""
-    if not loc:
-        return (), "flow"
-    if isinstance(loc[-1], int) and len(loc) >= 2:
-        return loc[:-2], f"{loc[-2]}[{loc[-1] + 1}]"
-    return loc[:-1], str(loc[-1])
-
-
-def _closest(word: str, candidates: Iterable[str]) -> str | None:
-    options = list(candidates)
-    lowered = {c.lower(): c for c in options}
-    if word.lower() in lowered:
-        return lowered[word.lower()]
-    found = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    return found[0] if found else None
-
-
-def _suggest(word: str, candidates: Iterable[str], noun: str) -> str:
-    options = list(candidates)
-    best = _closest(word, options)
-    listed = ", ".join(options[:10]) + (", ..." if len(options) > 10 else "")
-    if best is not None:
-        return f"did you mean '{best}'? {noun}: {listed}"
-    return f"{noun}: {listed}"
-
-
 # --------------------------------------------------------------- model walk
 
 
@@ -366,13 +345,18 @@ def _descend(tp: Any, elem: str | int) -> Any:
                 return member
         return None
     if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(elem, str):
-        field = tp.model_fields.get(elem)
+        field = _fields(tp).get(elem)
         return None if field is None else field.annotation
     if origin is dict:
         return get_args(tp)[1]
     if origin in (list, tuple) and isinstance(elem, int):
         return get_args(tp)[0]
     return None
+
+
+def _fields(model: type[BaseModel]) -> dict[str, FieldInfo]:
+    """A model's fields by the key written in YAML (`if`, not `if_`)."""
+    return {info.alias or name: info for name, info in model.model_fields.items()}
 
 
 def _model_at(raw_loc: Sequence[str | int]) -> type[BaseModel] | None:
@@ -437,7 +421,7 @@ def _step_kind_error(loc: Loc, root: Node, data: Any, file: str) -> FlowError:
             hint=f'write e.g. {name}: {{say: "Hello.", next: other}}',
         )
     for key in raw:
-        verb = _closest(str(key), STEP_VERBS)
+        verb = closest(str(key), STEP_VERBS)
         if verb is not None and isinstance(found.node, MappingNode):
             key_found = _locate(root, (*loc, str(key)))
             kl, kc = _pos(key_found.key or found.node)
@@ -453,7 +437,10 @@ def _step_kind_error(loc: Loc, root: Node, data: Any, file: str) -> FlowError:
         file=file,
         line=line,
         col=col,
-        hint="give it one of: say (speak, then next), ask (prompt and choices), hangup",
+        hint=(
+            "give it one of: say (speak), ask (prompt and listen), set (store values), "
+            "branch (decide), call (run a tool), llm (an agent), transfer, hangup"
+        ),
     )
 
 
@@ -474,7 +461,7 @@ def _schema_error(err: Mapping[str, Any], root: Node, data: Any, file: str) -> F
         if found.key is not None:
             line, col = _pos(found.key)
         model = _model_at(raw_loc[:-1])
-        valid = list(model.model_fields) if model is not None else []
+        valid = list(_fields(model)) if model is not None else []
         if key in STEP_VERBS and len(container) == 2 and container[0] == "steps":
             verb = step_verb(_data_at(data, container))
             return FlowError(
@@ -485,11 +472,11 @@ def _schema_error(err: Mapping[str, Any], root: Node, data: Any, file: str) -> F
                 hint="split it into two steps linked with 'next'",
             )
         return FlowError(
-            f"{_where(container)}: unknown key '{key}'",
+            f"{where(container)}: unknown key '{key}'",
             file=file,
             line=line,
             col=col,
-            hint=_suggest(key, valid, "valid keys") if valid else None,
+            hint=suggest(key, valid, "valid keys") if valid else None,
         )
 
     if kind == "missing":
@@ -502,22 +489,22 @@ def _schema_error(err: Mapping[str, Any], root: Node, data: Any, file: str) -> F
         elif key == "goto":
             hint = "add 'goto: <step>' naming the step this choice leads to"
         return FlowError(
-            f"{_where(container)}: missing required key '{key}'",
+            f"{where(container)}: missing required key '{key}'",
             file=file,
             line=line,
             col=col,
             hint=hint,
         )
 
-    container, field = _field_name(loc)
-    where = _where(container)
+    container, field = field_name(loc)
+    at = where(container)
     got = _describe_node(found.node) if found.complete else "nothing"
     if kind in _EXPECTED:
         expected, hint = _EXPECTED[kind]
         if got == "nothing":
             hint = f"write a value after '{field}:'"
         return FlowError(
-            f"{where}: '{field}' must be {expected}, got {got}",
+            f"{at}: '{field}' must be {expected}, got {got}",
             file=file,
             line=line,
             col=col,
@@ -525,7 +512,7 @@ def _schema_error(err: Mapping[str, Any], root: Node, data: Any, file: str) -> F
         )
     if kind == TARGET_KIND_ERROR:
         return FlowError(
-            f"{where}: '{field}' must be a step name or {{flow: name}}, got {got}",
+            f"{at}: '{field}' must be a step name or {{flow: name}}, got {got}",
             file=file,
             line=line,
             col=col,
@@ -541,24 +528,41 @@ def _schema_error(err: Mapping[str, Any], root: Node, data: Any, file: str) -> F
     elif kind == "too_short":
         least = ctx.get("min_length")
         return FlowError(
-            f"{where}: '{field}' needs at least {'one item' if least == 1 else f'{least} items'}",
+            f"{at}: '{field}' needs at least {'one item' if least == 1 else f'{least} items'}",
             file=file,
             line=line,
             col=col,
         )
     elif kind == "literal_error":
+        if field == "type" and len(container) == 2 and container[0] == "slots":
+            # The slot type is the one literal whose valid values authors must look up.
+            value = str(_data_at(data, loc))
+            best = closest(value, SLOT_TYPES)
+            return FlowError(
+                f"{at}: unknown slot type {value!r}",
+                file=file,
+                line=line,
+                col=col,
+                hint=(f"did you mean '{best}'? " if best else "")
+                + f"valid types: {', '.join(SLOT_TYPES)}",
+            )
         problem = f"must be {ctx.get('expected')}"
+    elif kind == "value_error":
+        # A model's own rule (a slot's choices, min above max): the message says it all.
+        message = str(ctx.get("error") or err.get("msg", kind))
+        message = message.removeprefix("Value error, ")
+        return FlowError(f"{where(loc)}: {message}", file=file, line=line, col=col)
     else:
         msg = str(err.get("msg", kind))
         problem = msg[:1].lower() + msg[1:]
-    return FlowError(f"{where}: '{field}' {problem}, got {got}", file=file, line=line, col=col)
+    return FlowError(f"{at}: '{field}' {problem}, got {got}", file=file, line=line, col=col)
 
 
 def _without_echoes(errors: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Drop "missing 'next'" when the same mapping has an unknown key 'nxt'.
+    """Drop errors that only echo another one.
 
-    A misspelled key causes both errors; the author only needs the one that names
-    the typo and suggests the fix.
+    "missing 'next'" when the same mapping has an unknown key 'nxt': a misspelled key
+    causes both, and the author only needs the one that names the typo and the fix.
     """
     typos: set[tuple[Loc, str]] = set()
     for err in errors:
@@ -567,187 +571,32 @@ def _without_echoes(errors: Sequence[Mapping[str, Any]]) -> list[Mapping[str, An
         raw_loc = tuple(err["loc"])
         model = _model_at(raw_loc[:-1])
         if model is not None:
-            best = _closest(str(raw_loc[-1]), model.model_fields)
+            best = closest(str(raw_loc[-1]), _fields(model))
             if best is not None:
                 typos.add((_clean(raw_loc[:-1]), best))
+    # pydantic also calls a list "too short" when its only items were invalid; the
+    # items' own errors are the ones to fix.
+    with_bad_items = {
+        tuple(err["loc"][:i])
+        for err in errors
+        for i, elem in enumerate(err["loc"])
+        if isinstance(elem, int)
+    }
     return [
         err
         for err in errors
         if not (
             err["type"] == "missing" and (_clean(err["loc"][:-1]), str(err["loc"][-1])) in typos
         )
+        and not (err["type"] == "too_short" and tuple(err["loc"]) in with_bad_items)
     ]
 
 
-# ---------------------------------------------------------------- semantics
-
-
-def validate_start(flow: Flow) -> list[Issue]:
-    if flow.start in flow.steps:
-        return []
-    return [
-        Issue(
-            ("start",),
-            f"start step '{flow.start}' does not exist",
-            _suggest(flow.start, flow.steps, "steps"),
-        )
-    ]
-
-
-def validate_targets(flow: Flow) -> list[Issue]:
-    issues: list[Issue] = []
-    for _, loc, target in flow.links():
-        if isinstance(target, FlowRef) or target in flow.steps:
-            continue
-        container, field = _field_name(loc)
-        issues.append(
-            Issue(
-                loc,
-                f"{_where(container)}: {field} '{target}' is not a step of this flow",
-                _suggest(target, flow.steps, "steps"),
-            )
-        )
-    return issues
-
-
-_KEY_RE = re.compile(r"^[0-9*#]+$")
-
-
-def validate_choices(flow: Flow) -> list[Issue]:
-    issues: list[Issue] = []
-    for name, step in flow.steps.items():
-        if not isinstance(step, AskStep):
-            continue
-        base: Loc = ("steps", name, "choices")
-        terminator = step.dtmf.terminator if step.dtmf is not None else "#"
-        max_digits = step.dtmf.max_digits if step.dtmf is not None else None
-        key_owner: dict[str, int] = {}
-        phrase_owner: dict[str, int] = {}
-        for i, choice in enumerate(step.choices):
-            where = _where((*base, i))
-            if not choice.words and choice.key is None:
-                issues.append(
-                    Issue(
-                        (*base, i),
-                        f"{where}: can be neither said nor pressed",
-                        'give it words: [...] or key: "1"',
-                    )
-                )
-            if not step.speech and choice.key is None:
-                issues.append(
-                    Issue(
-                        (*base, i),
-                        f"{where}: has no key, but the step listens for keys only",
-                        "add a key or set speech: true",
-                    )
-                )
-            for w, word in enumerate(choice.words):
-                phrase = normalize(word)
-                if not speakable(word):
-                    issues.append(
-                        Issue(
-                            (*base, i, "words", w),
-                            f"{where}: word '{word}' has nothing a caller could say",
-                            "use letters or digits",
-                        )
-                    )
-                elif phrase in phrase_owner and phrase_owner[phrase] != i:
-                    issues.append(
-                        Issue(
-                            (*base, i, "words", w),
-                            f"{where}: '{word}' is also a word of choice "
-                            f"{phrase_owner[phrase] + 1}, so saying it picks neither",
-                            "keep each word in one choice",
-                        )
-                    )
-                else:
-                    phrase_owner.setdefault(phrase, i)
-            if choice.key is None:
-                continue
-            key_loc: Loc = (*base, i, "key")
-            if not _KEY_RE.match(choice.key):
-                issues.append(
-                    Issue(
-                        key_loc,
-                        f"{where}: key '{choice.key}' is not something a keypad can send",
-                        "use digits 0-9, * or #",
-                    )
-                )
-            elif terminator and terminator in choice.key and len(choice.key) > 1:
-                issues.append(
-                    Issue(
-                        key_loc,
-                        f"{where}: key '{choice.key}' contains the terminator '{terminator}'",
-                        "use another key, or set dtmf: {terminator: null}",
-                    )
-                )
-            elif max_digits is not None and len(choice.key) > max_digits:
-                issues.append(
-                    Issue(
-                        key_loc,
-                        f"{where}: key '{choice.key}' is longer than dtmf.max_digits "
-                        f"({max_digits})",
-                        "shorten the key or raise max_digits",
-                    )
-                )
-            if choice.key in key_owner:
-                issues.append(
-                    Issue(
-                        key_loc,
-                        f"{where}: key '{choice.key}' is already used by choice "
-                        f"{key_owner[choice.key] + 1}",
-                        "give every choice its own key",
-                    )
-                )
-            else:
-                key_owner[choice.key] = i
-    return issues
-
-
-def validate_loops(flow: Flow) -> list[Issue]:
-    """Say steps whose `next` chain comes back to itself would talk forever."""
-    issues: list[Issue] = []
-    reported: set[frozenset[str]] = set()
-    for name in flow.steps:
-        path: list[str] = []
-        current: str | None = name
-        while current is not None and current not in path:
-            step = flow.steps.get(current)
-            if not isinstance(step, SayStep) or not isinstance(step.next, str):
-                current = None
-                break
-            path.append(current)
-            current = step.next
-        if current is None or current != name:
-            continue
-        cycle = frozenset(path)
-        if cycle in reported:
-            continue
-        reported.add(cycle)
-        chain = " -> ".join(f"'{s}'" for s in [*path, name])
-        issues.append(
-            Issue(
-                ("steps", name, "next"),
-                f"steps {chain} repeat forever without asking anything",
-                "end the loop with an ask or hangup step",
-            )
-        )
-    return issues
-
-
-SEMANTIC_CHECKS: tuple[Callable[[Flow], list[Issue]], ...] = (
-    validate_start,
-    validate_targets,
-    validate_choices,
-    validate_loops,
-)
-
-
-def _issue_error(issue: Issue, root: Node, file: str) -> FlowError:
-    found = _locate(root, issue.loc)
-    node = found.key if issue.at_key and found.key is not None else found.node
+def _located(finding: Finding, root: Node, file: str) -> Issue:
+    found = _locate(root, finding.loc)
+    node = found.key if finding.at_key and found.key is not None else found.node
     line, col = _pos(node)
-    return FlowError(issue.message, file=file, line=line, col=col, hint=issue.hint)
+    return Issue(file, line, col, finding.message, finding.hint, finding.severity)
 
 
 # ------------------------------------------------------------------ loading
@@ -755,6 +604,10 @@ def _issue_error(issue: Issue, root: Node, file: str) -> FlowError:
 
 def _sorted(errors: list[FlowError]) -> list[FlowError]:
     return sorted(errors, key=lambda e: (e.file or "", e.line or 0, e.col or 0))
+
+
+def _sorted_issues(issues: list[Issue]) -> list[Issue]:
+    return sorted(issues, key=lambda i: (i.file or "", i.line or 0, i.col or 0))
 
 
 def _parse(text: str, file: str) -> tuple[Flow, Node]:
@@ -789,15 +642,29 @@ def _parse(text: str, file: str) -> tuple[Flow, Node]:
     except ValidationError as exc:
         errors = [_schema_error(err, root, data, file) for err in _without_echoes(exc.errors())]
         raise FlowLoadError(_sorted(errors)) from None
-    issues = [issue for check in SEMANTIC_CHECKS for issue in check(flow)]
-    if issues:
-        raise FlowLoadError(_sorted([_issue_error(i, root, file) for i in issues]))
+    return flow, root
+
+
+def _analyse(
+    text: str, file: str, known_tools: set[str] | None = None
+) -> tuple[Flow, Node, list[Issue]]:
+    """Parse (raising `FlowLoadError` on syntax and schema errors), then lint."""
+    flow, root = _parse(text, file)
+    issues = [_located(f, root, file) for f in lint_flow(flow, known_tools)]
+    return flow, root, issues
+
+
+def _load(text: str, file: str) -> tuple[Flow, Node]:
+    flow, root, issues = _analyse(text, file)
+    errors = [issue.to_error() for issue in issues if issue.severity == "error"]
+    if errors:
+        raise FlowLoadError(_sorted(errors))
     return flow, root
 
 
 def load_flow_text(text: str, file: str = "<string>") -> Flow:
-    """Parse and validate one flow; raises `FlowLoadError`."""
-    return _parse(text, file)[0]
+    """Parse and validate one flow; raises `FlowLoadError` (warnings are not raised)."""
+    return _load(text, file)[0]
 
 
 def _read(path: Path) -> str:
@@ -817,8 +684,27 @@ def load_flow(path: str | Path) -> Flow:
     return load_flow_text(_read(path), str(path))
 
 
+def _flow_refs(flow: Flow) -> list[tuple[Loc, FlowRef]]:
+    links = [(loc, target) for _, loc, target in flow.links()]
+    if flow.on_error is not None:
+        links.append((("on_error",), flow.on_error))
+    return [((*loc, "flow"), target) for loc, target in links if isinstance(target, FlowRef)]
+
+
+def _duplicate_name(flow: Flow, root: Node, file: str, other: str) -> Issue:
+    line, col = _pos(_locate(root, ("name",)).node)
+    return Issue(
+        file,
+        line,
+        col,
+        f"flow name '{flow.name}' is already used by {other}",
+        "give every flow a unique name",
+    )
+
+
 def load_flows(directory: str | Path) -> dict[str, Flow]:
-    """Load every `*.yaml`/`*.yml` in `directory` (not recursive), keyed by flow name.
+    """Load every `*.yaml`/`*.yml` in `directory` (not recursive, `routes.yaml` aside),
+    keyed by flow name.
 
     All files are checked before raising, so one run reports every broken file; flow
     names must be unique and `{flow: name}` targets must name a loaded flow.
@@ -828,41 +714,96 @@ def load_flows(directory: str | Path) -> dict[str, Flow]:
     loaded: dict[str, tuple[Flow, Node, str]] = {}
     if not directory.is_dir():
         raise FlowLoadError([FlowError("not a directory of flows", file=str(directory))])
-    paths = sorted(p for p in directory.iterdir() if p.suffix in FLOW_SUFFIXES and p.is_file())
+    paths = sorted(p for p in directory.iterdir() if _is_flow_file(p))
     for path in paths:
         file = str(path)
         try:
-            flow, root = _parse(_read(path), file)
+            flow, root = _load(_read(path), file)
         except FlowLoadError as exc:
             errors.extend(exc.errors)
             continue
         if flow.name in loaded:
-            line, col = _pos(_locate(root, ("name",)).node)
-            errors.append(
-                FlowError(
-                    f"flow name '{flow.name}' is already used by {loaded[flow.name][2]}",
-                    file=file,
-                    line=line,
-                    col=col,
-                    hint="give every flow a unique name",
-                )
-            )
+            errors.append(_duplicate_name(flow, root, file, loaded[flow.name][2]).to_error())
             continue
         loaded[flow.name] = (flow, root, file)
     for flow, root, file in loaded.values():
-        for _, loc, target in flow.links():
-            if isinstance(target, FlowRef) and target.flow not in loaded:
-                errors.append(
-                    _issue_error(
-                        Issue(
-                            (*loc, "flow"),
-                            f"flow '{target.flow}' does not exist in {directory}",
-                            _suggest(target.flow, loaded, "flows"),
-                        ),
-                        root,
-                        file,
-                    )
+        for loc, target in _flow_refs(flow):
+            if target.flow not in loaded:
+                finding = Finding(
+                    loc,
+                    f"flow '{target.flow}' does not exist in {directory}",
+                    suggest(target.flow, loaded, "flows"),
                 )
+                errors.append(_located(finding, root, file).to_error())
     if errors:
         raise FlowLoadError(_sorted(errors))
     return {name: flow for name, (flow, _, _) in loaded.items()}
+
+
+def _flow_files(paths: Iterable[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for entry in map(Path, paths):
+        if entry.is_dir():
+            files.extend(sorted(p for p in entry.iterdir() if _is_flow_file(p)))
+        else:
+            files.append(entry)
+    return list(dict.fromkeys(files))
+
+
+def _sibling_names(files: Sequence[Path]) -> set[str]:
+    """Names of the other flows beside `files`: what `{flow: x}` may hand over to.
+
+    Checking one file of a directory must not call its hand-overs to the others
+    unknown; those files are only read for their name, their own problems are theirs.
+    """
+    names: set[str] = set()
+    checked = {f.resolve() for f in files}
+    for directory in {f.parent for f in files}:
+        if not directory.is_dir():
+            continue
+        for path in directory.iterdir():
+            if not _is_flow_file(path) or path.resolve() in checked:
+                continue
+            try:
+                data = yaml.load(path.read_text(encoding="utf-8"), Loader=_FlowYamlLoader)
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                continue
+            if isinstance(data, dict) and isinstance(data.get("name"), str):
+                names.add(data["name"])
+    return names
+
+
+def check_paths(paths: Iterable[str | Path], known_tools: set[str] | None = None) -> list[Issue]:
+    """Every error and warning in the given flow files and directories, sorted; raises
+    nothing (an unreadable or unparsable file is reported as an error like any other).
+
+    Beyond what loading checks: flow names are unique across the files, `{flow: x}`
+    names a flow among them (or beside them), and with `known_tools` every declared
+    tool exists.
+    """
+    files = _flow_files(paths)
+    issues: list[Issue] = []
+    loaded: dict[str, tuple[Flow, Node, str]] = {}
+    for path in files:
+        file = str(path)
+        try:
+            flow, root, found = _analyse(_read(path), file, known_tools)
+        except FlowLoadError as exc:
+            issues.extend(Issue.from_error(e) for e in exc.errors)
+            continue
+        issues.extend(found)
+        if flow.name in loaded:
+            issues.append(_duplicate_name(flow, root, file, loaded[flow.name][2]))
+            continue
+        loaded[flow.name] = (flow, root, file)
+    names = set(loaded) | _sibling_names(files)
+    for flow, root, file in loaded.values():
+        for loc, target in _flow_refs(flow):
+            if target.flow not in names:
+                finding = Finding(
+                    loc,
+                    f"flow '{target.flow}' does not exist",
+                    suggest(target.flow, names, "flows"),
+                )
+                issues.append(_located(finding, root, file))
+    return _sorted_issues(issues)

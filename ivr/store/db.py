@@ -92,6 +92,11 @@ MIGRATIONS: list[str] = [
         plan            TEXT NOT NULL
     );
     """,
+    # v3: what a turn filled (slot name and the value's text form).
+    """
+    ALTER TABLE turns ADD COLUMN slot TEXT;
+    ALTER TABLE turns ADD COLUMN slot_value TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -122,6 +127,8 @@ class Turn:
     confidence: float | None = None
     understood: str | None = None
     result: str | None = None  # match | no_match | no_input
+    slot: str | None = None  # the slot the step fills, and the value this answer gave it
+    slot_value: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -193,11 +200,12 @@ class CallStore:
         d = asdict(turn)
         await self._db.execute(
             """INSERT OR REPLACE INTO turns (call_sid, seq, step, prompt, prompt_heard,
-                 input_kind, input_text, confidence, understood, result, timings)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                 input_kind, input_text, confidence, understood, result, timings, slot,
+                 slot_value)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (call_sid, d["seq"], d["step"], d["prompt"], d["prompt_heard"], d["input_kind"],
              d["input_text"], d["confidence"], d["understood"], d["result"],
-             json.dumps(d["timings"])),
+             json.dumps(d["timings"]), d["slot"], d["slot_value"]),
         )
         await self._db.commit()
 

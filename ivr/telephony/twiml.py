@@ -37,9 +37,13 @@ def media_url(base: str) -> str:
     return ("wss" if scheme == "https" else "ws") + "://" + rest + "/media"
 
 
-def stream_twiml(url: str, parameters: Mapping[str, str], *, status_url: str | None) -> str:
+def stream_twiml(
+    url: str, parameters: Mapping[str, str], *, status_url: str | None,
+    action_url: str | None = None,
+) -> str:
     response = VoiceResponse()
-    connect = Connect()
+    # Twilio fetches `action` when the stream closes: that is where a transfer gets its <Dial>.
+    connect = Connect(action=action_url) if action_url else Connect()
     stream = connect.stream(url=url, **(
         {"status_callback": status_url, "status_callback_method": "POST"} if status_url else {}
     ))
@@ -79,8 +83,24 @@ async def voice(request: web.Request) -> web.Response:
     params = {"flow": flow, "from": form.get("From", ""), "to": form.get("To", "")}
     log.info("voice_webhook", call_sid=form.get("CallSid", ""), flow=flow,
              caller=mask_number(form.get("From", "")))
-    xml = stream_twiml(media_url(base), params, status_url=base + "/status")
+    xml = stream_twiml(media_url(base), params, status_url=base + "/status",
+                       action_url=base + "/connect-action")
     return web.Response(text=xml, content_type="text/xml")
+
+
+async def connect_action(request: web.Request) -> web.Response:
+    """The stream has closed: dial the transfer target the flow chose, or hang up."""
+    services = request.app[SERVICES]
+    form = await _signed_form(request)
+    call_sid = form.get("CallSid", "")
+    number = services.transfers.pop(call_sid, None)
+    response = VoiceResponse()
+    if number:
+        log.info("transfer_dial", call_sid=call_sid, to=mask_number(number))
+        response.dial(number)
+    else:
+        response.hangup()
+    return web.Response(text=str(response.to_xml()), content_type="text/xml")
 
 
 async def status(request: web.Request) -> web.Response:

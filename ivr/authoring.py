@@ -1,0 +1,142 @@
+"""The flow author's commands: `ivr flows check|test|graph`, `ivr chat`, `ivr db seed`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from ivr.config import Settings
+from ivr.errors import FlowError
+from ivr.flows.graph import mermaid
+from ivr.flows.library import FlowLibrary
+from ivr.flows.lint import check_paths
+from ivr.flows.loader import load_flow
+from ivr.flows.model import Flow
+
+
+def main(args: argparse.Namespace) -> int:
+    from ivr.logging import configure
+
+    configure("warning", json=False)
+    if args.command == "db":
+        return _seed(args)
+    if args.command == "chat":
+        return asyncio.run(_chat(args))
+    if args.flows_command == "check":
+        return _check(args.paths)
+    if args.flows_command == "test":
+        return asyncio.run(_test(args))
+    return _graph(args)
+
+
+def _known_tools() -> set[str]:
+    from ivr.tools.registry import default_registry
+
+    return set(default_registry(Path(":memory:")).names())
+
+
+def _check(paths: list[Path]) -> int:
+    files: list[Path] = []
+    for p in paths:
+        files.extend(sorted(p.glob("*.yaml")) if p.is_dir() else [p])
+    files = [f for f in files if f.name != "routes.yaml"]
+    issues = check_paths(files, _known_tools())
+    for issue in issues:
+        print(issue)
+    errors = sum(1 for i in issues if i.severity == "error")
+    warnings = len(issues) - errors
+    print(f"{len(files)} flow file(s): {errors} error(s), {warnings} warning(s)",
+          file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _flows(directory: Path) -> dict[str, Flow]:
+    library = FlowLibrary(directory, default="")
+    library.load()
+    return library.flows
+
+
+async def _test(args: argparse.Namespace) -> int:
+    from ivr.flowtest import load_spec, run_file
+
+    files = args.files or sorted((args.flows / "tests").glob("*.yaml"))
+    if not files:
+        print(f"no flow tests found in {args.flows / 'tests'}", file=sys.stderr)
+        return 1
+    flows = _flows(args.flows)
+    passed = failed = 0
+    for path in files:
+        for outcome in await run_file(path, load_spec(path), flows):
+            mark = "PASS" if outcome.ok else "FAIL"
+            print(f"{mark} {path}: {outcome.name}")
+            if not outcome.ok or args.verbose:
+                for line in outcome.transcript:
+                    print(f"       {line}")
+            for failure in outcome.failures:
+                print(f"     - {failure}")
+            passed += outcome.ok
+            failed += not outcome.ok
+    print(f"{passed} passed, {failed} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _graph(args: argparse.Namespace) -> int:
+    target = Path(args.flow)
+    flow = load_flow(target) if target.suffix in (".yaml", ".yml") else _flows(args.flows).get(
+        args.flow)
+    if flow is None:
+        raise FlowError(f"no flow named {args.flow!r} in {args.flows}",
+                        hint="give a flow name or a .yaml file")
+    text = mermaid(flow)
+    if args.output:
+        args.output.write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
+def _db_path(given: Path | None) -> Path:
+    return given if given is not None else Settings.from_env().db
+
+
+def _seed(args: argparse.Namespace) -> int:
+    from ivr.tools.seed import seed
+
+    path = _db_path(args.db)
+    counts = asyncio.run(seed(path))
+    print(f"seeded {path}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+async def _chat(args: argparse.Namespace) -> int:
+    from ivr.conversation import TextConversation
+    from ivr.tools.registry import default_registry
+    from ivr.tools.seed import seed
+
+    flows = _flows(args.flows)
+    if args.flow not in flows:
+        raise FlowError(f"no flow named {args.flow!r}", hint=f"one of {', '.join(sorted(flows))}")
+    db = _db_path(args.db)
+    await seed(db)
+    conv = TextConversation(flows, args.flow, default_registry(db), db_path=db,
+                            caller=args.caller)
+    print(f"chatting with flow {args.flow!r}: type what the caller says, #12 presses keys,"
+          " an empty line is silence, Ctrl-D hangs up")
+    ex = await conv.start()
+    loop = asyncio.get_running_loop()
+    while True:
+        for line in ex.bot:
+            print(f"bot> {line}")
+        for tool, tool_args, ok in ex.tools:
+            print(f"     [{tool}({tool_args}) -> {'ok' if ok else 'failed'}]")
+        if ex.ended:
+            print(f"     [{ex.ended}]")
+        if conv.done:
+            return 0
+        try:
+            text = await loop.run_in_executor(None, lambda: input("you> "))
+        except EOFError:
+            return 0
+        ex = await conv.turn(text)
