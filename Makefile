@@ -21,6 +21,9 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check ivr tests
 	$(BIN)/mypy ivr
+	$(BIN)/python -m ivr.flows.schema --check
+	$(BIN)/ivr flows check flows/*.yaml
+	$(BIN)/ivr flows test
 	$(BIN)/pytest -q -p no:logging
 
 lint: $(STAMP)

@@ -165,6 +165,9 @@ async def demo() -> int:
     configure("warning")
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings.from_env(host="127.0.0.1", port=0, db=Path(tmp) / "demo.db")
+        from ivr.tools.seed import seed
+
+        await seed(settings.db)  # the demo orders, accounts and bookings the tools look up
         runner = web.AppRunner(create_app(settings))
         await runner.setup()
         site = web.TCPSite(runner, settings.host, free_port())
@@ -176,8 +179,8 @@ async def demo() -> int:
         await ears.start_workers()
         try:
             calls: dict[str, list[Action]] = {
-                "by voice": [Say("support")],
-                "by keypad": [Dtmf("3")],
+                "by voice: order status": [Say("orders"), Say("four five six seven")],
+                "by keypad: order status": [Dtmf("2"), Dtmf("4567")],
             }
             results = await asyncio.gather(
                 *(run_call(url, actions, recognizer=ears) for actions in calls.values())

@@ -41,7 +41,7 @@ class Settings:
     port: int = 8080
     db: Path = Path("ivr.db")
     flows: Path = Path("flows")
-    default_flow: str = "demo"
+    default_flow: str = "main_menu"
     # The URL Twilio uses to reach us (e.g. https://ivr.example.com). Signatures are computed
     # over it, not over what a reverse proxy shows us; empty means "derive from the request".
     public_url: str = ""

@@ -57,7 +57,7 @@ async def placed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict
     url = f"ws://127.0.0.1:{server.port}/media"
     try:
         transcripts = await asyncio.gather(*(
-            run_call(url, actions, transcribe=False, **options)
+            run_call(url, actions, transcribe=False, **{"flow": "demo", **options})
             for actions, options in CALLS.values()
         ))
     finally:

@@ -114,7 +114,7 @@ async def test_hostile_frames_never_escape_and_a_healthy_call_completes(
                 return dict(await resp.json())
 
     health, healthy = await asyncio.gather(
-        attack(), run_call(url, [Dtmf("2")], transcribe=False, call_timeout=60),
+        attack(), run_call(url, [Dtmf("2")], flow="demo", transcribe=False, call_timeout=60),
     )
     counters = health["counters"]
     assert counters.get("handler_failures", 0) == 0

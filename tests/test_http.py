@@ -46,7 +46,10 @@ async def test_voice_returns_connect_stream_twiml(signed_client: TestClient) -> 
     assert stream.get("url") == "wss://ivr.example.com/media"
     assert stream.get("statusCallback") == PUBLIC + "/status"
     params = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
-    assert params == {"flow": "demo", "from": FORM["From"], "to": FORM["To"]}
+    # No ?flow=: the flow is left to routing by the called number.
+    assert params == {"from": FORM["From"], "to": FORM["To"]}
+    connect = root.find("./Connect")
+    assert connect is not None and connect.get("action") == PUBLIC + "/connect-action"
 
 
 async def test_voice_flow_query_selects_the_flow(signed_client: TestClient) -> None:
@@ -112,8 +115,22 @@ async def test_status_callback_without_call_sid_is_400(signed_client: TestClient
     assert resp.status == 400
 
 
+async def test_connect_action_dials_a_parked_transfer(signed_client: TestClient) -> None:
+    """After a flow transfers (no REST credentials), <Connect action> answers <Dial>."""
+    from ivr.services import SERVICES
+
+    signed_client.server.app[SERVICES].transfers[FORM["CallSid"]] = "+15550100000"
+    form = {"CallSid": FORM["CallSid"], "AccountSid": FORM["AccountSid"]}
+    headers = {"X-Twilio-Signature": sign(PUBLIC + "/connect-action", form)}
+    resp = await signed_client.post("/connect-action", data=form, headers=headers)
+    assert resp.status == 200
+    assert "<Dial>+15550100000</Dial>" in await resp.text()
+    resp = await signed_client.post("/connect-action", data=form, headers=headers)
+    assert "<Hangup />" in await resp.text()
+
+
 async def test_healthz(signed_client: TestClient) -> None:
     resp = await signed_client.get("/healthz")
     assert resp.status == 200
     body = await resp.json()
-    assert body["ok"] is True and "demo" in body["flows"]
+    assert body["ok"] is True and {"demo", "main_menu"} <= set(body["flows"])

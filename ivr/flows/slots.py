@@ -99,6 +99,12 @@ class SlotDef(BaseModel):
     min: int | None = Field(default=None, ge=0)
     max: int | None = Field(default=None, ge=0)
     description: str = ""
+    # What the embedded recognizer listens for. `phrases`: exactly these answers (parsing
+    # still by type). Dates and times default to a compact grammar of what callers of a
+    # booking line say (relative days and weekdays; business hours), which the phone path
+    # recognizes far better than the full grammar (`grammar: full`) of every date and time.
+    phrases: tuple[str, ...] = ()
+    grammar: Literal["compact", "full"] = "compact"
 
     @field_validator("choices", mode="before")
     @classmethod
@@ -138,6 +144,8 @@ class SlotDef(BaseModel):
             and self.min_length > self.max_length
         ):
             raise ValueError("`min_length` is greater than `max_length`")
+        if self.grammar != "compact" and self.type not in ("date", "time"):
+            raise misplaced("grammar", "date and time")
         if self.type != "number":
             for name in ("min", "max"):
                 if getattr(self, name) is not None:
@@ -1263,11 +1271,42 @@ def _digits_jsgf(slot: SlotDef) -> str:
     return _jsgf([_DIGIT_RULE], _repeat("<d>", least, most))
 
 
+_WEEKDAY_WORDS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+COMPACT_DATE_PHRASES: tuple[str, ...] = (
+    "today", "tomorrow", "the day after tomorrow",
+    *_WEEKDAY_WORDS,
+    *(f"next {d}" for d in _WEEKDAY_WORDS),
+    *(f"this {d}" for d in _WEEKDAY_WORDS),
+)
+
+
+def _compact_times() -> tuple[str, ...]:
+    out: list[str] = ["noon"]
+    hours = ["eight", "nine", "ten", "eleven", "twelve", "one", "two", "three", "four", "five",
+             "six"]
+    for h in hours:
+        half = "a.m." if h in ("eight", "nine", "ten", "eleven") else "p.m."
+        for minutes in ("", " fifteen", " thirty", " forty five"):
+            out.append(f"{h}{minutes}")
+            out.append(f"{h}{minutes} {half}")
+        out.append(f"{h} o'clock")
+    return tuple(out)
+
+
+COMPACT_TIME_PHRASES = _compact_times()
+
+
 def grammar_for(slot: SlotDef) -> Grammar:
     """The recognizer grammar for a slot: JSGF (public rule `<answer>`) for structured
     types, with a few example `phrases` for engines that only take hints; a phrase list
     for choice and yes_no; an empty grammar (the language model) for text."""
     kind = slot.type
+    if slot.phrases:
+        return Grammar(phrases=slot.phrases)
+    if kind == "date" and slot.grammar == "compact":
+        return Grammar(phrases=COMPACT_DATE_PHRASES)
+    if kind == "time" and slot.grammar == "compact":
+        return Grammar(phrases=COMPACT_TIME_PHRASES)
     if kind == "choice":
         phrases = dict.fromkeys(w for o in slot.choices for w in o.words)
         return Grammar(phrases=tuple(phrases))

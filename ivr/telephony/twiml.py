@@ -79,7 +79,8 @@ async def voice(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     form = await _signed_form(request)
     base = public_base(services, request)
-    flow = request.query.get("flow") or form.get("flow") or services.settings.default_flow
+    # Only an explicit ?flow= pins the flow; otherwise the session routes by called number.
+    flow = request.query.get("flow") or form.get("flow") or ""
     params = {"flow": flow, "from": form.get("From", ""), "to": form.get("To", "")}
     log.info("voice_webhook", call_sid=form.get("CallSid", ""), flow=flow,
              caller=mask_number(form.get("From", "")))

@@ -1,0 +1,124 @@
+"""The shipped flows over the phone: the simulated caller against the real server.
+
+All calls of this module are placed at once by one fixture (they run in real time);
+each test checks one behaviour of the results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import aiosqlite
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestServer
+
+from ivr.app import create_app
+from ivr.caller import Action, CallTranscript, Dtmf, Say, run_call
+from ivr.conversation import TextConversation
+from ivr.flows.library import FlowLibrary
+from ivr.tools.registry import default_registry
+from ivr.tools.seed import seed
+from tests.conftest import ROOT, make_settings
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+
+TZ = ZoneInfo("America/New_York")
+CALLER = "+15550100077"
+WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday"]
+
+
+def booking_day_word(now: datetime) -> str:
+    """A weekday that is not today (today's afternoon slots may already be past)."""
+    day = now + timedelta(days=1)
+    while day.weekday() >= 5:
+        day += timedelta(days=1)
+    return WEEKDAYS[day.weekday()]
+
+
+NOW = datetime.now(TZ)
+DAY_WORD = booking_day_word(NOW)
+CALLS: dict[str, tuple[str, list[Action]]] = {
+    "dental_by_voice": ("dental_booking", [
+        Say("book"), Say("cleaning"), Say(DAY_WORD), Say("three p m"), Say("john"), Say("yes"),
+    ]),
+    "menu_to_orders_by_keypad": ("main_menu", [Dtmf("2"), Dtmf("4567")]),
+}
+
+
+@dataclass
+class Placed:
+    transcript: CallTranscript
+    record: dict[str, Any]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def placed(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[Path, dict[str, Placed]]]:
+    tmp = tmp_path_factory.mktemp("e2e_flows")
+    settings = make_settings(tmp)
+    await seed(settings.db)
+    server = TestServer(create_app(settings), host="127.0.0.1")
+    await server.start_server()
+    url = f"ws://127.0.0.1:{server.port}/media"
+    try:
+        transcripts = await asyncio.gather(*(
+            run_call(url, actions, flow=flow, from_number=CALLER, transcribe=False)
+            for flow, actions in CALLS.values()
+        ))
+    finally:
+        await server.close()
+    out = {}
+    for name, t in zip(CALLS, transcripts, strict=True):
+        assert t.server is not None, f"{name}: no record: {t.errors}"
+        out[name] = Placed(t, t.server)
+    yield settings.db, out
+
+
+def _answers(record: dict[str, Any]) -> list[tuple[str, str | None]]:
+    return [(t["step"], t["understood"]) for t in record["turns"] if t["input_kind"]]
+
+
+async def test_dental_booking_by_voice_lands_in_the_database(
+    placed: tuple[Path, dict[str, Placed]],
+) -> None:
+    """Book, cleaning, a weekday, three p m, a name, yes: the booking is stored."""
+    db, calls = placed
+    rec = calls["dental_by_voice"].record
+    assert rec["outcome"] == "completed", _answers(rec)
+    assert [s for s, _ in _answers(rec)] == [
+        "menu", "ask_service", "ask_day", "ask_time", "ask_name", "confirm"]
+    async with aiosqlite.connect(db) as conn:
+        rows = await (await conn.execute(
+            "SELECT service, day, start, phone, status, call_sid FROM bookings "
+            "WHERE phone = ?", (CALLER,))).fetchall()
+    assert len(rows) == 1, rows
+    service, day, start, _phone, status, call_sid = rows[0]
+    assert (service, start, status) == ("cleaning", "15:00", "booked")
+    assert datetime.fromisoformat(day).strftime("%A").lower() == DAY_WORD
+    assert call_sid == calls["dental_by_voice"].transcript.call_sid
+    assert any("You're booked" in t["prompt"] for t in rec["turns"])
+
+
+async def test_phone_call_and_chat_give_the_same_transcript(
+    placed: tuple[Path, dict[str, Placed]],
+) -> None:
+    """The same inputs typed into `ivr chat`'s engine produce the prompts the call played."""
+    db, calls = placed
+    phone = [t["prompt"] for t in calls["menu_to_orders_by_keypad"].record["turns"]]
+    library = FlowLibrary(ROOT / "flows", default="main_menu")
+    library.load()
+    chat = TextConversation(library.flows, "main_menu", default_registry(db), db_path=db,
+                            caller=CALLER)
+    typed = [" ".join((await chat.start()).bot)]
+    for keys in ("#2", "#4567"):
+        typed.append(" ".join((await chat.turn(keys)).bot))
+    assert phone == typed
+    assert "shipped" in typed[-1]
