@@ -179,7 +179,7 @@ async def demo() -> int:
         await ears.start_workers()
         try:
             calls: dict[str, list[Action]] = {
-                "by voice: order status": [Say("orders"), Say("four five six seven")],
+                "by voice: order status": [Say("orders"), Say("one two three four")],
                 "by keypad: order status": [Dtmf("2"), Dtmf("4567")],
             }
             results = await asyncio.gather(
