@@ -10,13 +10,16 @@ step's grammar, and matched to a choice by the flow's own matcher.
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from ivr.audio.codec import ULAW_SILENCE, Upsampler, frames, to_ulaw8k, ulaw_to_pcm16
 from ivr.audio.endpoint import EndpointConfig, Endpointer, SpeechEnded, SpeechStarted
 from ivr.flows.loader import load_flow
 from ivr.flows.match import expected_phrases, match_choice
-from ivr.flows.model import AskStep
+from ivr.flows.model import AskStep, Flow
+from ivr.flows.slots import grammar_for, parse_text
 from ivr.speech.base import Grammar
 from ivr.speech.espeak import EspeakSynthesizer
 from ivr.speech.sphinx import RecognizerPool
@@ -40,20 +43,53 @@ def endpointed(speech: bytes) -> bytes:
     return bytes(out)
 
 
+def _answers(flow: Flow, step: AskStep, now: datetime) -> list[tuple[str, str]]:
+    """(what a caller says, what the flow should understand) for one ask step."""
+    if step.slot is None:
+        return [(phrase, c.label) for c in step.choices for phrase in c.words]
+    slot = flow.slots[step.slot]
+    phrases = grammar_for(slot).phrases
+    if slot.type in ("date", "time"):
+        phrases = phrases[::4]  # a sample across the compact grammar
+    out = []
+    for phrase in phrases[:SLOT_SAMPLES]:
+        value = parse_text(slot, phrase, now=now)
+        if value is not None:
+            out.append((phrase, value.text))
+    return out
+
+
+def _grammar(flow: Flow, step: AskStep) -> Grammar:
+    if step.slot is None:
+        return Grammar(expected_phrases(step))
+    return grammar_for(flow.slots[step.slot])
+
+
+def _understood(flow: Flow, step: AskStep, text: str, now: datetime) -> str | None:
+    if step.slot is None:
+        choice = match_choice(text, step.choices)
+        return choice.label if choice is not None else None
+    value = parse_text(flow.slots[step.slot], text, now=now)
+    return value.text if value is not None else None
+
+
+SLOT_SAMPLES = 12
+
+
 async def accuracy_main(
     flow_path: str, voices: list[str], workers: int = 2, repeat: int = 1
 ) -> int:
     flow = load_flow(Path(flow_path))
     synth = EspeakSynthesizer()
-    cases: list[tuple[str, str, str, str]] = []  # step, voice, phrase, expected label
+    now = datetime.now(ZoneInfo(flow.timezone))
+    cases: list[tuple[str, str, str, str]] = []  # step, voice, phrase, expected answer
     for name, step in flow.steps.items():
         if not isinstance(step, AskStep) or not step.speech:
             continue
-        for choice in step.choices:
-            for phrase in choice.words:
-                for voice in voices:
-                    # espeak's output differs slightly on every synthesis: repeat to see it.
-                    cases.extend([(name, voice, phrase, choice.label)] * repeat)
+        for phrase, expected in _answers(flow, step, now):
+            for voice in voices:
+                # espeak's output differs slightly on every synthesis: repeat to see it.
+                cases.extend([(name, voice, phrase, expected)] * repeat)
     ok = 0
     lines: list[str] = []
     started = time.perf_counter()
@@ -64,11 +100,10 @@ async def accuracy_main(
             pcm, rate = b"", 0
             async for chunk, chunk_rate in synth.synthesize(phrase, voice=voice):
                 pcm, rate = pcm + chunk, chunk_rate
-            utt = await pool.start(Grammar(expected_phrases(step)))
+            utt = await pool.start(_grammar(flow, step))
             utt.feed(endpointed(to_ulaw8k(pcm, rate)))
             rec = await utt.finish()
-            got = match_choice(rec.text, step.choices)
-            hit = got is not None and got.label == label
+            hit = _understood(flow, step, rec.text, now) == label
             ok += hit
             lines.append(f"  {'ok ' if hit else 'MISS'} {voice:10} {phrase!r:20} -> {rec.text!r}")
     elapsed = time.perf_counter() - started
