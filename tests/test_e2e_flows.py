@@ -49,6 +49,7 @@ CALLS: dict[str, tuple[str, list[Action]]] = {
         Say("book"), Say("cleaning"), Say(DAY_WORD), Say("three p m"), Say("john"), Say("yes"),
     ]),
     "menu_to_orders_by_keypad": ("main_menu", [Dtmf("2"), Dtmf("4567")]),
+    "menu_to_a_person": ("main_menu", [Dtmf("3")]),
 }
 
 
@@ -122,3 +123,15 @@ async def test_phone_call_and_chat_give_the_same_transcript(
         typed.append(" ".join((await chat.turn(keys)).bot))
     assert phone == typed
     assert "shipped" in typed[-1]
+
+
+async def test_transfer_closes_the_stream_and_parks_the_dial(
+    placed: tuple[Path, dict[str, Placed]],
+) -> None:
+    """Without REST credentials a transfer closes the stream for <Connect action> to dial."""
+    _, calls = placed
+    call = calls["menu_to_a_person"]
+    assert call.transcript.closed_by == "server"
+    assert call.record["outcome"] == "transferred"
+    assert call.record["stats"]["transfer_via_connect_action"] == 1
+    assert "put you through" in call.record["turns"][-1]["prompt"]
