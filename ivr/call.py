@@ -21,7 +21,7 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -52,6 +52,10 @@ from ivr.tools.registry import ToolContext
 # Twilio echoes marks within a few hundred ms, a lost echo must not stall the call.
 MARK_GRACE_S = 3.0
 RECOGNITION_TIMEOUT_S = 10.0
+# After this long without an answer from a tool or an engine, the caller hears a filler.
+FILLER_AFTER_S = 1.5
+FILLER_TEXT = "One moment, please."
+T = TypeVar("T")
 
 _FLOW_OUTCOMES = {
     "completed": COMPLETED, "fallback": COMPLETED, "goto_flow": COMPLETED,
@@ -347,13 +351,32 @@ class CallSession:
         ctx = ToolContext(call_sid=self.call_sid, caller=self.caller,
                           db_path=self.settings.db, now=self.runner.now())
         started = self._ms()
-        done = await run_tool(self.services.tools, action, ctx)
+        done = await self._with_filler(run_tool(self.services.tools, action, ctx))
         self.stats["tool_calls"] += 1
         if not done.ok:
             self.stats["tool_errors"] += 1
         self.log.info("tool_call", step=action.step, tool=action.tool, ok=done.ok,
                       error=done.error, ms=round(self._ms() - started, 1))
         return done
+
+    async def _with_filler(self, work: Coroutine[Any, Any, T]) -> T:
+        """Await `work`; if it is slow, say a short filler so the caller never sits in
+        unexplained silence (a slow tool, a recognizer queue, a remote provider)."""
+        task = asyncio.ensure_future(work)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=FILLER_AFTER_S)
+            if not done:
+                self.stats["fillers"] += 1
+                self.log.info("filler", after_s=FILLER_AFTER_S)
+                saved, self._listen = self._listen, None  # a filler is not a question
+                try:
+                    await self._play(engine.Play(FILLER_TEXT, False, "filler"))
+                finally:
+                    self._listen = saved
+            return await task
+        finally:
+            if not task.done():
+                task.cancel()
 
     def _voice(self) -> tuple[str, int]:
         v = self.flow.voice
@@ -474,7 +497,7 @@ class CallSession:
                 "speech_start": self._at(self._speech_started_at),
                 "endpoint": self._ms(),
             })
-            rec = await self._recognize()
+            rec = await self._with_filler(self._recognize())
             turn.timings["recognized"] = self._ms()
             if rec is None:
                 return engine.Speech("", 0.0)
