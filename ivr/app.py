@@ -18,7 +18,9 @@ from aiohttp import web
 
 from ivr.config import Settings
 from ivr.flows.library import FlowLibrary
+from ivr.flows.prompts import prewarm
 from ivr.services import SERVICES, Services
+from ivr.speech.cache import CachedSynthesis, SynthesisCache
 from ivr.speech.espeak import EspeakSynthesizer
 from ivr.speech.sphinx import RecognizerPool
 from ivr.store.db import CallStore
@@ -42,6 +44,8 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
     await pool.start_workers()
     services.recognizer = pool
     services.synthesizer = EspeakSynthesizer(voice=s.voice, rate=s.voice_rate)
+    cache = SynthesisCache(s.speech_cache_dir, max_bytes=s.cache_mb * 1024 * 1024)
+    services.speech_cache = CachedSynthesis(services.synthesizer, cache)
     yield
     await pool.close()
 
@@ -54,17 +58,51 @@ async def _flows_ctx(app: web.Application) -> AsyncIterator[None]:
     services.library = library
     services.tools = default_registry(s.db)
     log.info("flows_loaded", flows=sorted(library.flows), routes=len(library.routes))
+    await _prewarm(services)
     loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(_reload(services))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         # SIGHUP reloads at once; the watcher catches edits within a second anyway.
-        loop.add_signal_handler(signal.SIGHUP, library.reload)
-    watcher = asyncio.create_task(library.watch())
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    watcher = asyncio.create_task(_watch(services))
     yield
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.remove_signal_handler(signal.SIGHUP)
+
+
+async def _prewarm(services: Services) -> None:
+    """Synthesize every static prompt before a call needs it: greetings start at once."""
+    if services.speech_cache is None:
+        return
+    s = services.settings
+    started = asyncio.get_running_loop().time()
+    count = await prewarm(services.flows.values(), services.speech_cache, s.voice, s.voice_rate)
+    log.info("prompts_prewarmed", synthesized=count,
+             ms=round((asyncio.get_running_loop().time() - started) * 1000))
+
+
+async def _reload(services: Services) -> None:
+    assert services.library is not None
+    if services.library.reload():
+        await _prewarm(services)
+
+
+async def _watch(services: Services, interval: float = 1.0) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await _reload(services)
+        except OSError as exc:
+            log.error("flows_watch_failed", error=str(exc))
 
 
 async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -405,6 +405,13 @@ class CallSession:
     async def _synthesize(self, text: str) -> AsyncIterator[bytes]:
         assert self.services.synthesizer is not None
         voice, rate = self._voice()
+        cached = self.services.speech_cache
+        if cached is not None and text in self.services.static_prompts(self.flow):
+            # Static prompts come from the cache (prewarmed at start-up and on reload);
+            # filled-in templates are synthesized each time and never fill the disk.
+            async for chunk in cached.stream(text, voice, rate):
+                yield chunk
+            return
         conv: ToUlaw8k | None = None
         async for pcm, sr in self.services.synthesizer.synthesize(text, voice=voice, rate=rate):
             if conv is None:

@@ -28,6 +28,8 @@ _ENV: dict[str, str] = {
     "lead_ms": "IVR_PLAYER_LEAD_MS",
     "log_level": "IVR_LOG_LEVEL",
     "api_token": "IVR_API_TOKEN",
+    "cache_dir": "IVR_CACHE_DIR",
+    "cache_mb": "IVR_CACHE_MB",
 }
 
 
@@ -55,6 +57,9 @@ class Settings:
     lead_ms: int = 160
     log_level: str = "info"
     api_token: str = field(default="", repr=False)
+    # Synthesized prompts on disk (survive restarts); empty: beside the database.
+    cache_dir: Path | None = None
+    cache_mb: int = 64
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -83,6 +88,10 @@ class Settings:
             )
         if not 20 <= self.lead_ms <= 1000:
             raise ConfigError(f"IVR_PLAYER_LEAD_MS={self.lead_ms} must be within 20..1000 ms")
+
+    @property
+    def speech_cache_dir(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else self.db.parent / "ivr-cache"
 
     @property
     def public_base(self) -> str:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ivr.flows.library import FlowLibrary
     from ivr.flows.model import Flow
     from ivr.speech.base import Recognizer, Synthesizer
+    from ivr.speech.cache import CachedSynthesis
     from ivr.store.db import CallStore
     from ivr.tools.registry import ToolRegistry
 
@@ -32,6 +33,18 @@ class Services:
     # Counters until the Prometheus registry lands: protocol errors by reason, calls, ...
     counters: Counter[str] = field(default_factory=Counter)
     tools: ToolRegistry | None = None
+    speech_cache: CachedSynthesis | None = None
+    _static: dict[int, tuple[Flow, frozenset[str]]] = field(default_factory=dict)
+
+    def static_prompts(self, flow: Flow) -> frozenset[str]:
+        """The flow's template-free prompts (memoized per flow object: reloads make new ones)."""
+        entry = self._static.get(id(flow))
+        if entry is None or entry[0] is not flow:
+            from ivr.flows.prompts import static_prompts
+
+            entry = (flow, frozenset(static_prompts(flow)))
+            self._static[id(flow)] = entry
+        return entry[1]
 
     @property
     def flows(self) -> dict[str, Flow]:

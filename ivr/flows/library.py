@@ -8,7 +8,6 @@ progress.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from pathlib import Path
 
@@ -120,12 +119,3 @@ class FlowLibrary:
             if name and name in self.flows:
                 return self.flows[name]
         return next(iter(self.flows.values()))
-
-    async def watch(self, interval: float = 1.0) -> None:
-        """Poll for changed files (cheap: a stat per file per interval)."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                self.reload()
-            except OSError as exc:
-                log.error("flows_watch_failed", error=str(exc))

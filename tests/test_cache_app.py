@@ -1,0 +1,51 @@
+"""The server's synthesis cache: static prompts are prewarmed and survive restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp.test_utils import TestServer
+
+from ivr.app import create_app
+from ivr.caller import Dtmf, run_call
+from ivr.services import SERVICES
+from ivr.speech.cache import CachedSynthesis
+from tests.conftest import make_settings
+
+
+async def _started(tmp_path: Path) -> tuple[TestServer, CachedSynthesis]:
+    app = create_app(make_settings(tmp_path, recognizer_workers=1))
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    cached = app[SERVICES].speech_cache
+    assert cached is not None
+    return server, cached
+
+
+async def test_greeting_needs_no_synthesis_after_start_up(tmp_path: Path) -> None:
+    """A keypad call through the demo flow plays only cached audio: nothing is synthesized."""
+    server, cached = await _started(tmp_path)
+    try:
+        prewarmed = cached.synthesized
+        assert prewarmed > 10  # every static prompt of every shipped flow
+        hits = cached.cache.stats.hits
+        t = await run_call(f"ws://127.0.0.1:{server.port}/media", [Dtmf("3")], flow="demo",
+                           transcribe=False)
+        assert t.closed_by == "server"
+        assert cached.synthesized == prewarmed
+        assert cached.cache.stats.hits >= hits + 4  # greeting, menu, hours, goodbye
+    finally:
+        await server.close()
+
+
+async def test_prewarmed_prompts_survive_a_restart(tmp_path: Path) -> None:
+    """The second start reads every static prompt from disk and synthesizes none."""
+    server, first = await _started(tmp_path)
+    await server.close()
+    assert first.synthesized > 10
+    assert any((tmp_path / "ivr-cache").iterdir())
+    server, second = await _started(tmp_path)
+    try:
+        assert second.synthesized == 0
+    finally:
+        await server.close()
