@@ -13,15 +13,21 @@ import hmac
 import signal
 from collections.abc import AsyncIterator
 
+import aiohttp
 import structlog
 from aiohttp import web
 
 from ivr.config import Settings
 from ivr.flows.library import FlowLibrary
 from ivr.flows.prompts import prewarm
+from ivr.providers.http import ProviderClient
 from ivr.services import SERVICES, Services
+from ivr.speech.base import Recognizer, Synthesizer
 from ivr.speech.cache import CachedSynthesis, SynthesisCache
 from ivr.speech.espeak import EspeakSynthesizer
+from ivr.speech.fallback import FallbackRecognizer, FallbackSynthesizer
+from ivr.speech.openai_stt import OpenAIRecognizer
+from ivr.speech.openai_tts import OpenAISynthesizer
 from ivr.speech.sphinx import RecognizerPool
 from ivr.store.db import CallStore
 from ivr.telephony import handler, twiml
@@ -38,15 +44,26 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Embedded engines always; remote ones in front of them when configured, falling
+    back to the embedded engine for any request the provider fails."""
     services = app[SERVICES]
     s = services.settings
     pool = RecognizerPool(size=s.recognizer_workers)
     await pool.start_workers()
-    services.recognizer = pool
-    services.synthesizer = EspeakSynthesizer(voice=s.voice, rate=s.voice_rate)
+    espeak = EspeakSynthesizer(voice=s.voice, rate=s.voice_rate)
+    http = aiohttp.ClientSession()
+    recognizer: Recognizer = pool
+    synthesizer: Synthesizer = espeak
+    if s.stt is not None:
+        recognizer = FallbackRecognizer(OpenAIRecognizer(ProviderClient(s.stt, http)), pool)
+    if s.tts is not None:
+        synthesizer = FallbackSynthesizer(OpenAISynthesizer(ProviderClient(s.tts, http)), espeak)
+    services.recognizer, services.synthesizer = recognizer, synthesizer
+    log.info("engines", recognizer=recognizer.name, synthesizer=synthesizer.name)
     cache = SynthesisCache(s.speech_cache_dir, max_bytes=s.cache_mb * 1024 * 1024)
     services.speech_cache = CachedSynthesis(services.synthesizer, cache)
     yield
+    await http.close()
     await pool.close()
 
 

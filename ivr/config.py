@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ivr.errors import ConfigError
+from ivr.providers.config import ProviderConfig, provider_from_env
 
 _ENV: dict[str, str] = {
     "host": "IVR_HOST",
@@ -60,17 +61,23 @@ class Settings:
     # Synthesized prompts on disk (survive restarts); empty: beside the database.
     cache_dir: Path | None = None
     cache_mb: int = 64
+    # Remote OpenAI-compatible engines (IVR_STT_*, IVR_TTS_*, IVR_LLM_*): None = embedded.
+    stt: ProviderConfig | None = None
+    tts: ProviderConfig | None = None
+    llm: ProviderConfig | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
         env = dict(os.environ) if env is None else env
         values: dict[str, Any] = {}
         types = {f.name: f.type for f in fields(cls)}
-        for name, var in _ENV.items():
+        for name, var in _ENV.items():  # roles' provider settings are read below
             raw = env.get(var)
             if raw is None or raw == "":
                 continue
             values[name] = _convert(name, var, raw, str(types[name]))
+        for role in ("stt", "tts", "llm"):
+            values[role] = provider_from_env(role, env)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         settings.validate()

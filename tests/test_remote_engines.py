@@ -1,0 +1,61 @@
+"""Calls through remote OpenAI-compatible engines (a local fake), and through their outages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp.test_utils import TestServer
+
+from ivr.app import create_app
+from ivr.caller import Say, run_call
+from ivr.providers.config import ProviderConfig
+from tests.conftest import make_settings
+from tests.fake_openai import Fault, start_fake_openai
+
+
+def _providers(base_url: str) -> dict[str, ProviderConfig]:
+    fast = {"timeout_read_s": 2.0, "max_retries": 1, "backoff_base_s": 0.05}
+    return {
+        "stt": ProviderConfig(role="stt", base_url=base_url, api_key="sk-test", model="whisper-1",
+                              **fast),  # type: ignore[arg-type]
+        "tts": ProviderConfig(role="tts", base_url=base_url, api_key="sk-test", model="tts-1",
+                              voice="alloy", **fast),  # type: ignore[arg-type]
+    }
+
+
+async def _call(tmp_path: Path, base_url: str, answer: str) -> dict[str, object]:
+    settings = make_settings(tmp_path, recognizer_workers=1, **_providers(base_url))
+    server = TestServer(create_app(settings), host="127.0.0.1")
+    await server.start_server()
+    try:
+        t = await run_call(f"ws://127.0.0.1:{server.port}/media", [Say(answer)], flow="demo",
+                           transcribe=False)
+    finally:
+        await server.close()
+    assert t.server is not None
+    return t.server
+
+
+async def test_remote_recognizer_and_synthesizer_answer_a_call(tmp_path: Path) -> None:
+    """Prompts come from /audio/speech, the answer from /audio/transcriptions."""
+    async with start_fake_openai() as fake:
+        fake.transcript = "Hours, please."
+        record = await _call(tmp_path, fake.base_url, "hours")
+        assert fake.requests["speech"] >= 1
+        assert fake.requests["transcriptions"] == 1
+        assert "Bearer sk-test" in fake.headers["transcriptions"][0].get("Authorization", "")
+    first = record["turns"][0]  # type: ignore[index]
+    assert first["understood"] == "hours"
+    assert record["outcome"] == "completed"
+
+
+async def test_provider_outage_falls_back_to_embedded_engines(tmp_path: Path) -> None:
+    """With both providers returning 500s the call is served by pocketsphinx and espeak."""
+    async with start_fake_openai() as fake:
+        fake.outage["speech"] = Fault("status", status=500)
+        fake.outage["transcriptions"] = Fault("status", status=500)
+        record = await _call(tmp_path, fake.base_url, "hours")
+        assert fake.requests["transcriptions"] >= 1
+    first = record["turns"][0]  # type: ignore[index]
+    assert first["understood"] == "hours"
+    assert record["outcome"] == "completed"
