@@ -463,3 +463,55 @@ def test_step_loop_guard_counts_automatic_steps() -> None:
     run = FlowRunner(spin, max_steps=20)
     assert run.start() == [Hangup("error")]
     assert run.error is not None and "more than 20 steps" in run.error
+
+
+AGENT_FLOW = """
+name: agent
+start: helper
+tools: [bookings.book]
+slots:
+  day: {type: date}
+steps:
+  helper:
+    llm: "You book appointments. Today is {{ now.strftime('%A') }}."
+    tools: [bookings.book]
+    exit_when: ["slots.day is defined"]
+    max_rounds: 4
+    next: done
+    fallback: person
+  done: {hangup: "Booked for {{ slots.day | spoken_date }}."}
+  person: {transfer: "+15550100000"}
+"""
+
+
+def test_llm_step_runs_an_agent_when_one_is_configured() -> None:
+    from ivr.flows.engine import AgentDone, RunAgent
+    from ivr.flows.loader import load_flow_text
+
+    run = FlowRunner(load_flow_text(AGENT_FLOW), agent=True)
+    actions = run.start()
+    assert len(actions) == 1 and isinstance(actions[0], RunAgent)
+    agent = actions[0]
+    assert agent.tools == ("bookings.book",) and agent.max_rounds == 4
+    assert agent.system.startswith("You book appointments. Today is ")
+    assert agent.slots == ("day",)
+    assert run.waiting_for == "agent"
+    assert run.agent_update({"day": "not a date"}, {}) is False  # rejected, still undefined
+    assert run.agent_update({"day": "2026-11-24"}, {"booking": {"ref": "BK-1"}}) is True
+    assert run.vars["booking"] == {"ref": "BK-1"}
+    out = run.handle(AgentDone(True, "exit"))
+    assert isinstance(out[0], Play) and "Tuesday, November 24th" in out[0].text
+    assert run.outcome == "completed"
+
+
+def test_failed_agent_takes_the_fallback_and_no_llm_skips_it() -> None:
+    from ivr.flows.engine import AgentDone, Transfer
+    from ivr.flows.loader import load_flow_text
+
+    flow = load_flow_text(AGENT_FLOW)
+    run = FlowRunner(flow, agent=True)
+    run.start()
+    out = run.handle(AgentDone(False, "error", "provider down"))
+    assert any(isinstance(a, Transfer) for a in out)
+    out = FlowRunner(flow).start()  # no LLM configured: straight to the fallback
+    assert any(isinstance(a, Transfer) for a in out)

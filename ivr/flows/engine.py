@@ -59,6 +59,7 @@ from ivr.speech.base import Grammar
 
 __all__ = [
     "Action",
+    "AgentDone",
     "CallTool",
     "CallerHangup",
     "Digits",
@@ -71,6 +72,7 @@ __all__ = [
     "NoInput",
     "Outcome",
     "Play",
+    "RunAgent",
     "Speech",
     "ToolDone",
     "Trace",
@@ -172,7 +174,20 @@ class Transfer:
     number: str
 
 
-Action: TypeAlias = Play | Listen | Hangup | GotoFlow | CallTool | Transfer
+@dataclass(frozen=True, slots=True)
+class RunAgent:
+    """Run an LLM agent for an `llm` step (only when the runner was built with
+    `agent=True`); feed its end as `AgentDone`, and its slot/var updates through
+    `FlowRunner.agent_update` while it runs (that also evaluates `exit_when`)."""
+
+    step: str
+    system: str
+    tools: tuple[str, ...]
+    max_rounds: int
+    slots: tuple[str, ...]  # the flow's slots the model may fill
+
+
+Action: TypeAlias = Play | Listen | Hangup | GotoFlow | CallTool | Transfer | RunAgent
 
 # ------------------------------------------------------------------- events
 
@@ -211,7 +226,17 @@ class ToolDone:
     error: str | None = None
 
 
-Event: TypeAlias = Speech | Digits | NoInput | CallerHangup | ToolDone
+@dataclass(frozen=True, slots=True)
+class AgentDone:
+    """How an agent step ended: `ok` reasons ("exit", "model") go to `next`; anything
+    else ("transfer", "max_rounds", "error") takes the step's `fallback`."""
+
+    ok: bool
+    reason: str
+    detail: str = ""
+
+
+Event: TypeAlias = Speech | Digits | NoInput | CallerHangup | ToolDone | AgentDone
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +264,8 @@ TraceKind: TypeAlias = Literal[
     "llm_fallback",
     "transfer",
     "ignored",
+    "agent_slot_rejected",
+    "agent_done",
 ]
 
 
@@ -325,7 +352,9 @@ class FlowRunner:
         now: Callable[[], datetime] | None = None,
         caller: str = "",
         max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS,
+        agent: bool = False,
     ) -> None:
+        self.agent = agent  # an LLM is configured: `llm` steps run agents
         self.flow = flow
         self.max_steps = max_steps
         self.max_tool_calls = max_tool_calls
@@ -343,6 +372,7 @@ class FlowRunner:
         self._ask: AskStep | None = None
         self._confirming = False
         self._tool: CallStep | None = None
+        self._agent: LlmStep | None = None
         self._tool_calls = 0
         self._fell_back = False
         self._handled_template_failure = False
@@ -366,11 +396,13 @@ class FlowRunner:
         return self._current
 
     @property
-    def waiting_for(self) -> Literal["input", "tool"] | None:
+    def waiting_for(self) -> Literal["input", "tool", "agent"] | None:
         if self._ask is not None:
             return "input"
         if self._tool is not None:
             return "tool"
+        if self._agent is not None:
+            return "agent"
         return None
 
     @property
@@ -424,7 +456,12 @@ class FlowRunner:
             self._finish("hangup", out, announce=False)
             return out
         try:
-            if isinstance(event, ToolDone):
+            if isinstance(event, AgentDone):
+                if self._agent is None:
+                    self._note("ignored", "an agent result while no agent was running")
+                    return out
+                self._agent_done(self._agent, event, out)
+            elif isinstance(event, ToolDone):
                 if self._tool is None:
                     self._note("ignored", "a tool result while no tool was running")
                     return out
@@ -647,6 +684,39 @@ class FlowRunner:
         else:
             self._go(step.fallback, out)
 
+    # ------------------------------------------------------------- agents
+
+    def agent_update(self, slots: Mapping[str, Any], variables: Mapping[str, Any]) -> bool:
+        """Take slot values (coerced to their types; bad ones ignored) and vars from a
+        running agent; returns whether one of the step's `exit_when` conditions holds."""
+        step = self._agent
+        for name, value in slots.items():
+            slot = self.flow.slots.get(name)
+            typed = coerce_value(slot, value, now=self.now()) if slot is not None else None
+            if typed is not None:
+                self.slots[name] = typed
+            else:
+                self._note("agent_slot_rejected", f"{name}={value!r}", self._current)
+        self.vars.update(variables)
+        if step is None or not step.exit_when:
+            return False
+        context = self.context()
+        try:
+            return any(self._condition(c, context) for c in step.exit_when)
+        except _Failure:
+            return False  # a condition over values the agent has not produced yet
+
+    def _agent_done(self, step: LlmStep, event: AgentDone, out: list[Action]) -> None:
+        self._agent = None
+        self._note("agent_done", f"{event.reason}: {event.detail}".rstrip(": "), self._current)
+        if event.ok:
+            if step.next is None:
+                self._finish(self._normal_end(), out)
+            else:
+                self._go(step.next, out)
+        else:
+            self._go(step.fallback, out)
+
     # ------------------------------------------------------------- tools
 
     def _tool_done(self, step: CallStep, event: ToolDone, out: list[Action]) -> None:
@@ -675,6 +745,7 @@ class FlowRunner:
         """Run steps from `target` until one waits for input or a tool, or the run ends."""
         self._ask = None
         self._tool = None
+        self._agent = None
         self._confirming = False
         for _ in range(self.max_steps):
             try:
@@ -723,8 +794,13 @@ class FlowRunner:
             self._call(target, step, out)
             return None
         if isinstance(step, LlmStep):
-            # The agent loop is not built yet: the flow's own fallback path serves the
-            # call, and the trace says why, so a transcript explains the detour.
+            if self.agent:
+                self._agent = step
+                out.append(RunAgent(target, self._text(step.llm), step.tools, step.max_rounds,
+                                    tuple(self.flow.slots)))
+                return None
+            # No LLM configured: the flow's own fallback path serves the call, and the
+            # trace says why, so a transcript explains the detour.
             self._note("llm_fallback", NO_LLM, target)
             return step.fallback
         if isinstance(step, TransferStep):

@@ -705,6 +705,14 @@ def _generated(flow: Flow, name: str, loc: Loc) -> frozenset[Name]:
         return frozenset(("slots", key) for key in step.set)
     if isinstance(step, CallStep) and step.result is not None:
         return frozenset({("vars", step.result)})
+    if isinstance(step, LlmStep):
+        # An agent leaves by `next` when an `exit_when` condition holds: the slots and
+        # vars those conditions name are what it has produced.
+        return frozenset(
+            (kind, name)
+            for condition in step.exit_when
+            for kind, name in re.findall(r"\b(slots|vars)\.([A-Za-z_]\w*)", condition)
+        )
     return frozenset()
 
 
