@@ -479,11 +479,7 @@ def validate_tools(flow: Flow, known_tools: set[str] | None = None) -> list[Find
 def validate_templates(flow: Flow) -> list[Finding]:
     """Templates compile and only name things that exist (slots, results, context)."""
     issues: list[Finding] = []
-    results = {
-        step.result
-        for step in flow.steps.values()
-        if isinstance(step, CallStep) and step.result is not None
-    }
+    results = _results(flow)
     for use in flow.templates():
         container, field = field_name(use.loc)
         at = f"{where(container)}: '{field}'"
@@ -694,6 +690,20 @@ def lint_way_out(flow: Flow) -> list[Finding]:
 Name: TypeAlias = tuple[str, str]  # ("slots", "day") or ("vars", "found")
 
 
+def _results(flow: Flow) -> set[str]:
+    """Names under `vars`: call steps' results, and an agent step's tool results (each
+    stored under the tool's name with '.' as '__', e.g. vars.bookings__book)."""
+    names = {
+        step.result
+        for step in flow.steps.values()
+        if isinstance(step, CallStep) and step.result is not None
+    }
+    for step in flow.steps.values():
+        if isinstance(step, LlmStep):
+            names.update(tool.replace(".", "__") for tool in step.tools)
+    return names
+
+
 def _generated(flow: Flow, name: str, loc: Loc) -> frozenset[Name]:
     """What taking the link at `loc` out of step `name` has set."""
     step = flow.steps[name]
@@ -756,11 +766,7 @@ def _dataflow(flow: Flow) -> tuple[dict[str, frozenset[Name]], dict[str, frozens
 def lint_slot_reads(flow: Flow) -> list[Finding]:
     """Templates reading slots or results that no path (or not every path) has set."""
     maybe, surely = _dataflow(flow)
-    results = {
-        step.result
-        for step in flow.steps.values()
-        if isinstance(step, CallStep) and step.result is not None
-    }
+    results = _results(flow)
     issues: list[Finding] = []
     for use in flow.templates():
         if use.step not in maybe:
