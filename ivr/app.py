@@ -20,6 +20,7 @@ from aiohttp import web
 from ivr.config import Settings
 from ivr.flows.library import FlowLibrary
 from ivr.flows.prompts import prewarm
+from ivr.llm.client import ChatClient
 from ivr.providers.http import ProviderClient
 from ivr.services import SERVICES, Services
 from ivr.speech.base import Recognizer, Synthesizer
@@ -59,6 +60,8 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
     if s.tts is not None:
         synthesizer = FallbackSynthesizer(OpenAISynthesizer(ProviderClient(s.tts, http)), espeak)
     services.recognizer, services.synthesizer = recognizer, synthesizer
+    if s.llm is not None:
+        services.llm = ChatClient(ProviderClient(s.llm, http), s.llm.model)
     log.info("engines", recognizer=recognizer.name, synthesizer=synthesizer.name)
     cache = SynthesisCache(s.speech_cache_dir, max_bytes=s.cache_mb * 1024 * 1024)
     services.speech_cache = CachedSynthesis(services.synthesizer, cache)

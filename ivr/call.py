@@ -40,6 +40,9 @@ from ivr.audio.player import Player, Prompt
 from ivr.conversation import run_tool
 from ivr.flows import engine
 from ivr.flows.model import Flow
+from ivr.llm.agent import Agent, AgentEvent, AgentStep, Done, ToolRan
+from ivr.llm.agent import Listen as AgentListen
+from ivr.llm.agent import Say as AgentSay
 from ivr.logging import mask_number
 from ivr.services import Services
 from ivr.speech.base import Grammar, Recognition, Utterance
@@ -55,6 +58,7 @@ RECOGNITION_TIMEOUT_S = 10.0
 # After this long without an answer from a tool or an engine, the caller hears a filler.
 FILLER_AFTER_S = 1.5
 FILLER_TEXT = "One moment, please."
+MAX_AGENT_TURNS = 20  # caller turns inside one `llm` step
 T = TypeVar("T")
 
 _FLOW_OUTCOMES = {
@@ -97,7 +101,7 @@ class CallSession:
         assert services.library is not None
         self.flow: Flow = services.library.pick(params.get("flow"), params.get("to"))
         self.caller = params.get("from", "")
-        self.runner = engine.FlowRunner(self.flow, caller=self.caller)
+        self.runner = self._new_runner()
         self.player = Player(self._send, self.stream_sid, lead=self.settings.lead_ms / 1000)
         self.endpointer = Endpointer()
         self.dtmf = DtmfCollector()
@@ -316,10 +320,12 @@ class CallSession:
                         self.log.error("goto_unknown_flow", flow=action.name)
                         break
                     self.flow = self.services.flows[action.name]
-                    self.runner = engine.FlowRunner(self.flow, caller=self.caller)
+                    self.runner = self._new_runner()
                     actions.extend(self.runner.start())
                 elif isinstance(action, engine.CallTool):
                     actions.extend(self.runner.handle(await self._call_tool(action)))
+                elif isinstance(action, engine.RunAgent):
+                    actions.extend(self.runner.handle(await self._run_agent(action)))
                 elif isinstance(action, engine.Transfer):
                     await self._wait_heard()
                     self.transfer_to = action.number
@@ -346,10 +352,101 @@ class CallSession:
         await self.ws.close()
         await asyncio.shield(self._ending)
 
+    def _new_runner(self) -> engine.FlowRunner:
+        return engine.FlowRunner(self.flow, caller=self.caller,
+                                 agent=self.services.llm is not None)
+
+    def _tool_ctx(self) -> ToolContext:
+        return ToolContext(call_sid=self.call_sid, caller=self.caller,
+                           db_path=self.settings.db, now=self.runner.now())
+
+    async def _run_agent(self, action: engine.RunAgent) -> engine.AgentDone:
+        """An `llm` step: the model talks (each sentence spoken as soon as it is complete),
+        calls tools, and listens to the caller, until it exits, ends or fails."""
+        assert self.services.llm is not None and self.services.tools is not None
+        slots: dict[str, str] = {}
+        runner = self.runner
+
+        def exit_check(values: dict[str, str], found: dict[str, Any], called: list[str]) -> bool:
+            return runner.agent_update(
+                dict(values), {k.replace(".", "__"): v for k, v in found.items()})
+
+        system = action.system
+        if action.slots:
+            system += ("\nUse set_slot to record what the caller tells you: "
+                       + ", ".join(action.slots) + ".")
+        system += f"\nToday is {runner.now().date().isoformat()}; give dates as YYYY-MM-DD."
+        agent = Agent(self.services.llm, self.services.tools, self._tool_ctx,
+                      AgentStep(system_prompt=system, tools=action.tools,
+                                max_rounds=action.max_rounds, exit_when=exit_check,
+                                slot_names=action.slots),
+                      slots)
+        user: str | None = None
+        try:
+            for _ in range(MAX_AGENT_TURNS):
+                done = await self._agent_turn(action, agent, user)
+                if done is not None:
+                    return done
+                listen = engine.Listen(step=action.step, phrases=(), dtmf=None, timeout_ms=None,
+                                       end_silence_ms=None, max_utterance_ms=None, speech=True,
+                                       barge_in=False)
+                self._listen = listen
+                answer = await self._take_answer(listen)
+                self._record_free_turn(answer)
+                user = (answer.text if isinstance(answer, engine.Speech)
+                        else f"[keys pressed: {answer.digits}]" if isinstance(answer, engine.Digits)
+                        else "[the caller said nothing]")
+            return engine.AgentDone(False, "max_rounds", "too many caller turns")
+        finally:
+            self.stats["llm_prompt_tokens"] += agent.prompt_tokens
+            self.stats["llm_completion_tokens"] += agent.completion_tokens
+
+    async def _agent_turn(
+        self, action: engine.RunAgent, agent: Agent, user: str | None
+    ) -> engine.AgentDone | None:
+        """One model turn; None when the model waits for the caller."""
+        events = agent.turn(user)
+
+        async def next_event() -> AgentEvent | None:
+            try:
+                return await anext(events)
+            except StopAsyncIteration:
+                return None
+
+        try:
+            while (event := await self._with_filler(next_event())) is not None:
+                if isinstance(event, AgentSay):
+                    await self._play(engine.Play(event.text, False, action.step))
+                elif isinstance(event, ToolRan):
+                    self.stats["tool_calls"] += 1
+                    self.stats["tool_errors"] += not event.ok
+                    self.log.info("agent_tool", tool=event.name, ok=event.ok, error=event.error)
+                elif isinstance(event, AgentListen):
+                    return None
+                elif isinstance(event, Done):
+                    self.log.info("agent_done", reason=event.reason, error=event.error)
+                    return engine.AgentDone(event.reason in ("exit", "model"), event.reason,
+                                            event.error or "")
+        finally:
+            await events.aclose()
+        return engine.AgentDone(False, "error", "the model's turn ended without a result")
+
+    def _record_free_turn(self, answer: engine.Event) -> None:
+        """A caller turn inside an agent step (the flow runner does not see those)."""
+        turn, self._pending_turn = self._pending_turn, None
+        if turn is None:
+            return
+        if isinstance(answer, engine.Speech):
+            turn.input_kind, turn.input_text, turn.result = "speech", answer.text, "match"
+        elif isinstance(answer, engine.Digits):
+            turn.input_kind, turn.input_text, turn.result = "dtmf", answer.digits, "match"
+        else:
+            turn.input_kind, turn.result = "no_input", "no_input"
+        self._turn = turn
+
     async def _call_tool(self, action: engine.CallTool) -> engine.ToolDone:
         assert self.services.tools is not None
-        ctx = ToolContext(call_sid=self.call_sid, caller=self.caller,
-                          db_path=self.settings.db, now=self.runner.now())
+        ctx = self._tool_ctx()
         started = self._ms()
         done = await self._with_filler(run_tool(self.services.tools, action, ctx))
         self.stats["tool_calls"] += 1

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from ivr.call import CallSession
     from ivr.flows.library import FlowLibrary
     from ivr.flows.model import Flow
+    from ivr.llm.client import ChatClient
     from ivr.speech.base import Recognizer, Synthesizer
     from ivr.speech.cache import CachedSynthesis
     from ivr.store.db import CallStore
@@ -34,6 +35,7 @@ class Services:
     counters: Counter[str] = field(default_factory=Counter)
     tools: ToolRegistry | None = None
     speech_cache: CachedSynthesis | None = None
+    llm: ChatClient | None = None  # set when IVR_LLM_BASE_URL is: `llm` steps run agents
     _static: dict[int, tuple[Flow, frozenset[str]]] = field(default_factory=dict)
 
     def static_prompts(self, flow: Flow) -> frozenset[str]:
