@@ -57,7 +57,9 @@ MARK_GRACE_S = 3.0
 RECOGNITION_TIMEOUT_S = 10.0
 # After this long without an answer from a tool or an engine, the caller hears a filler.
 FILLER_AFTER_S = 1.5
-FILLER_TEXT = "One moment, please."
+FILLERS = ("One moment, please.", "Still working on it.", "Thanks for waiting.",
+           "Almost there.")
+FILLER_TEXT = FILLERS[0]
 MAX_AGENT_TURNS = 20  # caller turns inside one `llm` step
 T = TypeVar("T")
 
@@ -384,9 +386,14 @@ class CallSession:
         user: str | None = None
         try:
             for _ in range(MAX_AGENT_TURNS):
+                said = self.stats["agent_sentences"]
                 done = await self._agent_turn(action, agent, user)
                 if done is not None:
                     return done
+                if self.stats["agent_sentences"] == said:
+                    # The model wants the caller to talk but said nothing: the caller
+                    # would sit in silence. Treat it as a failed step.
+                    return engine.AgentDone(False, "error", "the model replied with nothing")
                 listen = engine.Listen(step=action.step, phrases=(), dtmf=None, timeout_ms=None,
                                        end_silence_ms=None, max_utterance_ms=None, speech=True,
                                        barge_in=False)
@@ -416,6 +423,7 @@ class CallSession:
         try:
             while (event := await self._with_filler(next_event())) is not None:
                 if isinstance(event, AgentSay):
+                    self.stats["agent_sentences"] += 1
                     await self._play(engine.Play(event.text, False, action.step))
                 elif isinstance(event, ToolRan):
                     self.stats["tool_calls"] += 1
@@ -457,17 +465,19 @@ class CallSession:
         return done
 
     async def _with_filler(self, work: Coroutine[Any, Any, T]) -> T:
-        """Await `work`; if it is slow, say a short filler so the caller never sits in
+        """Await `work`; while it is slow, say short fillers so the caller never sits in
         unexplained silence (a slow tool, a recognizer queue, a remote provider)."""
         task = asyncio.ensure_future(work)
         try:
-            done, _ = await asyncio.wait({task}, timeout=FILLER_AFTER_S)
-            if not done:
+            for filler in FILLERS:
+                done, _ = await asyncio.wait({task}, timeout=FILLER_AFTER_S)
+                if done:
+                    break
                 self.stats["fillers"] += 1
-                self.log.info("filler", after_s=FILLER_AFTER_S)
+                self.log.info("filler", after_s=FILLER_AFTER_S, text=filler)
                 saved, self._listen = self._listen, None  # a filler is not a question
                 try:
-                    await self._play(engine.Play(FILLER_TEXT, False, "filler"))
+                    await self._play(engine.Play(filler, False, "filler"))
                 finally:
                     self._listen = saved
             return await task

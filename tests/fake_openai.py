@@ -18,6 +18,7 @@ import asyncio
 import json
 import math
 import struct
+import time
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -68,6 +69,10 @@ class ChatReply:
     # Streaming: how many characters of content / tool arguments go in each delta, so a
     # client's reassembly across chunks is exercised.
     split: int = 4
+    # Streaming: pause this long once the content sent so far ends with `pause_after`
+    # (a slow model mid-reply), so a test can see what the client did before the rest.
+    pause_after: str | None = None
+    pause_s: float = 0.0
 
 
 def tone_pcm(seconds: float, rate: int = 24000, freq: float = 440.0) -> bytes:
@@ -99,6 +104,9 @@ class FakeOpenAI:
         self.speech_finished = 0
         # Chat: scripted replies in order; with none queued, an echo of the last message.
         self.chat_replies: deque[ChatReply] = deque()
+        # time.monotonic() when each streamed reply started and when its [DONE] went out.
+        self.chat_stream_started: list[float] = []
+        self.chat_stream_done: list[float] = []
         self.base_url = ""
         # Requests being handled right now, and the most at once (concurrency limits).
         self.active = 0
@@ -228,9 +236,16 @@ class FakeOpenAI:
             }
             await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
+        self.chat_stream_started.append(time.monotonic())
         await send({"role": "assistant", "content": ""})
+        sent = ""
+        paused = False
         for piece in _pieces(reply.content, reply.split):
             await send({"content": piece})
+            sent += piece
+            if reply.pause_after and not paused and sent.endswith(reply.pause_after):
+                paused = True
+                await asyncio.sleep(reply.pause_s)
         for n, call in enumerate(reply.tool_calls):
             await send({"tool_calls": [{
                 "index": n, "id": call.id, "type": "function",
@@ -244,6 +259,7 @@ class FakeOpenAI:
                      "choices": [], "usage": _usage(reply)}
             await resp.write(f"data: {json.dumps(usage)}\n\n".encode())
         await resp.write(b"data: [DONE]\n\n")
+        self.chat_stream_done.append(time.monotonic())
         await resp.write_eof()
         return resp
 

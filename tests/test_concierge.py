@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -11,7 +12,7 @@ import aiosqlite
 from aiohttp.test_utils import TestServer
 
 from ivr.app import create_app
-from ivr.caller import Say, run_call
+from ivr.caller import CallTranscript, Say, run_call
 from ivr.providers.config import ProviderConfig
 from ivr.tools.seed import seed
 from tests.conftest import make_settings
@@ -30,6 +31,12 @@ def _weekday_after_tomorrow() -> str:
 async def _concierge_call(
     tmp_path: Path, base_url: str, hangup_timeout: float = 20.0
 ) -> dict[str, object]:
+    return (await _concierge_transcript(tmp_path, base_url, hangup_timeout)).server or {}
+
+
+async def _concierge_transcript(
+    tmp_path: Path, base_url: str, hangup_timeout: float = 20.0
+) -> CallTranscript:
     llm = ProviderConfig(role="llm", base_url=base_url, api_key="sk-test", model="gpt-test",
                          timeout_read_s=3.0, max_retries=1, backoff_base_s=0.05)
     settings = make_settings(tmp_path, recognizer_workers=1, llm=llm)
@@ -43,7 +50,7 @@ async def _concierge_call(
     finally:
         await server.close()
     assert t.server is not None, t.errors
-    return t.server
+    return t
 
 
 async def test_concierge_books_through_llm_function_calling(tmp_path: Path) -> None:
@@ -74,12 +81,49 @@ async def test_concierge_books_through_llm_function_calling(tmp_path: Path) -> N
     assert record["stats"]["llm_prompt_tokens"] > 0  # type: ignore[index]
 
 
-async def test_llm_outage_takes_the_scripted_fallback(tmp_path: Path) -> None:
-    """With the provider failing, the call goes on in the scripted main menu."""
+FAULTS = {
+    "429": Fault("status", status=429, retry_after="1"),
+    "500": Fault("status", status=500),
+    "reset": Fault("reset"),
+    "hang": Fault("hang"),
+    "garbage": Fault("malformed_json"),
+    "wrong_type": Fault("wrong_content_type"),
+}
+
+
+async def test_every_llm_fault_ends_in_the_spoken_fallback(tmp_path: Path) -> None:
+    """429s, 500s, resets, hangs and garbage: each call still reaches the scripted menu
+    (the step's fallback), after the client's retries, and its record lands."""
+
+    async def one(name: str, fault: Fault) -> tuple[str, dict[str, object], int]:
+        async with start_fake_openai() as fake:
+            fake.outage["chat"] = fault
+            # The caller hangs up a few seconds into the menu: what matters is that it played.
+            record = await _concierge_call(tmp_path / name, fake.base_url, hangup_timeout=12.0)
+            return name, record, fake.requests["chat"]
+
+    for name in FAULTS:
+        (tmp_path / name).mkdir()
+    results = await asyncio.gather(*(one(n, f) for n, f in FAULTS.items()))
+    for name, record, requests in results:
+        prompts = " ".join(t["prompt"] for t in record["turns"])  # type: ignore[attr-defined]
+        assert "Say appointments, orders, or agent" in prompts, name
+        assert record["ended_at"], name
+        if name == "hang":  # two read timeouts: the caller heard fillers, not silence
+            assert record["stats"]["fillers"] >= 2  # type: ignore[index]
+        # Retryable faults were retried (max_retries=1: two attempts); garbage is not.
+        assert requests >= (1 if name in ("garbage", "wrong_type") else 2), (name, requests)
+
+
+async def test_first_audio_leaves_before_the_llm_reply_is_complete(tmp_path: Path) -> None:
+    """A reply whose second sentence comes 2 s later: its first sentence is already
+    being played to the caller while the model is still talking."""
     async with start_fake_openai() as fake:
-        fake.outage["chat"] = Fault("status", status=500)
-        # The caller hangs up a few seconds into the menu: what matters is that it played.
-        record = await _concierge_call(tmp_path, fake.base_url, hangup_timeout=3.0)
-        assert fake.requests["chat"] >= 1
-    prompts = " ".join(t["prompt"] for t in record["turns"])  # type: ignore[attr-defined]
-    assert "Say appointments, orders, or agent" in prompts
+        fake.chat_replies.append(ChatReply(
+            content="Sure thing. Let me see what we have for you this week.",
+            pause_after="Sure thing. ", pause_s=2.0, split=3))
+        t = await _concierge_transcript(tmp_path, fake.base_url, hangup_timeout=3.0)
+        started, done = fake.chat_stream_started[0], fake.chat_stream_done[0]
+    during = [at for at, _ in t.frames if started < at < done]
+    assert during, "no audio reached the caller while the reply was streaming"
+    assert done - during[0] > 1.0

@@ -97,8 +97,11 @@ class ChatClient:
             body["tools"] = tools
             body["tool_choice"] = tool_choice
         partial: dict[int, _PartialCall] = {}
-        done = False
+        done = seen = False
         async with self.provider.request("POST", _PATH, json=body, stream=True) as resp:
+            if resp.content_type != "text/event-stream":
+                # A proxy's error page or a server that ignored `stream`: not a reply.
+                raise self._bad(f"expected text/event-stream, got {resp.content_type!r}")
             try:
                 async for raw in resp.content:
                     line = raw.decode("utf-8", errors="replace").strip()
@@ -110,6 +113,7 @@ class ChatClient:
                     if data == "[DONE]":
                         done = True
                         break
+                    seen = True
                     for delta in self._parse(data, partial):
                         yield delta
             except (TimeoutError, aiohttp.ServerTimeoutError) as e:
@@ -124,6 +128,8 @@ class ChatClient:
             # A stream cut before [DONE] with a tool call still open may hold truncated
             # arguments; running a half-received call would be worse than failing.
             raise self._bad("stream ended before [DONE] with an unfinished tool call")
+        if not done and not seen:
+            raise self._bad("stream ended before any event")
         for call in _drain(partial):
             yield call
 
