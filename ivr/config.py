@@ -69,6 +69,9 @@ class Settings:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
         env = dict(os.environ) if env is None else env
+        if env.get("IVR_CONFIG"):
+            # The file gives defaults; the environment (and then flags) wins over it.
+            env = {**config_file_env(Path(env["IVR_CONFIG"]), env), **env}
         values: dict[str, Any] = {}
         types = {f.name: f.type for f in fields(cls)}
         for name, var in _ENV.items():  # roles' provider settings are read below
@@ -119,3 +122,54 @@ def _convert(name: str, var: str, raw: str, type_name: str) -> Any:
 def env_var(name: str) -> str:
     """The environment variable behind a settings field (for help texts)."""
     return _ENV[name]
+
+
+_ROLE_KEYS = {"base_url": "BASE_URL", "api_key": "API_KEY", "model": "MODEL",
+              "timeout_s": "TIMEOUT_S", "concurrency": "CONCURRENCY"}
+
+
+def config_file_env(path: Path, env: dict[str, str]) -> dict[str, str]:
+    """An `IVR_CONFIG` YAML file as the environment variables it stands for.
+
+    ```yaml
+    server: {host: 0.0.0.0, port: 8080, public_url: https://ivr.example.com}
+    llm: {base_url: https://api.openai.com/v1, model: gpt-4o-mini, api_key_env: OPENAI_API_KEY}
+    stt: {base_url: https://api.openai.com/v1, model: whisper-1, api_key_env: OPENAI_API_KEY}
+    tts: {base_url: https://api.openai.com/v1, voice: alloy, api_key_env: OPENAI_API_KEY}
+    ```
+    Keys are better kept out of files: `api_key_env` names the variable holding the key.
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with server, llm, stt, tts")
+    out: dict[str, str] = {}
+    for section, body in data.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: `{section}` must be a mapping")
+        if section == "server":
+            for key, value in body.items():
+                if key not in _ENV:
+                    raise ConfigError(f"{path}: server.{key} is not a setting "
+                                      f"(one of: {', '.join(sorted(_ENV))})")
+                out[_ENV[key]] = str(value)
+        elif section in ("llm", "stt", "tts"):
+            prefix = f"IVR_{section.upper()}_"
+            for key, value in body.items():
+                if key == "api_key_env":
+                    out[prefix + "API_KEY"] = env.get(str(value), "")
+                elif key == "voice" and section == "tts":
+                    out["IVR_TTS_VOICE"] = str(value)
+                elif key in _ROLE_KEYS:
+                    out[prefix + _ROLE_KEYS[key]] = str(value)
+                else:
+                    raise ConfigError(f"{path}: {section}.{key} is not a provider setting "
+                                      f"(one of: {', '.join([*_ROLE_KEYS, 'api_key_env'])})")
+        else:
+            raise ConfigError(f"{path}: unknown section `{section}` "
+                              "(use server, llm, stt, tts)")
+    return out

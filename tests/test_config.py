@@ -1,0 +1,50 @@
+"""Settings: environment variables, the optional config file, and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ivr.config import Settings
+from ivr.errors import ConfigError
+
+FILE = """
+server: {port: 9090, default_flow: concierge}
+llm: {base_url: "http://127.0.0.1:9/v1", model: gpt-test, api_key_env: MY_KEY, timeout_s: 7}
+tts: {base_url: "http://127.0.0.1:9/v1", voice: nova}
+"""
+
+
+def test_config_file_gives_defaults_and_the_environment_wins(tmp_path: Path) -> None:
+    path = tmp_path / "ivr.yaml"
+    path.write_text(FILE)
+    s = Settings.from_env({"IVR_CONFIG": str(path), "MY_KEY": "sk-secret-123456789",
+                           "IVR_PORT": "8081"})
+    assert s.port == 8081  # environment over file
+    assert s.default_flow == "concierge"
+    assert s.llm is not None and s.llm.model == "gpt-test" and s.llm.timeout_read_s == 7
+    assert s.llm.api_key == "sk-secret-123456789"
+    assert "sk-secret" not in repr(s) and "sk-secret" not in repr(s.llm)
+    assert s.tts is not None and s.tts.voice == "nova"
+    assert s.stt is None  # not configured: the embedded recognizer
+
+
+@pytest.mark.parametrize("text, message", [
+    ("server: {prot: 1}", "server.prot is not a setting"),
+    ("llm: {base: x}", "llm.base is not a provider setting"),
+    ("db: {x: 1}", "unknown section `db`"),
+    ("- a list", "expected a mapping"),
+])
+def test_config_file_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({"IVR_CONFIG": str(path)})
+
+
+def test_bad_environment_values_are_clear() -> None:
+    with pytest.raises(ConfigError, match="IVR_PORT='x' is not an integer"):
+        Settings.from_env({"IVR_PORT": "x"})
+    with pytest.raises(ConfigError, match="IVR_LLM_BASE_URL must be an http"):
+        Settings.from_env({"IVR_LLM_BASE_URL": "ftp://x"})
