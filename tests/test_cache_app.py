@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import aiohttp
 from aiohttp.test_utils import TestServer
 
 from ivr.app import create_app
@@ -34,6 +35,11 @@ async def test_greeting_needs_no_synthesis_after_start_up(tmp_path: Path) -> Non
         assert t.closed_by == "server"
         assert cached.synthesized == prewarmed
         assert cached.cache.stats.hits >= hits + 4  # greeting, menu, hours, goodbye
+        async with aiohttp.ClientSession() as http, http.get(
+            f"http://127.0.0.1:{server.port}/healthz"
+        ) as resp:
+            health = await resp.json()
+        assert health["speech_cache"]["hits"] >= 4 and health["speech_cache"]["hit_rate"] > 0
     finally:
         await server.close()
 

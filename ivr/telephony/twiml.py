@@ -6,6 +6,7 @@ Signatures are computed by Twilio over the URL *it* used, so we rebuild that URL
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import structlog
@@ -136,9 +137,19 @@ async def status(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    return web.json_response({
+    body: dict[str, object] = {
         "ok": True,
         "active_calls": len(services.calls),
         "flows": sorted(services.flows),
         "counters": dict(services.counters),
-    })
+        "engines": {
+            "recognizer": getattr(services.recognizer, "name", None),
+            "synthesizer": getattr(services.synthesizer, "name", None),
+            "llm": services.settings.llm.name if services.settings.llm else None,
+        },
+    }
+    if services.speech_cache is not None:
+        cache = services.speech_cache.cache
+        body["speech_cache"] = {**dataclasses.asdict(cache.stats),
+                                "hit_rate": round(cache.hit_rate, 4)}
+    return web.json_response(body)

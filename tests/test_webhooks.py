@@ -1,0 +1,302 @@
+"""Webhook tools: tools.yaml loading, the host allow-list, signing and verifying, and round
+trips through a real ToolRegistry against a loopback aiohttp server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from ivr.errors import ConfigError
+from ivr.tools import ToolContext, ToolRegistry
+from ivr.tools.webhooks import (
+    WebhookSpec,
+    load_webhooks,
+    sign,
+    verify_signature,
+    webhook_tools,
+)
+
+SECRET = "s3cret-for-tests"
+ALLOWED = frozenset({"127.0.0.1"})
+
+Seen = list[dict[str, Any]]
+
+
+@pytest.fixture
+async def hook_server() -> AsyncIterator[tuple[TestServer, Seen]]:
+    """A receiver on 127.0.0.1 that verifies every request as a real one would."""
+    seen: Seen = []
+
+    async def verified(request: web.Request) -> tuple[bool, str]:
+        body = request.query_string if request.method == "GET" else await request.text()
+        ok = verify_signature(
+            SECRET, request.headers.get("X-Ivr-Timestamp", ""), body,
+            request.headers.get("X-Ivr-Signature", ""), now=time.time(),
+        )
+        seen.append({"method": request.method, "body": body, "ok": ok,
+                     "call_sid": request.headers.get("X-Ivr-Call-Sid"),
+                     "query": dict(request.query)})
+        return ok, body
+
+    async def customer(request: web.Request) -> web.Response:
+        ok, body = await verified(request)
+        if not ok:
+            return web.json_response({"error": "bad signature"}, status=401)
+        phone = json.loads(body)["phone"] if request.method == "POST" else request.query["phone"]
+        return web.json_response({"name": "Alice", "phone": phone})
+
+    async def fail(request: web.Request) -> web.Response:
+        await verified(request)
+        return web.json_response({"error": "database down"}, status=500)
+
+    async def not_json(request: web.Request) -> web.Response:
+        await verified(request)
+        return web.Response(text="<html>oops</html>", content_type="text/html")
+
+    async def wrong_shape(request: web.Request) -> web.Response:
+        await verified(request)
+        return web.json_response({"nom": "Alice"})
+
+    async def slow(request: web.Request) -> web.Response:
+        await verified(request)
+        await asyncio.sleep(5)
+        return web.json_response({"name": "late"})
+
+    app = web.Application()
+    app.router.add_route("*", "/customer", customer)
+    app.router.add_post("/fail", fail)
+    app.router.add_post("/not-json", not_json)
+    app.router.add_post("/wrong-shape", wrong_shape)
+    app.router.add_post("/slow", slow)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield server, seen
+    await server.close()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def ctx(tmp_path: Path) -> ToolContext:
+    return ToolContext(call_sid="CA123", caller="+15550100001", db_path=tmp_path / "unused.db",
+                       now=datetime(2030, 1, 7, 10, 0, tzinfo=UTC))
+
+
+def write_tools(tmp_path: Path, base: str, **extra: dict[str, Any]) -> Path:
+    hooks: dict[str, Any] = {
+        "crm.lookup_customer": {
+            "description": "Find a customer by phone number.",
+            "url": f"{base}/customer", "method": "POST", "timeout_s": 3,
+            "parameters": {"type": "object", "properties": {"phone": {"type": "string"}},
+                           "required": ["phone"], "additionalProperties": False},
+            "response": {"type": "object", "required": ["name"]},
+        },
+    }
+    hooks.update(extra)
+    path = tmp_path / "tools.yaml"
+    path.write_text(json.dumps({"webhooks": hooks}))  # JSON is YAML
+    return path
+
+
+def hook(path: str, **over: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "description": "test", "url": path, "timeout_s": 3,
+        "parameters": {"type": "object", "properties": {"phone": {"type": "string"}}},
+        "response": {"type": "object", "required": ["name"]},
+    }
+    spec.update(over)
+    return spec
+
+
+Build = Callable[..., Awaitable[ToolRegistry]]
+
+
+@pytest.fixture
+def build(
+    tmp_path: Path, hook_server: tuple[TestServer, Seen], session: aiohttp.ClientSession
+) -> Build:
+    server, _ = hook_server
+    base = str(server.make_url("")).rstrip("/")
+
+    async def make(**extra: dict[str, Any]) -> ToolRegistry:
+        specs = load_webhooks(write_tools(tmp_path, base, **{
+            k: hook(f"{base}{v['url']}", **{x: y for x, y in v.items() if x != "url"})
+            for k, v in extra.items()
+        }))
+        registry = ToolRegistry()
+        for tool in webhook_tools(specs, allowed_hosts=ALLOWED, secret=SECRET,
+                                  session_factory=lambda: session):
+            registry.register(tool)
+        return registry
+
+    return make
+
+
+async def test_round_trip_post(
+    build: Build, hook_server: tuple[TestServer, Seen], tmp_path: Path
+) -> None:
+    registry = await build()
+    result = await registry.call("crm.lookup_customer", {"phone": "+15550100001"}, ctx(tmp_path))
+    assert result.ok, result.error
+    assert result.value == {"name": "Alice", "phone": "+15550100001"}
+    (req,) = hook_server[1]
+    assert req["ok"] and req["call_sid"] == "CA123"
+    # The function-calling name and JSON-text arguments work too.
+    result = await registry.call("crm__lookup_customer", '{"phone": "1"}', ctx(tmp_path))
+    assert result.ok and result.value["phone"] == "1"
+
+
+async def test_round_trip_get_signs_the_query(
+    build: Build, hook_server: tuple[TestServer, Seen], tmp_path: Path
+) -> None:
+    registry = await build(**{"crm.by_get": {"url": "/customer?src=ivr", "method": "get"}})
+    result = await registry.call("crm.by_get", {"phone": "+1 555 & co"}, ctx(tmp_path))
+    assert result.ok, result.error
+    assert result.value["phone"] == "+1 555 & co"
+    (req,) = hook_server[1]
+    assert req["ok"] and req["method"] == "GET"
+    assert req["query"] == {"src": "ivr", "phone": "+1 555 & co"}
+
+
+async def test_invalid_args_refused_before_any_request(
+    build: Build, hook_server: tuple[TestServer, Seen], tmp_path: Path
+) -> None:
+    registry = await build()
+    for args in ({}, {"phone": 5}, {"phone": "1", "extra": True}):
+        result = await registry.call("crm.lookup_customer", args, ctx(tmp_path))
+        assert not result.ok and result.error and "invalid arguments" in result.error
+    assert hook_server[1] == []
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        ("/fail", "answered HTTP 500: database down"),
+        ("/not-json", "not JSON"),
+        ("/wrong-shape", "does not match its schema: 'name' is a required property"),
+        ("/slow", "did not answer within 0.3s"),
+    ],
+)
+async def test_failures_become_failed_results(
+    build: Build, hook_server: tuple[TestServer, Seen], tmp_path: Path, path: str, words: str
+) -> None:
+    registry = await build(**{"crm.broken": {"url": path, "timeout_s": 0.3}})
+    started = time.monotonic()
+    result = await registry.call("crm.broken", {"phone": "1"}, ctx(tmp_path))
+    assert not result.ok
+    assert result.error is not None and words in result.error
+    assert result.error.startswith("crm.broken: webhook")
+    assert time.monotonic() - started < 2
+    assert hook_server[1][0]["ok"]  # the request itself was signed correctly
+
+
+async def test_unreachable_host_is_a_failed_result(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    # A closed loopback port: connection refused.
+    spec = WebhookSpec(name="crm.down", description="x", url="http://127.0.0.1:9/x")
+    (tool,) = webhook_tools([spec], allowed_hosts=ALLOWED, secret=SECRET,
+                            session_factory=lambda: session)
+    registry = ToolRegistry()
+    registry.register(tool)
+    result = await registry.call("crm.down", {}, ctx(tmp_path))
+    assert not result.ok and result.error and "request failed" in result.error
+
+
+def test_host_not_allow_listed_refused_at_load(tmp_path: Path) -> None:
+    specs = load_webhooks(write_tools(tmp_path, "https://crm.example.com"))
+    with pytest.raises(ConfigError) as err:
+        webhook_tools(specs, allowed_hosts=ALLOWED, secret=SECRET,
+                      session_factory=aiohttp.ClientSession)
+    assert "crm.example.com" in str(err.value) and "IVR_WEBHOOK_HOSTS" in str(err.value)
+    # Allowed case-insensitively, or as host:port.
+    assert webhook_tools(specs, allowed_hosts=frozenset({"CRM.example.com"}), secret=SECRET,
+                         session_factory=aiohttp.ClientSession)
+    assert webhook_tools(specs, allowed_hosts=frozenset({"crm.example.com:443"}),
+                         secret=SECRET, session_factory=aiohttp.ClientSession)
+
+
+def test_empty_secret_refused(tmp_path: Path) -> None:
+    specs = load_webhooks(write_tools(tmp_path, "http://127.0.0.1"))
+    with pytest.raises(ConfigError, match="IVR_WEBHOOK_SECRET"):
+        webhook_tools(specs, allowed_hosts=ALLOWED, secret="",
+                      session_factory=aiohttp.ClientSession)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("webhooks:\n  crm.x: {description: d, url: 'http://h/', bogus: 1}\n",
+         "webhooks.crm.x.bogus: unknown key"),
+        ("webhooks:\n  crm.x: {description: d, url: 'ftp://h/'}\n",
+         "webhooks.crm.x.url: must be an absolute http"),
+        ("webhooks:\n  crm.x: {description: d, url: 'http://h/', method: PUT}\n",
+         "webhooks.crm.x.method"),
+        ("webhooks:\n  Bad-Name: {description: d, url: 'http://h/'}\n", "webhooks.Bad-Name"),
+        ("webhooks:\n  crm.x: {description: d, url: 'http://h/', parameters: {type: array}}\n",
+         "must be an object schema"),
+        ("webhooks:\n  crm.x: {description: d, url: 'http://h/', response: {type: 5}}\n",
+         "not a valid JSON Schema"),
+        ("webhooks:\n  crm.x: {description: d, url: 'http://h/', timeout_s: 0}\n",
+         "webhooks.crm.x.timeout_s"),
+        ("hooks: {}\n", "hooks: unknown key"),
+        ("webhooks: [\n", "not valid YAML"),
+    ],
+)
+def test_load_errors_name_file_and_key(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "tools.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_webhooks(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert words in str(err.value)
+
+
+def test_load_missing_and_empty(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_webhooks(tmp_path / "nope.yaml")
+    assert load_webhooks(tmp_path / "nope.yaml", missing_ok=True) == []
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_webhooks(tmp_path / "empty.yaml") == []
+
+
+def test_load_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "tools.yaml"
+    path.write_text("webhooks:\n  a.b:\n    description: d\n    url: https://h.example/x\n")
+    (spec,) = load_webhooks(path)
+    assert spec.name == "a.b" and spec.method == "POST" and spec.timeout_s == 5
+    assert spec.parameters == {"type": "object"} and spec.response is None
+    assert spec.host == "h.example"
+
+
+def test_verify_signature() -> None:
+    now = 1_900_000_000
+    body = '{"phone":"+15550100001"}'
+    header = sign(SECRET, now, body)
+    assert header.startswith("v1=") and len(header) == 3 + 64
+    assert verify_signature(SECRET, str(now), body, header, now=now)
+    assert verify_signature(SECRET, now, body.encode(), f"v1=dead, {header}", now=now + 299)
+    # Bad signatures: another secret, a changed body, a changed timestamp, garbage.
+    assert not verify_signature("other", now, body, header, now=now)
+    assert not verify_signature(SECRET, now, body + " ", header, now=now)
+    assert not verify_signature(SECRET, now + 1, body, header, now=now)
+    assert not verify_signature(SECRET, now, body, "v1=" + "0" * 64, now=now)
+    assert not verify_signature(SECRET, "soon", body, header, now=now)
+    assert not verify_signature("", now, body, sign("", now, body), now=now)
+    # Replays outside the window, either side.
+    assert not verify_signature(SECRET, now, body, header, now=now + 301)
+    assert not verify_signature(SECRET, now, body, header, now=now - 301)
+    assert verify_signature(SECRET, now, body, header, now=now + 500, tolerance_s=600)
