@@ -103,9 +103,8 @@ async def _prewarm(services: Services) -> None:
     """Synthesize every static prompt before a call needs it: greetings start at once."""
     if services.speech_cache is None:
         return
-    s = services.settings
     started = asyncio.get_running_loop().time()
-    count = await prewarm(services.flows.values(), services.speech_cache, s.voice, s.voice_rate)
+    count = await prewarm(services.flows.values(), services.speech_cache, services.voice_for)
     log.info("prompts_prewarmed", synthesized=count,
              ms=round((asyncio.get_running_loop().time() - started) * 1000))
 

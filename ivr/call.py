@@ -486,9 +486,7 @@ class CallSession:
                 task.cancel()
 
     def _voice(self) -> tuple[str, int]:
-        v = self.flow.voice
-        return ((v.name if v and v.name else self.settings.voice),
-                (v.rate if v and v.rate else self.settings.voice_rate))
+        return self.services.voice_for(self.flow)
 
     def _prefetch(self, text: str) -> None:
         """Synthesize the next prompt while this one plays, so no gap opens between them

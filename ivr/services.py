@@ -38,6 +38,16 @@ class Services:
     llm: ChatClient | None = None  # set when IVR_LLM_BASE_URL is: `llm` steps run agents
     _static: dict[int, tuple[Flow, frozenset[str]]] = field(default_factory=dict)
 
+    def voice_for(self, flow: Flow) -> tuple[str, int]:
+        """The voice and rate calls of `flow` speak with. A flow's `voice.name` is an
+        espeak voice; with a remote synthesizer configured its `voice.remote` (else the
+        provider's configured voice) is used instead, since the two share no names."""
+        s, v = self.settings, flow.voice
+        rate = v.rate if v is not None and v.rate else s.voice_rate
+        if s.tts is not None:
+            return (v.remote if v is not None and v.remote else s.tts.voice or "alloy"), rate
+        return (v.name if v is not None and v.name else s.voice), rate
+
     def static_prompts(self, flow: Flow) -> frozenset[str]:
         """The flow's template-free prompts (memoized per flow object: reloads make new ones)."""
         entry = self._static.get(id(flow))

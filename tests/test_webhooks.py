@@ -38,7 +38,8 @@ async def hook_server() -> AsyncIterator[tuple[TestServer, Seen]]:
     seen: Seen = []
 
     async def verified(request: web.Request) -> tuple[bool, str]:
-        body = request.query_string if request.method == "GET" else await request.text()
+        body = (request.rel_url.raw_query_string if request.method == "GET"
+                else await request.text())
         ok = verify_signature(
             SECRET, request.headers.get("X-Ivr-Timestamp", ""), body,
             request.headers.get("X-Ivr-Signature", ""), now=time.time(),
@@ -72,7 +73,12 @@ async def hook_server() -> AsyncIterator[tuple[TestServer, Seen]]:
         await asyncio.sleep(5)
         return web.json_response({"name": "late"})
 
+    async def listing(request: web.Request) -> web.Response:
+        await verified(request)
+        return web.json_response([1, 2])
+
     app = web.Application()
+    app.router.add_post("/list", listing)
     app.router.add_route("*", "/customer", customer)
     app.router.add_post("/fail", fail)
     app.router.add_post("/not-json", not_json)
@@ -214,6 +220,17 @@ async def test_unreachable_host_is_a_failed_result(
     registry.register(tool)
     result = await registry.call("crm.down", {}, ctx(tmp_path))
     assert not result.ok and result.error and "request failed" in result.error
+
+
+async def test_non_object_json_is_wrapped(
+    build: Build, hook_server: tuple[TestServer, Seen], tmp_path: Path
+) -> None:
+    registry = await build(**{"crm.list": {"url": "/list", "response": {"type": "array"}}})
+    context = ctx(tmp_path)
+    context.call_sid = None
+    result = await registry.call("crm.list", {}, context)
+    assert result.ok and result.value == {"result": [1, 2]}
+    assert hook_server[1][0]["call_sid"] is None
 
 
 def test_host_not_allow_listed_refused_at_load(tmp_path: Path) -> None:

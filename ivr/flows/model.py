@@ -249,7 +249,9 @@ Target: TypeAlias = Annotated[
 
 
 class Voice(_Model):
-    name: Text | None = None
+    name: Text | None = Field(default=None, description="embedded (espeak-ng) voice, e.g. en-us")
+    remote: Text | None = Field(
+        default=None, description="voice for a remote synthesizer (IVR_TTS_*), e.g. alloy")
     rate: int | None = Field(default=None, ge=80, le=450, description="words per minute")
 
 

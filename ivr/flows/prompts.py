@@ -9,7 +9,7 @@ rendered text (`FlowRunner._text`), so a prewarmed entry has the key a call look
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import structlog
 
@@ -56,18 +56,17 @@ def static_prompts(flow: Flow) -> list[str]:
 
 
 async def prewarm(
-    flows: Iterable[Flow], cached: CachedSynthesis, default_voice: str, default_rate: int
+    flows: Iterable[Flow], cached: CachedSynthesis,
+    voice_for: Callable[[Flow], tuple[str, int]],
 ) -> int:
-    """Synthesize every static prompt of `flows` into the cache, each with its flow's
-    voice (else the defaults, as `CallSession._voice` resolves them); returns how many
-    were not cached yet. Sequential: the synthesizer has a single thread anyway, and
-    calls that arrive meanwhile should not queue behind a burst of prewarm jobs."""
+    """Synthesize every static prompt of `flows` into the cache, each with the voice and
+    rate a call of that flow uses (`voice_for`, the same resolver `CallSession` uses);
+    returns how many were not cached yet. Sequential: the synthesizer has a single thread
+    anyway, and calls that arrive meanwhile should not queue behind a burst of prewarm."""
     started = time.perf_counter()
     fresh = failed = total = 0
     for flow in flows:
-        v = flow.voice
-        voice = v.name if v is not None and v.name else default_voice
-        rate = v.rate if v is not None and v.rate else default_rate
+        voice, rate = voice_for(flow)
         for text in static_prompts(flow):
             total += 1
             try:

@@ -309,12 +309,16 @@ class _Handler:
         if value is _NOT_JSON:
             raise ToolError(f"{what} answered HTTP {status} with a body that is not JSON")
         if self.validator is not None:
-            errors = sorted(self.validator.iter_errors(value), key=lambda e: list(e.path))
+            errors = sorted(
+                self.validator.iter_errors(value), key=lambda e: [str(p) for p in e.absolute_path]
+            )
             if errors:
-                e = errors[0]
-                where = ".".join(str(p) for p in e.absolute_path)
+                first = errors[0]
+                where = ".".join(str(p) for p in first.absolute_path)
                 at = f" at {where!r}" if where else ""
-                raise ToolError(f"{what} response does not match its schema{at}: {e.message}")
+                raise ToolError(
+                    f"{what} response does not match its schema{at}: {first.message}"
+                )
         return value if isinstance(value, dict) else {"result": value}
 
 
