@@ -32,7 +32,8 @@ from ivr.speech.openai_tts import OpenAISynthesizer
 from ivr.speech.sphinx import RecognizerPool
 from ivr.store.db import CallStore
 from ivr.telephony import handler, twiml
-from ivr.tools.registry import default_registry
+from ivr.tools.registry import Tool, default_registry
+from ivr.tools.webhooks import load_webhooks, webhook_tools
 
 log = structlog.get_logger("ivr.app")
 
@@ -53,6 +54,7 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
     await pool.start_workers()
     espeak = EspeakSynthesizer(voice=s.voice, rate=s.voice_rate)
     http = aiohttp.ClientSession()
+    services.http = http
     recognizer: Recognizer = pool
     synthesizer: Synthesizer = espeak
     if s.stt is not None:
@@ -77,6 +79,8 @@ async def _flows_ctx(app: web.Application) -> AsyncIterator[None]:
     library.load()
     services.library = library
     services.tools = default_registry(s.db)
+    for tool in _webhook_tools(services):
+        services.tools.register(tool)
     log.info("flows_loaded", flows=sorted(library.flows), routes=len(library.routes))
     await _prewarm(services)
     loop = asyncio.get_running_loop()
@@ -97,6 +101,24 @@ async def _flows_ctx(app: web.Application) -> AsyncIterator[None]:
         await watcher
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.remove_signal_handler(signal.SIGHUP)
+
+
+def _session(services: Services) -> aiohttp.ClientSession:
+    assert services.http is not None, "the HTTP session lives as long as the engines"
+    return services.http
+
+
+def _webhook_tools(services: Services) -> list[Tool]:
+    s = services.settings
+    path = s.tools_file if s.tools_file is not None else s.flows.parent / "tools.yaml"
+    specs = load_webhooks(path, missing_ok=s.tools_file is None)
+    if not specs:
+        return []
+    hosts = frozenset(h.strip() for h in s.webhook_hosts.split(",") if h.strip())
+    tools = webhook_tools(specs, allowed_hosts=hosts, secret=s.webhook_secret,
+                          session_factory=lambda: _session(services))
+    log.info("webhook_tools", tools=[t.name for t in tools], file=str(path))
+    return tools
 
 
 async def _prewarm(services: Services) -> None:

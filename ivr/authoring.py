@@ -33,8 +33,12 @@ def main(args: argparse.Namespace) -> int:
 
 def _known_tools() -> set[str]:
     from ivr.tools.registry import default_registry
+    from ivr.tools.webhooks import load_webhooks
 
-    return set(default_registry(Path(":memory:")).names())
+    s = Settings.from_env()
+    path = s.tools_file if s.tools_file is not None else s.flows.parent / "tools.yaml"
+    webhooks = {spec.name for spec in load_webhooks(path, missing_ok=s.tools_file is None)}
+    return set(default_registry(Path(":memory:")).names()) | webhooks
 
 
 def _check(paths: list[Path]) -> int:

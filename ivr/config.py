@@ -31,6 +31,9 @@ _ENV: dict[str, str] = {
     "api_token": "IVR_API_TOKEN",
     "cache_dir": "IVR_CACHE_DIR",
     "cache_mb": "IVR_CACHE_MB",
+    "tools_file": "IVR_TOOLS_FILE",
+    "webhook_hosts": "IVR_WEBHOOK_HOSTS",
+    "webhook_secret": "IVR_WEBHOOK_SECRET",
 }
 
 
@@ -61,6 +64,11 @@ class Settings:
     # Synthesized prompts on disk (survive restarts); empty: beside the database.
     cache_dir: Path | None = None
     cache_mb: int = 64
+    # HTTP webhook tools (docs/webhook-tools.md): the file (default: tools.yaml beside the
+    # flows directory, optional), the hosts they may call, and the HMAC signing secret.
+    tools_file: Path | None = None
+    webhook_hosts: str = ""
+    webhook_secret: str = field(default="", repr=False)
     # Remote OpenAI-compatible engines (IVR_STT_*, IVR_TTS_*, IVR_LLM_*): None = embedded.
     stt: ProviderConfig | None = None
     tts: ProviderConfig | None = None

@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import aiohttp
 from aiohttp import web
 
 from ivr.config import Settings
@@ -35,6 +36,7 @@ class Services:
     counters: Counter[str] = field(default_factory=Counter)
     tools: ToolRegistry | None = None
     speech_cache: CachedSynthesis | None = None
+    http: aiohttp.ClientSession | None = None  # shared by providers and webhook tools
     llm: ChatClient | None = None  # set when IVR_LLM_BASE_URL is: `llm` steps run agents
     _static: dict[int, tuple[Flow, frozenset[str]]] = field(default_factory=dict)
 

@@ -317,3 +317,46 @@ def test_verify_signature() -> None:
     assert not verify_signature(SECRET, now, body, header, now=now + 301)
     assert not verify_signature(SECRET, now, body, header, now=now - 301)
     assert verify_signature(SECRET, now, body, header, now=now + 500, tolerance_s=600)
+
+
+async def test_server_registers_webhook_tools_from_its_tools_file(tmp_path: Path) -> None:
+    """IVR_TOOLS_FILE's webhooks join the server's registry and call out signed."""
+    from aiohttp.test_utils import TestServer as AppServer
+
+    from ivr.app import create_app
+    from ivr.services import SERVICES
+    from tests.conftest import make_settings
+
+    seen: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.text()
+        ok = verify_signature("s3cret", request.headers["X-Ivr-Timestamp"], body,
+                              request.headers["X-Ivr-Signature"], now=time.time())
+        seen.append("signed" if ok else "unsigned")
+        return web.json_response({"name": "Pat"})
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    hook_srv = TestServer(receiver, host="127.0.0.1")
+    await hook_srv.start_server()
+    base = f"http://127.0.0.1:{hook_srv.port}"
+    try:
+        tools_file = tmp_path / "tools.yaml"
+        tools_file.write_text(
+            "webhooks:\n  crm.customer:\n    description: Find a customer.\n"
+            f"    url: {base}/hook\n    parameters: {{type: object}}\n")
+        app = create_app(make_settings(tmp_path, recognizer_workers=1, tools_file=tools_file,
+                                       webhook_hosts="127.0.0.1", webhook_secret="s3cret"))
+        server = AppServer(app, host="127.0.0.1")
+        await server.start_server()
+        try:
+            registry = app[SERVICES].tools
+            assert registry is not None and "crm.customer" in registry.names()
+            result = await registry.call("crm.customer", {}, ctx(tmp_path))
+        finally:
+            await server.close()
+    finally:
+        await hook_srv.close()
+    assert result.ok and result.value == {"name": "Pat"}
+    assert seen == ["signed"]
