@@ -27,6 +27,7 @@ from ivr.speech.base import Recognizer, Synthesizer
 from ivr.speech.cache import CachedSynthesis, SynthesisCache
 from ivr.speech.espeak import EspeakSynthesizer
 from ivr.speech.fallback import FallbackRecognizer, FallbackSynthesizer
+from ivr.speech.openai_audio_chat import AudioChatRecognizer
 from ivr.speech.openai_stt import OpenAIRecognizer
 from ivr.speech.openai_tts import OpenAISynthesizer
 from ivr.speech.sphinx import RecognizerPool
@@ -58,7 +59,10 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
     recognizer: Recognizer = pool
     synthesizer: Synthesizer = espeak
     if s.stt is not None:
-        recognizer = FallbackRecognizer(OpenAIRecognizer(ProviderClient(s.stt, http)), pool)
+        client = ProviderClient(s.stt, http)
+        remote: Recognizer = (AudioChatRecognizer(client) if s.stt_api == "chat"
+                              else OpenAIRecognizer(client))
+        recognizer = FallbackRecognizer(remote, pool)
     if s.tts is not None:
         synthesizer = FallbackSynthesizer(OpenAISynthesizer(ProviderClient(s.tts, http)), espeak)
     services.recognizer, services.synthesizer = recognizer, synthesizer

@@ -32,6 +32,7 @@ _ENV: dict[str, str] = {
     "cache_dir": "IVR_CACHE_DIR",
     "cache_mb": "IVR_CACHE_MB",
     "tools_file": "IVR_TOOLS_FILE",
+    "stt_api": "IVR_STT_API",
     "webhook_hosts": "IVR_WEBHOOK_HOSTS",
     "webhook_secret": "IVR_WEBHOOK_SECRET",
 }
@@ -71,6 +72,9 @@ class Settings:
     webhook_secret: str = field(default="", repr=False)
     # Remote OpenAI-compatible engines (IVR_STT_*, IVR_TTS_*, IVR_LLM_*): None = embedded.
     stt: ProviderConfig | None = None
+    # How the remote recognizer is asked: /audio/transcriptions (whisper-1,
+    # gpt-4o-transcribe, ...) or "chat": GPT-4o audio via /chat/completions input_audio.
+    stt_api: str = "transcriptions"
     tts: ProviderConfig | None = None
     llm: ProviderConfig | None = None
 
@@ -104,6 +108,8 @@ class Settings:
             raise ConfigError(
                 f"IVR_PUBLIC_URL={self.public_url!r} must start with https:// (or http://)"
             )
+        if self.stt_api not in ("transcriptions", "chat"):
+            raise ConfigError(f"IVR_STT_API={self.stt_api!r} must be transcriptions or chat")
         if not 20 <= self.lead_ms <= 1000:
             raise ConfigError(f"IVR_PLAYER_LEAD_MS={self.lead_ms} must be within 20..1000 ms")
 

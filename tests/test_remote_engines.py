@@ -10,7 +10,7 @@ from ivr.app import create_app
 from ivr.caller import Say, run_call
 from ivr.providers.config import ProviderConfig
 from tests.conftest import make_settings
-from tests.fake_openai import Fault, start_fake_openai
+from tests.fake_openai import ChatReply, Fault, start_fake_openai
 
 
 def _providers(base_url: str) -> dict[str, ProviderConfig]:
@@ -59,3 +59,27 @@ async def test_provider_outage_falls_back_to_embedded_engines(tmp_path: Path) ->
     first = record["turns"][0]  # type: ignore[index]
     assert first["understood"] == "hours"
     assert record["outcome"] == "completed"
+
+
+async def test_gpt4o_audio_chat_recognizer_understands_against_the_step(tmp_path: Path) -> None:
+    """IVR_STT_API=chat: the answer goes to /chat/completions as input_audio, with the
+    step's expected answers in the instructions; the reply is what the flow matches."""
+    async with start_fake_openai() as fake:
+        fake.chat_replies.append(ChatReply(content="support"))
+        stt = ProviderConfig(role="stt", base_url=fake.base_url, api_key="sk-test",
+                             model="gpt-4o-audio-preview", timeout_read_s=2.0, max_retries=1)
+        settings = make_settings(tmp_path, recognizer_workers=1, stt=stt, stt_api="chat")
+        server = TestServer(create_app(settings), host="127.0.0.1")
+        await server.start_server()
+        try:
+            t = await run_call(f"ws://127.0.0.1:{server.port}/media", [Say("support")],
+                               flow="demo", transcribe=False)
+        finally:
+            await server.close()
+        body = fake.bodies["chat"][0]
+    part = body["messages"][1]["content"][0]
+    assert part["type"] == "input_audio" and part["input_audio"]["format"] == "wav"
+    assert len(part["input_audio"]["data"]) > 1000  # base64 of the caller's utterance
+    assert "support" in body["messages"][0]["content"]  # the step's expected answers
+    assert t.server is not None
+    assert t.server["turns"][0]["understood"] == "support"

@@ -1,0 +1,100 @@
+"""Recognition through GPT-4o audio: the utterance sent to `/chat/completions` as
+`input_audio` (e.g. model `gpt-4o-audio-preview`, `gpt-4o-mini-audio-preview`).
+
+Chosen with `IVR_STT_API=chat`. Unlike `/audio/transcriptions`, the model can be told
+what the step expects, so it answers with the caller's words *understood*: for an ask
+with expected phrases it is asked to reply with the matching phrase when there is one,
+which is what the flow's matcher wants; otherwise with a verbatim transcript.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+
+from ivr.audio.codec import pcm16_to_wav
+from ivr.errors import SpeechError
+from ivr.providers.http import ProviderBadResponse, ProviderClient
+from ivr.speech.base import Grammar, Recognition
+
+__all__ = ["AudioChatRecognizer"]
+
+_RATE = 16000
+_PATH = "/chat/completions"
+_SYSTEM = (
+    "You transcribe one short answer a caller gave on a phone line. Reply with the "
+    "caller's words only: no quotes, no commentary. If you hear no speech, reply with "
+    "nothing."
+)
+
+
+def instructions(grammar: Grammar | None) -> str:
+    if grammar is None or not grammar.phrases:
+        return _SYSTEM
+    options = "; ".join(grammar.phrases[:60])
+    return (_SYSTEM + " The caller was asked a question whose expected answers are: "
+            f"{options}. If the caller gave one of them (in any words), reply with exactly "
+            "that answer as written.")
+
+
+class _Utterance:
+    def __init__(self, recognizer: AudioChatRecognizer, grammar: Grammar | None) -> None:
+        self._recognizer = recognizer
+        self._grammar = grammar
+        self._audio = bytearray()
+        self._done = False
+
+    def feed(self, pcm16_16k: bytes) -> None:
+        if not self._done:
+            self._audio += pcm16_16k
+
+    async def finish(self) -> Recognition:
+        if self._done:
+            raise SpeechError("utterance already finished or cancelled")
+        self._done = True
+        return await self._recognizer.recognize(bytes(self._audio), self._grammar)
+
+    async def cancel(self) -> None:
+        self._done = True
+        self._audio.clear()
+
+
+class AudioChatRecognizer:
+    """`Recognizer` over a chat-completions model that accepts `input_audio`."""
+
+    def __init__(self, client: ProviderClient) -> None:
+        self.client = client
+        self.model = client.config.model
+        self.name = f"openai-audio-chat:{self.model}"
+
+    async def start(self, grammar: Grammar | None) -> _Utterance:
+        return _Utterance(self, grammar)
+
+    async def recognize(self, pcm16_16k: bytes, grammar: Grammar | None) -> Recognition:
+        wav = base64.b64encode(pcm16_to_wav(pcm16_16k, _RATE)).decode("ascii")
+        body = {
+            "model": self.model,
+            "modalities": ["text"],
+            "messages": [
+                {"role": "system", "content": instructions(grammar)},
+                {"role": "user", "content": [
+                    {"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}},
+                ]},
+            ],
+        }
+        started = time.monotonic()
+        reply = await self.client.request_json("POST", _PATH, json=body)
+        try:
+            text = reply["choices"][0]["message"].get("content") or ""
+            usage = reply.get("usage") or {}
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise ProviderBadResponse(self.client.config.name,
+                                      f"POST {_PATH}: no choices[0].message: {exc!r}") from None
+        return Recognition(
+            text=str(text).strip().strip('"').strip(),
+            engine=self.name,
+            audio_seconds=len(pcm16_16k) / (2 * _RATE),
+            extra={"latency_ms": round((time.monotonic() - started) * 1000, 1),
+                   "prompt_tokens": usage.get("prompt_tokens", 0),
+                   "completion_tokens": usage.get("completion_tokens", 0)},
+        )
