@@ -43,6 +43,7 @@ from ivr.flows.model import Flow
 from ivr.llm.agent import Agent, AgentEvent, AgentStep, Done, ToolRan
 from ivr.llm.agent import Listen as AgentListen
 from ivr.llm.agent import Say as AgentSay
+from ivr.llm.client import ChatClient
 from ivr.logging import mask_number
 from ivr.services import Services
 from ivr.speech.base import Grammar, Recognition, Utterance
@@ -378,7 +379,10 @@ class CallSession:
             system += ("\nUse set_slot to record what the caller tells you: "
                        + ", ".join(action.slots) + ".")
         system += f"\nToday is {runner.now().date().isoformat()}; give dates as YYYY-MM-DD."
-        agent = Agent(self.services.llm, self.services.tools, self._tool_ctx,
+        chat = self.services.llm
+        if self.flow.engines is not None and self.flow.engines.llm_model:
+            chat = ChatClient(chat.provider, self.flow.engines.llm_model)  # per-flow model
+        agent = Agent(chat, self.services.tools, self._tool_ctx,
                       AgentStep(system_prompt=system, tools=action.tools,
                                 max_rounds=action.max_rounds, exit_when=exit_check,
                                 slot_names=action.slots),

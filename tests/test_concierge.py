@@ -70,6 +70,7 @@ async def test_concierge_books_through_llm_function_calling(tmp_path: Path) -> N
     prompts = " ".join(t["prompt"] for t in record["turns"])  # type: ignore[attr-defined]
     assert "What can I book for you?" in prompts and "You're booked" in prompts
     # The model saw only the step's tools (plus the agent's own), as OpenAI functions.
+    assert sent[0]["model"] == "gpt-test"  # IVR_LLM_MODEL; flows may override (engines:)
     offered = {t["function"]["name"] for t in sent[0]["tools"]}
     assert {"bookings__book", "lookups__order_status"} <= offered
     assert "bookings__reschedule" not in offered

@@ -678,3 +678,10 @@ def test_loading_is_side_effect_free_and_repeatable(tmp_path: Path) -> None:
     with pytest.raises(FlowLoadError):
         load_flow(path)
     assert first == load_flow(DEMO)  # the working flow object is untouched
+
+
+def test_flow_may_choose_its_llm_model() -> None:
+    """`engines: {llm_model: ...}` is part of the format (per-flow provider choice)."""
+    flow = load_flow_text(
+        "name: f\nstart: a\nengines: {llm_model: gpt-4o}\nsteps:\n  a: {hangup: Bye.}\n")
+    assert flow.engines is not None and flow.engines.llm_model == "gpt-4o"

@@ -434,10 +434,18 @@ class TemplateUse(NamedTuple):
     after: bool = False  # evaluated after the step did its work (confirm, exit_when)
 
 
+class Engines(_Model):
+    """Per-flow choices among the configured remote engines (the embedded ones have none)."""
+
+    llm_model: Text | None = Field(
+        default=None, description="model for this flow's llm steps (else IVR_LLM_MODEL)")
+
+
 class Flow(_Model):
     name: Text
     description: str = ""
     voice: Voice | None = None
+    engines: Engines | None = None
     timezone: Text = Field(default=DEFAULT_TIMEZONE, description="IANA time zone of `now`")
     start: Text
     on_error: Target | None = Field(
