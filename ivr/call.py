@@ -129,6 +129,8 @@ class CallSession:
         self._hangup_task: asyncio.Task[None] | None = None
         self._prefetched: dict[str, asyncio.Task[bytes]] = {}
         self.transfer_to: str | None = None
+        self.usage_labels: dict[str, str] = {}  # which engines/models the usage counts are for
+        self.stt_audio_s = 0.0  # seconds of caller audio sent to recognition
         self._turn_seq = 0
         self._turn: Turn | None = None  # the turn awaiting its reply's first frame
         self._prompts: list[Prompt] = []  # prompts since the last answer
@@ -181,7 +183,11 @@ class CallSession:
             self._turn, self._pending_turn = self._pending_turn, None
         await self._flush_turn()
         stats = {
-            **self.stats, "frames_out": self.player.frames_sent,
+            **self.stats, **self.usage_labels,
+            "stt_engine": getattr(self.services.recognizer, "name", ""),
+            "stt_audio_s": round(self.stt_audio_s, 2),
+            "tts_engine": getattr(self.services.synthesizer, "name", ""),
+            "frames_out": self.player.frames_sent,
             "late_frames": self.player.late_frames, "clears": self.player.clears,
             "flow_outcome": self.runner.outcome, "end_reason": reason,
             "last_step": self.runner.current_step,
@@ -411,6 +417,8 @@ class CallSession:
         finally:
             self.stats["llm_prompt_tokens"] += agent.prompt_tokens
             self.stats["llm_completion_tokens"] += agent.completion_tokens
+            self.stats["llm_cached_tokens"] += agent.cached_tokens
+            self.usage_labels["llm_model"] = chat.model
 
     async def _agent_turn(
         self, action: engine.RunAgent, agent: Agent, user: str | None
@@ -521,6 +529,7 @@ class CallSession:
             async for chunk in cached.stream(text, voice, rate):
                 yield chunk
             return
+        self.stats["tts_chars"] += len(text)  # prewarmed static prompts cost nothing per call
         conv: ToUlaw8k | None = None
         async for pcm, sr in self.services.synthesizer.synthesize(text, voice=voice, rate=rate):
             if conv is None:
@@ -633,6 +642,7 @@ class CallSession:
         finally:
             self._utt = None
         self.stats["recognitions"] += 1
+        self.stt_audio_s += rec.audio_seconds
         self.log.info("recognized", text=rec.text, confidence=rec.confidence,
                       audio_s=rec.audio_seconds, cpu_s=rec.cpu_seconds)
         return rec
