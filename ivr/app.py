@@ -17,6 +17,8 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from ivr.analytics.metrics import METRICS, metrics_handler
+from ivr.analytics.pricing import Pricing
 from ivr.config import Settings
 from ivr.flows.library import FlowLibrary
 from ivr.flows.prompts import prewarm
@@ -58,16 +60,21 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
     services.http = http
     recognizer: Recognizer = pool
     synthesizer: Synthesizer = espeak
+    clients: list[ProviderClient] = []
     if s.stt is not None:
         client = ProviderClient(s.stt, http)
+        clients.append(client)
         remote: Recognizer = (AudioChatRecognizer(client) if s.stt_api == "chat"
                               else OpenAIRecognizer(client))
         recognizer = FallbackRecognizer(remote, pool)
     if s.tts is not None:
-        synthesizer = FallbackSynthesizer(OpenAISynthesizer(ProviderClient(s.tts, http)), espeak)
+        clients.append(ProviderClient(s.tts, http))
+        synthesizer = FallbackSynthesizer(OpenAISynthesizer(clients[-1]), espeak)
     services.recognizer, services.synthesizer = recognizer, synthesizer
     if s.llm is not None:
-        services.llm = ChatClient(ProviderClient(s.llm, http), s.llm.model)
+        clients.append(ProviderClient(s.llm, http))
+        services.llm = ChatClient(clients[-1], s.llm.model)
+    services.metrics.observe_providers(clients)
     log.info("engines", recognizer=recognizer.name, synthesizer=synthesizer.name)
     cache = SynthesisCache(s.speech_cache_dir, max_bytes=s.cache_mb * 1024 * 1024)
     services.speech_cache = CachedSynthesis(services.synthesizer, cache)
@@ -174,12 +181,15 @@ async def api_call(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application()
-    app[SERVICES] = Services(settings=settings)
+    app[SERVICES] = services = Services(settings=settings)
+    app[METRICS] = services.metrics
+    services.pricing = Pricing.load()  # packaged defaults, IVR_PRICING merged over them
     app.cleanup_ctx.extend([_store_ctx, _engines_ctx, _flows_ctx, _calls_ctx])
     app.router.add_post("/voice", twiml.voice)
     app.router.add_post("/status", twiml.status)
     app.router.add_post("/connect-action", twiml.connect_action)
     app.router.add_get("/healthz", twiml.healthz)
+    app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/media", handler.media)
     app.router.add_get("/api/calls/{call_sid}", api_call)
     return app

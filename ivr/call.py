@@ -147,6 +147,7 @@ class CallSession:
                 from_masked=mask_number(params.get("from", "")),
                 to_masked=mask_number(params.get("to", "")), flow=self.flow.name,
             )
+        self.services.metrics.call_started()
         self.log.info("call_started", flow=self.flow.name)
         self._conductor = asyncio.create_task(self._conduct(), name=f"call-{self.call_sid}")
 
@@ -193,10 +194,13 @@ class CallSession:
             "last_step": self.runner.current_step,
             "duration_ms": round((time.monotonic() - self._t0) * 1000),
         }
+        if self.services.pricing is not None:
+            stats["cost"] = self.services.pricing.cost(stats)
         if self.services.store is not None:
             await self.services.store.end_call(self.call_sid, outcome=outcome, stats=stats)
         self.services.calls.pop(self.stream_sid, None)
         self.services.counters[f"calls_{outcome}"] += 1
+        self.services.metrics.call_ended(outcome, stats)
         self.log.info("call_ended", outcome=outcome, reason=reason, **{
             k: v for k, v in stats.items() if k in ("duration_ms", "frames_out", "late_frames")
         })
@@ -701,8 +705,11 @@ class CallSession:
             turn.result = None
         if turn is None:
             return
-        start, end = turn.timings.get("endpoint"), turn.timings.get("reply_first_frame")
+        # Voice-to-voice: from the end-of-speech decision (or the last key) to the reply.
+        start = turn.timings.get("endpoint", turn.timings.get("digits_done"))
+        end = turn.timings.get("reply_first_frame")
         if start is not None and end is not None:
             turn.timings["response_ms"] = round(end - start, 1)
+        self.services.metrics.turn(turn.timings)
         if self.services.store is not None:
             await self.services.store.add_turn(self.call_sid, turn)

@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     _call_parser(sub)
     sub.add_parser("demo", help="start a server, place a voice call and a keypad call, stop")
     _authoring_parsers(sub)
+    report = sub.add_parser("report", help="calls, outcomes, cost and latency from the database")
+    report.add_argument("--db", type=Path, help="SQLite file (default: IVR_DB or ./ivr.db)")
+    report.add_argument("--since", help="ISO date/time, or an age like 7d or 12h")
+    report.add_argument("--flow", help="only calls of this flow")
+    fmt = report.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="machine-readable JSON")
+    fmt.add_argument("--csv", action="store_true", help="one row per metric")
     bench = sub.add_parser("bench", help="measurements")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     acc = bench_sub.add_parser("accuracy", help="recognizer accuracy on the demo flow's answers")
@@ -102,6 +109,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(asyncio.run(_call(args)))
         elif args.command == "demo":
             sys.exit(asyncio.run(demo()))
+        elif args.command == "report":
+            from ivr.analytics.report import main as report_main
+
+            if args.db is None:
+                args.db = Settings.from_env().db
+            sys.exit(report_main(args))
         elif args.command in ("flows", "chat", "db"):
             from ivr import authoring
 

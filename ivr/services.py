@@ -12,6 +12,8 @@ from aiohttp import web
 from ivr.config import Settings
 
 if TYPE_CHECKING:
+    from ivr.analytics.metrics import Metrics
+    from ivr.analytics.pricing import Pricing
     from ivr.call import CallSession
     from ivr.flows.library import FlowLibrary
     from ivr.flows.model import Flow
@@ -36,6 +38,8 @@ class Services:
     counters: Counter[str] = field(default_factory=Counter)
     tools: ToolRegistry | None = None
     speech_cache: CachedSynthesis | None = None
+    metrics: Metrics = field(default_factory=lambda: _metrics())
+    pricing: Pricing | None = None
     http: aiohttp.ClientSession | None = None  # shared by providers and webhook tools
     llm: ChatClient | None = None  # set when IVR_LLM_BASE_URL is: `llm` steps run agents
     _static: dict[int, tuple[Flow, frozenset[str]]] = field(default_factory=dict)
@@ -63,6 +67,12 @@ class Services:
     @property
     def flows(self) -> dict[str, Flow]:
         return self.library.flows if self.library is not None else {}
+
+
+def _metrics() -> Metrics:
+    from ivr.analytics.metrics import Metrics
+
+    return Metrics()
 
 
 SERVICES = web.AppKey("services", Services)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from ivr.app import create_app
 from ivr.caller import Dtmf, run_call
@@ -40,6 +41,18 @@ async def test_greeting_needs_no_synthesis_after_start_up(tmp_path: Path) -> Non
         ) as resp:
             health = await resp.json()
         assert health["speech_cache"]["hits"] >= 4 and health["speech_cache"]["hit_rate"] > 0
+        # /metrics parses with the Prometheus text parser and counted the call.
+        async with aiohttp.ClientSession() as http, http.get(
+            f"http://127.0.0.1:{server.port}/metrics"
+        ) as resp:
+            text = await resp.text()
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples
+        }
+        assert samples[("ivr_calls_total", (("outcome", "completed"),))] == 1
+        assert samples[("ivr_active_calls", ())] == 0
+        assert samples[("ivr_turn_latency_seconds_count", (("stage", "response"),))] >= 1
     finally:
         await server.close()
 

@@ -182,3 +182,21 @@ async def test_marks_are_echoed_and_record_lands(placed: dict[str, Placed], name
     assert rec["stats"]["late_frames"] == 0
     for turn in answered(rec):
         assert turn["timings"]["prompt_first_frame"] >= 0
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+async def test_every_call_has_cost_and_latency_breakdowns(
+    placed: dict[str, Placed], name: str
+) -> None:
+    """The record carries a priced cost breakdown and per-turn latencies."""
+    rec = placed[name].record
+    cost = rec["stats"]["cost"]
+    assert cost["total"] > 0 and cost["telephony"] > 0  # minutes are never free
+    assert any(k.startswith("stt:") for k in cost) or rec["stats"].get("recognitions", 0) == 0
+    assert rec["stats"]["stt_engine"] == "pocketsphinx"
+    timed = [t["timings"] for t in rec["turns"] if t["input_kind"] in ("speech", "dtmf")]
+    for timings in timed:
+        assert timings["response_ms"] > 0  # end of caller input -> first bot audio
+    if rec["turns"][0]["input_kind"] == "speech":
+        first = rec["turns"][0]["timings"]
+        assert first["recognized"] >= first["endpoint"] >= first["speech_start"]

@@ -37,6 +37,7 @@ class MediaConnection:
     def error(self, reason: ProtocolReason, message: str) -> None:
         self.errors += 1
         self.services.counters[f"protocol_error.{reason}"] += 1
+        self.services.metrics.protocol_error(reason)
         if self.session is not None:
             self.session.stats["protocol_errors"] += 1
         if self.errors <= _LOGGED_ERRORS or self.errors % 100 == 0:

@@ -1,0 +1,190 @@
+"""Prometheus metrics: one `Metrics` per app, on its own registry, served at `/metrics`.
+
+Each app owns a private `CollectorRegistry` (never the process-global one), so several
+apps in one process — tests, `ivr bench` — never collide. The call session reports
+through plain methods (`call_started`, `call_ended`, `turn`, `protocol_error`); provider
+clients are sampled at scrape time by a custom collector (`observe_providers`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+STAGES = ("response", "recognition", "tool", "llm_first_token")
+# Voice-to-voice latencies of interest run from ~50 ms to ~10 s.
+LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0)
+BREAKER_STATES: dict[str, int] = {"closed": 0, "half_open": 1, "open": 2}
+# Provider `stats` keys exported as ivr_provider_requests_total{result=...}; each is
+# monotonic on its own (a difference such as requests - failures would not be).
+REQUEST_RESULTS: dict[str, str] = {"requests": "sent", "failures": "failed", "rejected": "rejected"}
+
+
+class BreakerLike(Protocol):
+    @property
+    def state(self) -> str: ...
+
+
+class ProviderLike(Protocol):
+    """What `observe_providers` needs of a provider client (`providers.http.ProviderClient`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def stats(self) -> Mapping[str, int]: ...
+    @property
+    def breaker(self) -> BreakerLike: ...
+
+
+def _number(value: Any) -> float | None:
+    """A finite, non-negative number, or None (missing, None, bad type, NaN, negative)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    v = float(value)
+    return v if math.isfinite(v) and v >= 0 else None
+
+
+class _ProviderCollector(Collector):
+    """Samples the provider clients' own counters and breaker state on every scrape."""
+
+    def __init__(self) -> None:
+        self.clients: list[ProviderLike] = []
+
+    def add(self, clients: Iterable[ProviderLike]) -> None:
+        for client in clients:
+            if not any(c is client for c in self.clients):
+                self.clients.append(client)
+
+    def describe(self) -> Iterable[Metric]:
+        # Declared up front so the registry checks the names for clashes at registration.
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families()
+
+    def _families(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "ivr_provider_requests", "Provider requests by result (sent, failed, rejected)",
+            labels=["provider", "result"],
+        )
+        retries = CounterMetricFamily(
+            "ivr_provider_retries", "Provider request retries", labels=["provider"]
+        )
+        breaker = GaugeMetricFamily(
+            "ivr_provider_breaker_state",
+            "Provider circuit breaker: 0 closed, 1 half-open, 2 open", labels=["provider"],
+        )
+        # Clients sharing a name are summed (counters) or take the worst state (breaker).
+        by_name: dict[str, tuple[dict[str, float], float, int]] = {}
+        for client in self.clients:
+            results, retried, state = by_name.get(client.name, ({}, 0.0, 0))
+            for key, result in REQUEST_RESULTS.items():
+                results[result] = results.get(result, 0.0) + client.stats.get(key, 0)
+            retried += client.stats.get("retries", 0)
+            state = max(state, BREAKER_STATES.get(client.breaker.state, 0))
+            by_name[client.name] = (results, retried, state)
+        for name, (results, retried, state) in sorted(by_name.items()):
+            for result, value in results.items():
+                requests.add_metric([name, result], value)
+            retries.add_metric([name], retried)
+            breaker.add_metric([name], state)
+        yield requests
+        yield retries
+        yield breaker
+
+
+class Metrics:
+    """The app's metrics on a private registry; `registry` is what `/metrics` serves."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.active_calls = Gauge("ivr_active_calls", "Calls in progress", registry=r)
+        self.calls = Counter("ivr_calls", "Calls ended, by outcome", ["outcome"], registry=r)
+        self.turn_latency = Histogram(
+            "ivr_turn_latency_seconds",
+            "Turn latency by stage: response (voice to voice), recognition, tool, "
+            "llm_first_token",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        for stage in STAGES:
+            self.turn_latency.labels(stage=stage)
+        self.protocol_errors = Counter(
+            "ivr_protocol_errors", "Bad Media Streams frames, by reason", ["reason"], registry=r
+        )
+        self.late_frames = Counter(
+            "ivr_late_frames", "Outbound audio frames sent after their deadline", registry=r
+        )
+        self.cost = Counter(
+            "ivr_cost_usd", "Provider cost in US dollars", ["provider"], registry=r
+        )
+        self.fillers = Counter("ivr_fillers", "'One moment, please' fillers played", registry=r)
+        self._providers = _ProviderCollector()
+        r.register(self._providers)
+
+    # -- what the call session calls ---------------------------------------------------
+
+    def call_started(self) -> None:
+        self.active_calls.inc()
+
+    def call_ended(self, outcome: str, stats: Mapping[str, Any]) -> None:
+        """A call is over: `stats` as the session records it (late_frames, fillers, and
+        `cost`, a dict provider -> USD whose "total" key is skipped)."""
+        self.active_calls.dec()
+        self.calls.labels(outcome=outcome).inc()
+        late = _number(stats.get("late_frames"))
+        if late:
+            self.late_frames.inc(late)
+        fillers = _number(stats.get("fillers"))
+        if fillers:
+            self.fillers.inc(fillers)
+        cost = stats.get("cost") or {}
+        if isinstance(cost, Mapping):
+            for provider, usd in cost.items():
+                amount = _number(usd)
+                if provider != "total" and amount is not None:
+                    self.cost.labels(provider=str(provider)).inc(amount)
+
+    def turn(self, timings: Mapping[str, Any]) -> None:
+        """One turn's timings (ms): `response_ms` as stage response, `recognized - endpoint`
+        as recognition, and `tool_ms` / `llm_first_token_ms` when present."""
+        response = _number(timings.get("response_ms"))
+        if response is not None:
+            self.observe("response", response / 1000)
+        endpoint, recognized = _number(timings.get("endpoint")), _number(timings.get("recognized"))
+        if endpoint is not None and recognized is not None and recognized >= endpoint:
+            self.observe("recognition", (recognized - endpoint) / 1000)
+        for stage in ("tool", "llm_first_token"):
+            ms = _number(timings.get(f"{stage}_ms"))
+            if ms is not None:
+                self.observe(stage, ms / 1000)
+
+    def observe(self, stage: str, seconds: float) -> None:
+        self.turn_latency.labels(stage=stage).observe(seconds)
+
+    def protocol_error(self, reason: str) -> None:
+        self.protocol_errors.labels(reason=reason).inc()
+
+    def observe_providers(self, clients: Iterable[ProviderLike]) -> None:
+        """Sample these provider clients (`.name`, `.stats`, `.breaker.state`) at scrape time."""
+        self._providers.add(clients)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """`GET /metrics`: the Prometheus text exposition of the app's `Metrics`."""
+    body = request.app[METRICS].exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

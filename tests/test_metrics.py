@@ -1,0 +1,136 @@
+"""Prometheus metrics: exposition format, values, independent registries, the handler."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+from pytest_aiohttp import AiohttpClient
+
+from ivr.analytics.metrics import METRICS, Metrics, metrics_handler
+
+
+def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = m.exposition().decode()
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(m: Metrics, name: str, **labels: str) -> float:
+    return samples(m).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@dataclass
+class FakeBreaker:
+    state: str = "closed"
+
+
+@dataclass
+class FakeProvider:
+    name: str
+    stats: Counter[str] = field(default_factory=Counter)
+    breaker: FakeBreaker = field(default_factory=FakeBreaker)
+
+
+def test_exposition_parses_and_has_every_family() -> None:
+    m = Metrics()
+    names = {f.name for f in text_string_to_metric_families(m.exposition().decode())}
+    assert {
+        "ivr_active_calls", "ivr_calls", "ivr_turn_latency_seconds", "ivr_protocol_errors",
+        "ivr_late_frames", "ivr_cost_usd", "ivr_fillers", "ivr_provider_requests",
+        "ivr_provider_retries", "ivr_provider_breaker_state",
+    } <= names
+    # Every stage is exported from the start, at zero.
+    for stage in ("response", "recognition", "tool", "llm_first_token"):
+        assert value(m, "ivr_turn_latency_seconds_count", stage=stage) == 0
+
+
+def test_call_lifecycle_moves_values() -> None:
+    m = Metrics()
+    m.call_started()
+    m.call_started()
+    assert value(m, "ivr_active_calls") == 2
+    m.call_ended("completed", {
+        "late_frames": 3, "fillers": 2, "cost": {"stt": 0.01, "llm": 0.25, "total": 0.26},
+    })
+    assert value(m, "ivr_active_calls") == 1
+    assert value(m, "ivr_calls_total", outcome="completed") == 1
+    assert value(m, "ivr_late_frames_total") == 3
+    assert value(m, "ivr_fillers_total") == 2
+    assert value(m, "ivr_cost_usd_total", provider="llm") == 0.25
+    assert value(m, "ivr_cost_usd_total", provider="stt") == 0.01
+    assert ("ivr_cost_usd_total", (("provider", "total"),)) not in samples(m)
+    m.call_ended("abandoned", {})  # no late frames, fillers or cost: nothing breaks
+    assert value(m, "ivr_active_calls") == 0
+    assert value(m, "ivr_calls_total", outcome="abandoned") == 1
+    assert value(m, "ivr_late_frames_total") == 3
+
+
+def test_turn_timings() -> None:
+    m = Metrics()
+    m.turn({"response_ms": 700, "endpoint": 1000, "recognized": 1300})
+    m.turn({"response_ms": 4000, "endpoint": 5000})  # no recognition result
+    m.turn({"response_ms": None, "tool_ms": 250, "llm_first_token_ms": 600})
+    assert value(m, "ivr_turn_latency_seconds_count", stage="response") == 2
+    assert value(m, "ivr_turn_latency_seconds_sum", stage="response") == 4.7
+    assert value(m, "ivr_turn_latency_seconds_bucket", stage="response", le="0.75") == 1
+    assert value(m, "ivr_turn_latency_seconds_count", stage="recognition") == 1
+    assert abs(value(m, "ivr_turn_latency_seconds_sum", stage="recognition") - 0.3) < 1e-9
+    assert value(m, "ivr_turn_latency_seconds_count", stage="tool") == 1
+    assert value(m, "ivr_turn_latency_seconds_count", stage="llm_first_token") == 1
+
+
+def test_protocol_errors() -> None:
+    m = Metrics()
+    m.protocol_error("bad_json")
+    m.protocol_error("bad_json")
+    m.protocol_error("unknown_event")
+    assert value(m, "ivr_protocol_errors_total", reason="bad_json") == 2
+    assert value(m, "ivr_protocol_errors_total", reason="unknown_event") == 1
+
+
+def test_providers_sampled_at_scrape_time() -> None:
+    m = Metrics()
+    stt = FakeProvider("stt")
+    m.observe_providers([stt])
+    m.observe_providers([stt])  # observing twice does not double count
+    assert value(m, "ivr_provider_requests_total", provider="stt", result="sent") == 0
+    stt.stats.update(requests=5, retries=2, failures=1, rejected=4)
+    stt.breaker.state = "open"
+    assert value(m, "ivr_provider_requests_total", provider="stt", result="sent") == 5
+    assert value(m, "ivr_provider_requests_total", provider="stt", result="failed") == 1
+    assert value(m, "ivr_provider_requests_total", provider="stt", result="rejected") == 4
+    assert value(m, "ivr_provider_retries_total", provider="stt") == 2
+    assert value(m, "ivr_provider_breaker_state", provider="stt") == 2
+    stt.breaker.state = "half_open"
+    assert value(m, "ivr_provider_breaker_state", provider="stt") == 1
+
+
+def test_two_instances_are_independent() -> None:
+    a, b = Metrics(), Metrics()
+    a.call_started()
+    a.protocol_error("bad_json")
+    a.observe_providers([FakeProvider("llm", Counter(requests=3))])
+    assert value(a, "ivr_active_calls") == 1
+    assert value(b, "ivr_active_calls") == 0
+    assert value(b, "ivr_protocol_errors_total", reason="bad_json") == 0
+    assert value(b, "ivr_provider_requests_total", provider="llm", result="sent") == 0
+    assert value(a, "ivr_provider_requests_total", provider="llm", result="sent") == 3
+
+
+async def test_handler(aiohttp_client: AiohttpClient) -> None:
+    app = web.Application()
+    app[METRICS] = Metrics()
+    app.router.add_get("/metrics", metrics_handler)
+    client = await aiohttp_client(app)
+    app[METRICS].call_started()
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    families = {f.name: f for f in text_string_to_metric_families(await resp.text())}
+    assert families["ivr_active_calls"].samples[0].value == 1
