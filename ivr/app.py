@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import signal
 from collections.abc import AsyncIterator
 
@@ -17,6 +16,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from ivr.analytics import api
 from ivr.analytics.metrics import METRICS, metrics_handler
 from ivr.analytics.pricing import Pricing
 from ivr.config import Settings
@@ -165,20 +165,6 @@ async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(*(s.end("shutdown") for s in sessions), return_exceptions=True)
 
 
-async def api_call(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    token = services.settings.api_token
-    if token:
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise web.HTTPUnauthorized(text="bearer token required\n")
-    assert services.store is not None
-    call = await services.store.get_call(request.match_info["call_sid"])
-    if call is None:
-        raise web.HTTPNotFound(text="no such call\n")
-    return web.json_response(call)
-
-
 def create_app(settings: Settings) -> web.Application:
     app = web.Application()
     app[SERVICES] = services = Services(settings=settings)
@@ -191,5 +177,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", twiml.healthz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/media", handler.media)
-    app.router.add_get("/api/calls/{call_sid}", api_call)
+    api.add_routes(app)
+    api.api_guard_warning(services)
     return app

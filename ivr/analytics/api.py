@@ -1,0 +1,155 @@
+"""`/api/*`: calls, one call's detail, stats and bookings, as JSON for operators.
+
+Protected by a bearer token (`IVR_API_TOKEN`). Without one the API answers only on a
+loopback bind (with a warning at start-up); on a public bind it refuses every request,
+so an unset token never exposes call records.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from typing import Any
+
+import aiosqlite
+import structlog
+from aiohttp import web
+
+from ivr.analytics.report import build_report, parse_since
+from ivr.services import SERVICES, Services
+
+log = structlog.get_logger("ivr.api")
+
+MAX_PAGE = 200
+
+
+def loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def api_guard_warning(services: Services) -> None:
+    s = services.settings
+    if not s.api_token:
+        if loopback(s.host):
+            log.warning("api_token_unset", detail="/api is open on this loopback bind; "
+                                                  "set IVR_API_TOKEN before binding publicly")
+        else:
+            log.warning("api_token_unset", detail=f"/api is refused on {s.host}: "
+                                                  "set IVR_API_TOKEN to enable it")
+
+
+def _authorize(request: web.Request) -> Services:
+    services = request.app[SERVICES]
+    token = services.settings.api_token
+    if not token:
+        if not loopback(services.settings.host):
+            raise web.HTTPForbidden(text="the API is disabled: set IVR_API_TOKEN\n")
+        return services
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise web.HTTPUnauthorized(text="bearer token required\n",
+                                   headers={"WWW-Authenticate": "Bearer"})
+    return services
+
+
+def _int(request: web.Request, name: str, default: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise web.HTTPBadRequest(text=f"{name} must be a whole number\n")
+    return min(int(raw), high)
+
+
+async def calls(request: web.Request) -> web.Response:
+    """Paged call list: ?limit=&offset=&flow=&outcome=&since= (newest first)."""
+    services = _authorize(request)
+    limit, offset = _int(request, "limit", 50, MAX_PAGE), _int(request, "offset", 0, 10**9)
+    where, params = ["1=1"], []
+    for column in ("flow", "outcome"):
+        if request.query.get(column):
+            where.append(f"{column} = ?")
+            params.append(request.query[column])
+    if request.query.get("since"):
+        try:
+            since = parse_since(request.query["since"])
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=f"since: {exc}\n") from None
+        if since is not None:
+            where.append("started_at >= ?")
+            params.append(since.isoformat())
+    sql = (f"SELECT call_sid, stream_sid, flow, from_masked, to_masked, started_at, ended_at, "
+           f"outcome, call_status, duration_s, stats FROM calls WHERE {' AND '.join(where)} "
+           f"ORDER BY started_at DESC LIMIT ? OFFSET ?")
+    async with aiosqlite.connect(services.settings.db) as db:
+        db.row_factory = aiosqlite.Row
+        rows = [dict(r) for r in await (await db.execute(sql, (*params, limit, offset)))
+                .fetchall()]
+    for row in rows:
+        stats = json.loads(row.pop("stats") or "{}")
+        row["cost"] = (stats.get("cost") or {}).get("total")
+        row["last_step"] = stats.get("last_step")
+    return web.json_response({"calls": rows, "limit": limit, "offset": offset})
+
+
+async def call(request: web.Request) -> web.Response:
+    """One call: record, transcript (turns with timings), costs, and a latency waterfall."""
+    services = _authorize(request)
+    assert services.store is not None
+    record = await services.store.get_call(request.match_info["call_sid"])
+    if record is None:
+        raise web.HTTPNotFound(text="no such call\n")
+    record["costs"] = record["stats"].get("cost", {})
+    record["waterfall"] = [_waterfall(t) for t in record["turns"]]
+    return web.json_response(record)
+
+
+def _waterfall(turn: dict[str, Any]) -> dict[str, Any]:
+    """Stage spans of one turn on the server clock (ms since the stream started)."""
+    t = turn["timings"]
+    marks = ["prompt_first_frame", "speech_start", "endpoint", "digits_done", "recognized",
+             "reply_first_frame"]
+    points = {m: t[m] for m in marks if m in t}
+    return {"seq": turn["seq"], "step": turn["step"], "points": points,
+            "response_ms": t.get("response_ms")}
+
+
+async def stats(request: web.Request) -> web.Response:
+    """The `ivr report` figures: ?since=&flow=."""
+    services = _authorize(request)
+    since = None
+    if request.query.get("since"):
+        try:
+            since = parse_since(request.query["since"])
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=f"since: {exc}\n") from None
+    report = await build_report(services.settings.db, since=since,
+                                flow=request.query.get("flow") or None)
+    return web.json_response(report)
+
+
+async def bookings(request: web.Request) -> web.Response:
+    """Bookings, newest first: ?status=booked|cancelled&limit=&offset=."""
+    services = _authorize(request)
+    limit, offset = _int(request, "limit", 50, MAX_PAGE), _int(request, "offset", 0, 10**9)
+    status = request.query.get("status")
+    sql = ("SELECT ref, service, day, start, name, status, created_at, call_sid FROM bookings "
+           + ("WHERE status = ? " if status else "") + "ORDER BY day, start LIMIT ? OFFSET ?")
+    params: tuple[Any, ...] = (status, limit, offset) if status else (limit, offset)
+    async with aiosqlite.connect(services.settings.db) as db:
+        db.row_factory = aiosqlite.Row
+        rows = [dict(r) for r in await (await db.execute(sql, params)).fetchall()]
+    return web.json_response({"bookings": rows, "limit": limit, "offset": offset})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/calls", calls)
+    app.router.add_get("/api/calls/{call_sid}", call)
+    app.router.add_get("/api/stats", stats)
+    app.router.add_get("/api/bookings", bookings)
