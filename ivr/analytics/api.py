@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+from pathlib import Path
 from typing import Any
 
 import aiosqlite
@@ -148,7 +149,16 @@ async def bookings(request: web.Request) -> web.Response:
     return web.json_response({"bookings": rows, "limit": limit, "offset": offset})
 
 
+DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
+
+
+async def dashboard(request: web.Request) -> web.StreamResponse:
+    """One page, every asset inline (no CDN); its data comes from /api with the same rules."""
+    return web.FileResponse(DASHBOARD, headers={"Content-Type": "text/html; charset=utf-8"})
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/dashboard", dashboard)
     app.router.add_get("/api/calls", calls)
     app.router.add_get("/api/calls/{call_sid}", call)
     app.router.add_get("/api/stats", stats)

@@ -1,0 +1,66 @@
+"""/dashboard in headless Chromium: every chart renders the seeded data, a call's detail opens.
+
+Screenshots go to `artifacts/` (test artifacts). Needs Debian's `chromium` (`.ci/run`
+installs it when missing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from ivr.app import create_app
+from tests.conftest import ROOT, make_settings
+from tests.test_api import _seeded
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = ROOT / "artifacts"
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+
+
+async def _chromium(url: str, *extra: str) -> str:
+    assert CHROMIUM is not None
+    with tempfile.TemporaryDirectory() as profile:
+        proc = await asyncio.create_subprocess_exec(
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=15000",
+            "--window-size=1200,1400", *extra, url,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 90)
+    return out.decode("utf-8", errors="replace")
+
+
+async def test_dashboard_renders_every_chart_and_opens_a_call(tmp_path: Path) -> None:
+    await _seeded(tmp_path)
+    server = TestServer(create_app(make_settings(tmp_path, recognizer_workers=1)),
+                        host="127.0.0.1")
+    await server.start_server()
+    base = f"http://127.0.0.1:{server.port}/dashboard"
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        dom = await _chromium(base, "--dump-dom")
+        detail = await _chromium(f"{base}#call=CA{0:032d}", "--dump-dom")
+        await _chromium(base, f"--screenshot={ARTIFACTS / 'dashboard.png'}")
+        await _chromium(f"{base}#call=CA{0:032d}",
+                        f"--screenshot={ARTIFACTS / 'dashboard-call.png'}")
+    finally:
+        await server.close()
+    assert 'data-ready="1"' in dom, dom[-500:]
+    for chart in ("calls", "latency", "outcomes", "funnel"):
+        svg = re.search(rf'<svg[^>]*data-chart="{chart}"[^>]*>(.*?)</svg>', dom, re.S)
+        assert svg is not None, chart
+        assert "<rect" in svg.group(1), f"chart {chart} drew nothing"
+    assert "3 calls · containment 66.7%" in dom
+    assert dom.count('class="call"') == 3
+    assert 'data-ready="1"' in detail
+    assert 'id="detail" style="display: block;"' in detail
+    assert "Say sales." in detail and "100 ms" in detail
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 1000
