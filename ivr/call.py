@@ -131,6 +131,7 @@ class CallSession:
         self.transfer_to: str | None = None
         self.usage_labels: dict[str, str] = {}  # which engines/models the usage counts are for
         self.stt_audio_s = 0.0  # seconds of caller audio sent to recognition
+        self.stt_cpu_s = 0.0  # CPU the embedded recognizer spent on them (worker processes)
         self._turn_seq = 0
         self._turn: Turn | None = None  # the turn awaiting its reply's first frame
         self._prompts: list[Prompt] = []  # prompts since the last answer
@@ -187,6 +188,7 @@ class CallSession:
             **self.stats, **self.usage_labels,
             "stt_engine": getattr(self.services.recognizer, "name", ""),
             "stt_audio_s": round(self.stt_audio_s, 2),
+            "stt_cpu_s": round(self.stt_cpu_s, 3),
             "tts_engine": getattr(self.services.synthesizer, "name", ""),
             "frames_out": self.player.frames_sent,
             "late_frames": self.player.late_frames, "clears": self.player.clears,
@@ -476,8 +478,10 @@ class CallSession:
         self.stats["tool_calls"] += 1
         if not done.ok:
             self.stats["tool_errors"] += 1
+        took = round(self._ms() - started, 1)
+        self.services.metrics.observe("tool", took / 1000)
         self.log.info("tool_call", step=action.step, tool=action.tool, ok=done.ok,
-                      error=done.error, ms=round(self._ms() - started, 1))
+                      error=done.error, ms=took)
         return done
 
     async def _with_filler(self, work: Coroutine[Any, Any, T]) -> T:
@@ -647,6 +651,7 @@ class CallSession:
             self._utt = None
         self.stats["recognitions"] += 1
         self.stt_audio_s += rec.audio_seconds
+        self.stt_cpu_s += rec.cpu_seconds
         self.log.info("recognized", text=rec.text, confidence=rec.confidence,
                       audio_s=rec.audio_seconds, cpu_s=rec.cpu_seconds)
         return rec
