@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from ivr.analytics.report import build_report
@@ -77,6 +78,14 @@ async def test_calls_detail_stats_and_bookings(tmp_path: Path) -> None:
         assert (await client.get("/api/calls/CAnope")).status == 404
         stats = await (await client.get("/api/stats")).json()
         assert stats == await build_report(tmp_path / "ivr.db")
+        # Figures computed here from what was seeded: 3 calls, 2 completed, 1 abandoned
+        # at "menu", $0.0125 each, voice-to-voice 100/101/102 ms (nearest-rank p50: 101).
+        assert stats["calls"] == 3
+        assert (stats["outcomes"]["completed"], stats["outcomes"]["abandoned"]) == (2, 1)
+        assert stats["containment"]["rate"] == pytest.approx(2 / 3, abs=1e-3)
+        assert stats["cost"]["total"] == pytest.approx(3 * 0.0125)
+        assert stats["latency_ms"]["response_ms"]["p50"] == 101
+        assert stats["drop_off"] == [{"step": "menu", "count": 1}]
         assert (await client.get("/api/calls?limit=x")).status == 400
         booked = await (await client.get("/api/bookings?status=booked")).json()
         assert booked["bookings"] and {b["status"] for b in booked["bookings"]} == {"booked"}
