@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,20 @@ async def test_calls_detail_stats_and_bookings(tmp_path: Path) -> None:
         assert booked["bookings"] and {b["status"] for b in booked["bookings"]} == {"booked"}
     finally:
         await client.close()
+
+
+async def test_ivr_report_json_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ivr report --db F --json` prints the same figures as /api/stats."""
+    import json
+
+    from ivr.cli import main
+
+    db = await _seeded(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        await asyncio.to_thread(main, ["report", "--db", str(db), "--json"])
+    assert exit_.value.code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["calls"] == 3 and report["outcomes"]["completed"] == 2
+    assert report["cost"]["total"] == pytest.approx(3 * 0.0125)
