@@ -13,9 +13,9 @@ import base64
 import time
 
 from ivr.audio.codec import pcm16_to_wav
-from ivr.errors import SpeechError
 from ivr.providers.http import ProviderBadResponse, ProviderClient
 from ivr.speech.base import Grammar, Recognition
+from ivr.speech.openai_stt import BufferedUtterance
 
 __all__ = ["AudioChatRecognizer"]
 
@@ -37,28 +37,6 @@ def instructions(grammar: Grammar | None) -> str:
             "that answer as written.")
 
 
-class _Utterance:
-    def __init__(self, recognizer: AudioChatRecognizer, grammar: Grammar | None) -> None:
-        self._recognizer = recognizer
-        self._grammar = grammar
-        self._audio = bytearray()
-        self._done = False
-
-    def feed(self, pcm16_16k: bytes) -> None:
-        if not self._done:
-            self._audio += pcm16_16k
-
-    async def finish(self) -> Recognition:
-        if self._done:
-            raise SpeechError("utterance already finished or cancelled")
-        self._done = True
-        return await self._recognizer.recognize(bytes(self._audio), self._grammar)
-
-    async def cancel(self) -> None:
-        self._done = True
-        self._audio.clear()
-
-
 class AudioChatRecognizer:
     """`Recognizer` over a chat-completions model that accepts `input_audio`."""
 
@@ -67,8 +45,8 @@ class AudioChatRecognizer:
         self.model = client.config.model
         self.name = f"openai-audio-chat:{self.model}"
 
-    async def start(self, grammar: Grammar | None) -> _Utterance:
-        return _Utterance(self, grammar)
+    async def start(self, grammar: Grammar | None) -> BufferedUtterance:
+        return BufferedUtterance(lambda pcm: self.recognize(pcm, grammar))
 
     async def recognize(self, pcm16_16k: bytes, grammar: Grammar | None) -> Recognition:
         wav = base64.b64encode(pcm16_to_wav(pcm16_16k, _RATE)).decode("ascii")

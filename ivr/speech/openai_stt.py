@@ -9,6 +9,7 @@ phrases can bias it through the `prompt` field, which helps short answers ("yes"
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
@@ -17,7 +18,7 @@ from ivr.errors import SpeechError
 from ivr.providers.http import ProviderBadResponse, ProviderClient
 from ivr.speech.base import Grammar, Recognition
 
-__all__ = ["OpenAIRecognizer", "OpenAIUtterance"]
+__all__ = ["BufferedUtterance", "OpenAIRecognizer"]
 
 _RATE = 16000
 # Whisper reads only the last ~224 tokens of a prompt; a long phrase list is cut well
@@ -38,10 +39,12 @@ def grammar_prompt(grammar: Grammar | None) -> str | None:
     return prompt + "." if prompt else None
 
 
-class OpenAIUtterance:
-    def __init__(self, recognizer: OpenAIRecognizer, grammar: Grammar | None) -> None:
-        self._recognizer = recognizer
-        self._prompt = grammar_prompt(grammar)
+class BufferedUtterance:
+    """An utterance for whole-file remote recognizers: audio is buffered while the caller
+    speaks and handed to `recognize` at end of speech (nothing is sent before that)."""
+
+    def __init__(self, recognize: Callable[[bytes], Awaitable[Recognition]]) -> None:
+        self._recognize = recognize
         self._audio = bytearray()
         self._done = False
 
@@ -53,10 +56,9 @@ class OpenAIUtterance:
         if self._done:
             raise SpeechError("utterance already finished or cancelled")
         self._done = True
-        return await self._recognizer.transcribe(bytes(self._audio), self._prompt)
+        return await self._recognize(bytes(self._audio))
 
     async def cancel(self) -> None:
-        # Nothing was sent yet (upload happens in finish), so dropping the buffer is all.
         self._done = True
         self._audio.clear()
 
@@ -70,8 +72,9 @@ class OpenAIRecognizer:
         self.language = language
         self.name = f"openai:{self.model}"
 
-    async def start(self, grammar: Grammar | None) -> OpenAIUtterance:
-        return OpenAIUtterance(self, grammar)
+    async def start(self, grammar: Grammar | None) -> BufferedUtterance:
+        prompt = grammar_prompt(grammar)
+        return BufferedUtterance(lambda pcm: self.transcribe(pcm, prompt))
 
     async def transcribe(self, pcm16_16k: bytes, prompt: str | None = None) -> Recognition:
         """Upload one utterance of 16 kHz PCM16 and return its transcript."""
