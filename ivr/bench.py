@@ -19,7 +19,8 @@ from ivr.audio.endpoint import EndpointConfig, Endpointer, SpeechEnded, SpeechSt
 from ivr.flows.loader import load_flow
 from ivr.flows.match import expected_phrases, match_choice
 from ivr.flows.model import AskStep, Flow
-from ivr.flows.slots import grammar_for, parse_text
+from ivr.flows.slot_grammars import grammar_for
+from ivr.flows.slots import parse_text
 from ivr.speech.base import Grammar
 from ivr.speech.espeak import EspeakSynthesizer
 from ivr.speech.sphinx import RecognizerPool

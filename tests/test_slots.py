@@ -21,12 +21,12 @@ import pydantic
 import pytest
 import soxr
 
+from ivr.flows.slot_grammars import grammar_for
 from ivr.flows.slots import (
     FILTERS,
     SlotDef,
     SlotValue,
     dtmf_max_digits,
-    grammar_for,
     parse_keys,
     parse_text,
     speak_value,

@@ -47,11 +47,11 @@ from ivr.flows.model import (
     Target,
     TransferStep,
 )
+from ivr.flows.slot_grammars import grammar_for
 from ivr.flows.slots import (
     SlotDef,
     SlotValue,
     dtmf_max_digits,
-    grammar_for,
     parse_keys,
     parse_text,
 )
