@@ -5,7 +5,9 @@
     ├── FlowError            a call-flow file that cannot be loaded (`file:line:col`)
     ├── SpeechError          a recognizer or synthesizer failed
     ├── StoreError           the call store failed
-    └── ConfigError          settings are missing or invalid
+    ├── ConfigError          settings are missing or invalid
+    └── InvalidValue         an argument or parsed value out of range (also a ValueError,
+                             so pydantic validators and argparse types report it as theirs)
 
 Callers catch the narrow class where they can recover (the media handler counts
 `ProtocolError`s and keeps reading) and `IvrError` at process boundaries; anything
@@ -19,6 +21,7 @@ from typing import Literal
 __all__ = [
     "ConfigError",
     "FlowError",
+    "InvalidValue",
     "IvrError",
     "ProtocolError",
     "ProtocolReason",
@@ -104,3 +107,11 @@ class StoreError(IvrError):
 
 class ConfigError(IvrError):
     """Settings are missing or invalid."""
+
+
+class InvalidValue(IvrError, ValueError):
+    """A value that cannot be accepted: bad constructor arguments, an unparsable field.
+
+    Also a `ValueError` because libraries that call our code expect one: pydantic turns
+    it into a validation error, argparse into a usage message, `json` passes it through.
+    """

@@ -9,8 +9,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from ivr.app import create_app
 from ivr.config import Settings
+from ivr.server.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from ivr.analytics.report import build_report
-from ivr.app import create_app
+from ivr.server.app import create_app
 from ivr.store.db import CallStore, Turn
 from ivr.tools.seed import seed
 from tests.conftest import make_settings
@@ -100,7 +100,7 @@ async def test_ivr_report_json_from_the_command_line(
     """`ivr report --db F --json` prints the same figures as /api/stats."""
     import json
 
-    from ivr.cli import main
+    from ivr.cli.main import main
 
     db = await _seeded(tmp_path)
     with pytest.raises(SystemExit) as exit_:

@@ -8,9 +8,9 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from ivr.app import create_app
-from ivr.caller import Dtmf, run_call
-from ivr.services import SERVICES
+from ivr.server.app import create_app
+from ivr.server.services import SERVICES
+from ivr.sim.caller import Dtmf, run_call
 from ivr.speech.cache import CachedSynthesis
 from tests.conftest import make_settings
 

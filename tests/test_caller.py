@@ -25,7 +25,9 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
 from ivr.audio.codec import FRAME_BYTES, pcm16_to_ulaw, ulaw_to_pcm16
-from ivr.caller import (
+from ivr.errors import IvrError
+from ivr.grammar import Grammar
+from ivr.sim.caller import (
     Action,
     ActionArg,
     Barge,
@@ -44,8 +46,7 @@ from ivr.caller import (
     new_sid,
     run_call,
 )
-from ivr.errors import IvrError
-from ivr.speech.base import Grammar, Recognition
+from ivr.speech.base import Recognition
 
 SID = re.compile(r"^(CA|MZ|AC)[0-9a-f]{32}$")
 
@@ -632,7 +633,7 @@ def test_empty_transcript_formats() -> None:
 
 
 async def test_espeak_utterance_frames() -> None:
-    from ivr.caller import _synthesize
+    from ivr.sim.caller import _synthesize
     from ivr.speech.espeak import EspeakSynthesizer
 
     frames = await _synthesize(EspeakSynthesizer(), "hello there", "en-us", None, 30.0)

@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo
 import aiosqlite
 from aiohttp.test_utils import TestServer
 
-from ivr.app import create_app
-from ivr.caller import CallTranscript, Say, run_call
 from ivr.providers.config import ProviderConfig
+from ivr.server.app import create_app
+from ivr.sim.caller import CallTranscript, Say, run_call
 from ivr.tools.seed import seed
 from tests.conftest import make_settings
 from tests.fake_openai import ChatReply, Fault, ToolCall, start_fake_openai

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
-from ivr.app import create_app
+from ivr.server.app import create_app
 from tests.conftest import ROOT, make_settings
 from tests.test_api import _seeded
 

@@ -16,8 +16,8 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
-from ivr.app import create_app
-from ivr.caller import Action, Barge, CallTranscript, Dtmf, Say, Silence, run_call
+from ivr.server.app import create_app
+from ivr.sim.caller import Action, Barge, CallTranscript, Dtmf, Say, Silence, run_call
 from ivr.store.db import CallStore
 from tests.conftest import make_settings
 

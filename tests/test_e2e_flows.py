@@ -19,10 +19,10 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
-from ivr.app import create_app
-from ivr.caller import Action, CallTranscript, Dtmf, Say, run_call
-from ivr.conversation import TextConversation
+from ivr.dialog.conversation import TextConversation
 from ivr.flows.library import FlowLibrary
+from ivr.server.app import create_app
+from ivr.sim.caller import Action, CallTranscript, Dtmf, Say, run_call
 from ivr.tools.registry import default_registry
 from ivr.tools.seed import seed
 from tests.conftest import ROOT, make_settings

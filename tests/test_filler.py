@@ -8,9 +8,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestServer
 
-from ivr.app import create_app
-from ivr.caller import run_call
-from ivr.services import SERVICES
+from ivr.server.app import create_app
+from ivr.server.services import SERVICES
+from ivr.sim.caller import run_call
 from ivr.tools.registry import Tool, ToolContext
 from tests.conftest import make_settings
 

@@ -25,7 +25,7 @@ from ivr.flows.engine import (
 )
 from ivr.flows.loader import load_flow_text
 from ivr.flows.model import Flow
-from ivr.speech.base import Grammar
+from ivr.grammar import Grammar
 
 NY = ZoneInfo("America/New_York")
 MONDAY = datetime(2026, 11, 23, 10, 0, tzinfo=NY)  # a Monday morning

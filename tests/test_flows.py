@@ -412,7 +412,7 @@ def test_counters_reset_on_reentry_and_goto_flow() -> None:
 
 def test_caller_hangup_and_misuse(demo: Flow) -> None:
     runner = FlowRunner(demo)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(FlowError):
         runner.handle(NoInput())
     runner.start()
     assert runner.handle(CallerHangup()) == []

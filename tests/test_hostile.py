@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ivr.caller import Dtmf, run_call
+from ivr.sim.caller import Dtmf, run_call
 from ivr.telephony import protocol
 
 SID = "MZ" + "a" * 32

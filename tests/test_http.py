@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from twilio.request_validator import RequestValidator
 
-from ivr.app import create_app
+from ivr.server.app import create_app
 from ivr.store.db import CallStore
 from tests.conftest import make_settings
 
@@ -117,7 +117,7 @@ async def test_status_callback_without_call_sid_is_400(signed_client: TestClient
 
 async def test_connect_action_dials_a_parked_transfer(signed_client: TestClient) -> None:
     """After a flow transfers (no REST credentials), <Connect action> answers <Dial>."""
-    from ivr.services import SERVICES
+    from ivr.server.services import SERVICES
 
     signed_client.server.app[SERVICES].transfers[FORM["CallSid"]] = "+15550100000"
     form = {"CallSid": FORM["CallSid"], "AccountSid": FORM["AccountSid"]}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ivr.cli import main
+from ivr.cli.main import main
 from ivr.flows.graph import mermaid
 from ivr.flows.library import FlowLibrary
 from tests.conftest import ROOT

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from ivr.errors import ConfigError
+from ivr.grammar import Grammar
 from ivr.providers import (
     ProviderBadResponse,
     ProviderClient,
@@ -29,7 +30,7 @@ from ivr.providers import (
     redact,
 )
 from ivr.providers.http import _retry_after
-from ivr.speech.base import Grammar, Recognition
+from ivr.speech.base import Recognition
 from ivr.speech.fallback import FallbackRecognizer, FallbackSynthesizer
 from ivr.speech.openai_stt import OpenAIRecognizer
 from ivr.speech.openai_tts import OpenAISynthesizer, speed_for_rate

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestServer
 
-from ivr.app import create_app
-from ivr.caller import Say, run_call
 from ivr.providers.config import ProviderConfig
+from ivr.server.app import create_app
+from ivr.sim.caller import Say, run_call
 from tests.conftest import make_settings
 from tests.fake_openai import ChatReply, Fault, start_fake_openai
 

@@ -34,7 +34,7 @@ from ivr.flows.slots import (
     spoken_digits,
     spoken_time,
 )
-from ivr.speech.base import Grammar
+from ivr.grammar import Grammar
 from ivr.speech.espeak import synthesize_blocking
 from ivr.speech.sphinx import RecognizerPool, load_vocabulary, normalize_phrase
 
@@ -943,7 +943,7 @@ async def test_phone_path_accuracy() -> None:
     """Slot answers spoken by four espeak voices, sent as a call sends them (8 kHz µ-law,
     the call's endpointer and resampler), recognized with the slot grammar and parsed."""
     from ivr.audio.codec import to_ulaw8k
-    from ivr.bench import endpointed
+    from ivr.bench.accuracy import endpointed
 
     voices = ("en-us", "en-gb", "en-us+m3", "en-us+f3")
     scores: dict[str, list[int]] = {}

@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import soxr
 
+from ivr.errors import SpeechError
+from ivr.grammar import Grammar
 from ivr.speech import sphinx_worker as wire
-from ivr.speech.base import Grammar, Recognition
+from ivr.speech.base import Recognition
 from ivr.speech.espeak import synthesize_blocking
 from ivr.speech.sphinx import (
     RecognitionError,
@@ -344,7 +346,7 @@ async def test_unresponsive_worker_times_out_and_is_replaced() -> None:
 
 async def test_closed_pool_fails_outstanding_and_new_utterances() -> None:
     pool = RecognizerPool(1)
-    with pytest.raises(RuntimeError, match="start_workers"):
+    with pytest.raises(SpeechError, match="start_workers"):
         await pool.start(None)
     await pool.start_workers()
     assert len(pool.startup_seconds) == 1

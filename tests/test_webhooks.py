@@ -323,8 +323,8 @@ async def test_server_registers_webhook_tools_from_its_tools_file(tmp_path: Path
     """IVR_TOOLS_FILE's webhooks join the server's registry and call out signed."""
     from aiohttp.test_utils import TestServer as AppServer
 
-    from ivr.app import create_app
-    from ivr.services import SERVICES
+    from ivr.server.app import create_app
+    from ivr.server.services import SERVICES
     from tests.conftest import make_settings
 
     seen: list[str] = []

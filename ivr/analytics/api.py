@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from ivr.analytics.report import build_report, parse_since
-from ivr.services import SERVICES, Services
+from ivr.server.services import SERVICES, Services
 
 log = structlog.get_logger("ivr.api")
 

@@ -23,6 +23,8 @@ from typing import Literal
 import numpy as np
 import soxr
 
+from ivr.errors import InvalidValue
+
 # The one place audioop is imported: stdlib up to 3.12 (deprecated, hence the filter so
 # the warning does not surface in every test run), the `audioop-lts` backport on 3.13+.
 with warnings.catch_warnings():
@@ -140,7 +142,7 @@ class ToUlaw8k:
 
     def __init__(self, rate: int, quality: Quality = _DEFAULT_QUALITY) -> None:
         if rate <= 0:
-            raise ValueError(f"sample rate must be positive, got {rate}")
+            raise InvalidValue(f"sample rate must be positive, got {rate}")
         self.rate = rate
         # At 8 kHz there is nothing to resample; skip soxr's filter delay and cost.
         self._stream = (
@@ -194,7 +196,7 @@ class Framer:
 
     def __init__(self, size: int = FRAME_BYTES) -> None:
         if size <= 0:
-            raise ValueError(f"frame size must be positive, got {size}")
+            raise InvalidValue(f"frame size must be positive, got {size}")
         self.size = size
         self._buf = bytearray()
 

@@ -43,6 +43,8 @@ from typing import Literal, TypeAlias
 
 import webrtcvad
 
+from ivr.errors import InvalidValue
+
 __all__ = [
     "DTMF_DIGITS",
     "DigitsComplete",
@@ -93,14 +95,15 @@ class EndpointConfig:
 
     def __post_init__(self) -> None:
         if self.vad_mode not in (0, 1, 2, 3):
-            raise ValueError(f"vad_mode must be 0..3, got {self.vad_mode}")
+            raise InvalidValue(f"vad_mode must be 0..3, got {self.vad_mode}")
         if not 0.0 < self.speech_start_ratio <= 1.0:
-            raise ValueError(f"speech_start_ratio must be in (0, 1], got {self.speech_start_ratio}")
+            raise InvalidValue(
+                f"speech_start_ratio must be in (0, 1], got {self.speech_start_ratio}")
         for name in ("speech_start_ms", "end_silence_ms", "no_input_ms", "max_utterance_ms"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise InvalidValue(f"{name} must be positive, got {getattr(self, name)}")
         if self.preroll_ms < 0:
-            raise ValueError(f"preroll_ms must not be negative, got {self.preroll_ms}")
+            raise InvalidValue(f"preroll_ms must not be negative, got {self.preroll_ms}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,11 +338,11 @@ class DtmfCollector:
         `now_ms` (caller clock) is needed only to time `first_digit_timeout_ms`.
         """
         if max_digits is not None and max_digits <= 0:
-            raise ValueError(f"max_digits must be positive, got {max_digits}")
+            raise InvalidValue(f"max_digits must be positive, got {max_digits}")
         if terminator is not None and terminator not in DTMF_DIGITS:
-            raise ValueError(f"terminator must be a DTMF key, got {terminator!r}")
+            raise InvalidValue(f"terminator must be a DTMF key, got {terminator!r}")
         if first_digit_timeout_ms is not None and now_ms is None:
-            raise ValueError("now_ms is needed to time the first digit")
+            raise InvalidValue("now_ms is needed to time the first digit")
         self._active = True
         self._digits = []
         self._max_digits = max_digits

@@ -31,6 +31,7 @@ from datetime import date, datetime, time
 from typing import Any, Literal, TypeAlias
 from zoneinfo import ZoneInfo
 
+from ivr.errors import FlowError, IvrError
 from ivr.flows import templates
 from ivr.flows.match import expected_phrases, match_choice, match_key
 from ivr.flows.model import (
@@ -55,7 +56,7 @@ from ivr.flows.slots import (
     parse_keys,
     parse_text,
 )
-from ivr.speech.base import Grammar
+from ivr.grammar import Grammar
 
 __all__ = [
     "Action",
@@ -325,7 +326,7 @@ def looks_like_number(text: str) -> bool:
     return bool(_PHONE_RE.match(text)) and 3 <= digits <= 15
 
 
-class _Failure(Exception):
+class _Failure(IvrError):
     """A step could not be carried out (a template, a value, a tool); take on_error."""
 
     def __init__(self, message: str, *, template: bool) -> None:
@@ -437,7 +438,7 @@ class FlowRunner:
 
     def start(self) -> list[Action]:
         if self._started:
-            raise RuntimeError("FlowRunner.start() called twice")
+            raise FlowError("FlowRunner.start() called twice")
         self._started = True
         out: list[Action] = []
         self._go(self.flow.start, out)
@@ -446,7 +447,7 @@ class FlowRunner:
     def handle(self, event: Event) -> list[Action]:
         """Feed one event; returns the actions it causes ([] once the run is done)."""
         if not self._started:
-            raise RuntimeError("FlowRunner.handle() before start()")
+            raise FlowError("FlowRunner.handle() before start()")
         if self.done:
             # Late results (a recognition finishing after hangup) are normal on a phone
             # line and must not break the call.

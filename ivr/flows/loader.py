@@ -31,7 +31,7 @@ from pydantic import BaseModel, Tag, ValidationError
 from pydantic.fields import FieldInfo
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from ivr.errors import FlowError
+from ivr.errors import FlowError, InvalidValue
 from ivr.flows.lint import (
     SEMANTIC_CHECKS,
     Finding,
@@ -88,7 +88,7 @@ class FlowLoadError(FlowError):
 
     def __init__(self, errors: Sequence[FlowError]) -> None:
         if not errors:
-            raise ValueError("FlowLoadError needs at least one error")
+            raise InvalidValue("FlowLoadError needs at least one error")
         first = errors[0]
         more = len(errors) - 1
         message = first.message + (f" (and {more} more)" if more else "")

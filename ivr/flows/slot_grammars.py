@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from ivr.flows.slots import _DEFAULT_NUMBER_MAX, _GRAMMAR_NUMBER_CAP, SlotDef, _say_number
-from ivr.speech.base import Grammar
+from ivr.grammar import Grammar
 
 __all__ = ["COMPACT_DATE_PHRASES", "COMPACT_TIME_PHRASES", "grammar_for"]
 

@@ -34,6 +34,8 @@ from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ivr.errors import InvalidValue
+
 __all__ = [
     "FILTERS",
     "SLOT_TYPES",
@@ -119,13 +121,13 @@ class SlotDef(BaseModel):
 
         if self.type == "choice":
             if not self.choices:
-                raise ValueError("a choice slot needs at least one entry in `choices`")
+                raise InvalidValue("a choice slot needs at least one entry in `choices`")
             values = [c.value for c in self.choices]
             if len(set(values)) != len(values):
-                raise ValueError(f"choice values must be unique: {values}")
+                raise InvalidValue(f"choice values must be unique: {values}")
             keys = [c.key for c in self.choices if c.key is not None]
             if len(set(keys)) != len(keys):
-                raise ValueError(f"choice keys must be unique: {keys}")
+                raise InvalidValue(f"choice keys must be unique: {keys}")
         elif self.choices:
             raise misplaced("choices", "choice")
         if self.type != "digits":
@@ -135,13 +137,13 @@ class SlotDef(BaseModel):
         elif self.length is not None and (
             self.min_length is not None or self.max_length is not None
         ):
-            raise ValueError("give either `length` or `min_length`/`max_length`, not both")
+            raise InvalidValue("give either `length` or `min_length`/`max_length`, not both")
         elif (
             self.min_length is not None
             and self.max_length is not None
             and self.min_length > self.max_length
         ):
-            raise ValueError("`min_length` is greater than `max_length`")
+            raise InvalidValue("`min_length` is greater than `max_length`")
         if self.grammar != "compact" and self.type not in ("date", "time"):
             raise misplaced("grammar", "date and time")
         if self.type != "number":
@@ -149,7 +151,7 @@ class SlotDef(BaseModel):
                 if getattr(self, name) is not None:
                     raise misplaced(name, "number")
         elif self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError("`min` is greater than `max`")
+            raise InvalidValue("`min` is greater than `max`")
         return self
 
 

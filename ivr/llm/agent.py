@@ -25,6 +25,7 @@ from typing import Any, Literal
 import structlog
 from jsonschema import Draft202012Validator
 
+from ivr.errors import InvalidValue
 from ivr.llm.client import ChatClient, Finish, TextDelta, ToolCallDone, Usage
 from ivr.llm.sentences import SentenceSplitter
 from ivr.providers.http import ProviderError
@@ -145,7 +146,7 @@ class Agent:
         for name in step.tools:
             tool = registry.get(name)
             if tool is None:
-                raise ValueError(f"llm step allows unknown tool {name!r}")
+                raise InvalidValue(f"llm step allows unknown tool {name!r}")
             self._allowed[openai_name(tool.name)] = tool.name
         self._validators = {
             dotted: Draft202012Validator(

@@ -175,7 +175,7 @@ def _retry_after(value: str | None, cap: float, now: Callable[[], float]) -> flo
     return min(max(seconds, 0.0), cap)
 
 
-class _Retryable(Exception):
+class _Retryable(IvrError):
     """Internal: this attempt failed in a way worth retrying."""
 
     def __init__(self, error: ProviderError, retry_after: float | None = None) -> None:

@@ -10,18 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-
-@dataclass(frozen=True, slots=True)
-class Grammar:
-    """What the caller is expected to say; recognizers may constrain decoding to it.
-
-    Either a list of `phrases`, or (for structured answers such as dates, times and digit
-    strings) a complete JSGF grammar in `jsgf` whose public rule is `<answer>`; `phrases`
-    then lists a few examples for engines that only take hints (remote prompts).
-    """
-
-    phrases: tuple[str, ...] = ()
-    jsgf: str | None = None
+from ivr.grammar import Grammar
 
 
 @dataclass(frozen=True, slots=True)

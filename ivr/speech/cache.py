@@ -26,6 +26,7 @@ from pathlib import Path
 import structlog
 
 from ivr.audio.codec import ToUlaw8k
+from ivr.errors import InvalidValue
 from ivr.speech.base import Synthesizer
 
 __all__ = ["CacheKey", "CacheStats", "CachedSynthesis", "SynthesisCache"]
@@ -69,7 +70,7 @@ class SynthesisCache:
 
     def __init__(self, directory: Path | None, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         if max_bytes < 0:
-            raise ValueError(f"max_bytes must not be negative, got {max_bytes}")
+            raise InvalidValue(f"max_bytes must not be negative, got {max_bytes}")
         self.directory = directory
         self.max_bytes = max_bytes
         self.stats = CacheStats()

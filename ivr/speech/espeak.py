@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import espeakng_loader
 
+from ivr.errors import SpeechError
+
 __all__ = ["EspeakError", "EspeakSynthesizer", "synthesize_blocking"]
 
 # Constants from espeak-ng's speak_lib.h.
@@ -36,7 +38,7 @@ _SynthCallback = ctypes.CFUNCTYPE(
 )
 
 
-class EspeakError(RuntimeError):
+class EspeakError(SpeechError):
     """espeak-ng failed to initialize, rejected a voice, or failed to synthesize."""
 
 

@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator
 
 import structlog
 
+from ivr.grammar import Grammar
 from ivr.providers.http import ProviderError
-from ivr.speech.base import Grammar, Recognition, Recognizer, Synthesizer, Utterance
+from ivr.speech.base import Recognition, Recognizer, Synthesizer, Utterance
 
 __all__ = ["FallbackRecognizer", "FallbackSynthesizer", "FallbackUtterance"]
 

@@ -13,8 +13,9 @@ import base64
 import time
 
 from ivr.audio.codec import pcm16_to_wav
+from ivr.grammar import Grammar
 from ivr.providers.http import ProviderBadResponse, ProviderClient
-from ivr.speech.base import Grammar, Recognition
+from ivr.speech.base import Recognition
 from ivr.speech.openai_stt import BufferedUtterance
 
 __all__ = ["AudioChatRecognizer"]

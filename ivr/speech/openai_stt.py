@@ -15,8 +15,9 @@ import aiohttp
 
 from ivr.audio.codec import pcm16_to_wav
 from ivr.errors import SpeechError
+from ivr.grammar import Grammar
 from ivr.providers.http import ProviderBadResponse, ProviderClient
-from ivr.speech.base import Grammar, Recognition
+from ivr.speech.base import Recognition
 
 __all__ = ["BufferedUtterance", "OpenAIRecognizer"]
 

@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final
 
+from ivr.errors import InvalidValue, SpeechError
+from ivr.grammar import Grammar
 from ivr.speech import sphinx_worker as wire
-from ivr.speech.base import Grammar, Recognition
+from ivr.speech.base import Recognition
 
 __all__ = [
     "LEAD_FILLERS",
@@ -58,7 +60,7 @@ LEAD_FILLERS: Final[tuple[str, ...]] = ()
 TRAIL_FILLERS: Final[tuple[str, ...]] = ()
 
 
-class RecognitionError(RuntimeError):
+class RecognitionError(SpeechError):
     """An utterance could not be recognized: its worker died, it timed out, was cancelled,
     or the pool is closed."""
 
@@ -189,7 +191,7 @@ def compile_grammar(
         return CompiledGrammar(grammar.jsgf, {}, (), (), (), raw=True)
     phrases, skipped = _speakable(grammar.phrases, vocabulary)
     if not phrases:
-        raise ValueError(f"no speakable phrase in grammar {list(grammar.phrases)!r}")
+        raise InvalidValue(f"no speakable phrase in grammar {list(grammar.phrases)!r}")
     lead = tuple(_speakable(lead_fillers, vocabulary)[0])
     trail = tuple(_speakable(trail_fillers, vocabulary)[0])
     lines = ["#JSGF V1.0;", "grammar ivr;"]
@@ -428,7 +430,7 @@ class RecognizerPool:
         sched_idle: bool = True,
     ) -> None:
         if size < 1:
-            raise ValueError("a pool needs at least one worker")
+            raise InvalidValue("a pool needs at least one worker")
         self.size = size
         self.timeout = timeout  # bound on finish(): queueing, decoding and the reply
         self.startup_timeout = startup_timeout
@@ -582,7 +584,7 @@ class RecognizerPool:
                 if kind == wire.RESULT:
                     message = json.loads(payload)
                     if not isinstance(message, dict):
-                        raise ValueError("result is not an object")
+                        raise InvalidValue("result is not an object")
                     self._on_result(worker, message)
                 elif kind == wire.READY:
                     self._on_ready(worker)
@@ -685,7 +687,7 @@ class RecognizerPool:
         if self._closed:
             raise RecognitionError("recognizer pool is closed")
         if not self._started or self._vocabulary is None:
-            raise RuntimeError("RecognizerPool.start_workers() has not completed")
+            raise SpeechError("RecognizerPool.start_workers() has not completed")
         compiled, note = None, None
         if grammar is not None:
             entry = self._compile(grammar)

@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ivr.errors import SpeechError
+
 if TYPE_CHECKING:
     from pocketsphinx import Decoder
 
@@ -80,7 +82,7 @@ _GRAMMAR_CACHE_SIZE = 32
 _READ_SIZE = 256 * 1024
 
 
-class ProtocolError(Exception):
+class WireError(SpeechError):
     """A frame that cannot be parsed: the stream is out of sync and cannot be trusted."""
 
 
@@ -100,7 +102,7 @@ class FrameParser:
         while len(self._buf) >= HEADER.size:
             kind, length = HEADER.unpack_from(self._buf)
             if length > MAX_PAYLOAD:
-                raise ProtocolError(f"frame of {length} bytes")
+                raise WireError(f"frame of {length} bytes")
             end = HEADER.size + length
             if len(self._buf) < end:
                 break
@@ -158,7 +160,7 @@ class Worker:
         try:
             self._handle(kind, payload)
         except struct.error as exc:
-            raise ProtocolError(f"malformed {kind!r} frame: {exc}") from exc
+            raise WireError(f"malformed {kind!r} frame: {exc}") from exc
 
     def _handle(self, kind: bytes, payload: bytes) -> None:
         if kind == BEGIN:
@@ -179,7 +181,7 @@ class Worker:
             if job_or_none is not None:
                 self._drop(job_or_none)
         else:
-            raise ProtocolError(f"unknown frame type {kind!r}")
+            raise WireError(f"unknown frame type {kind!r}")
 
     def _find(self, payload: bytes) -> _Job | None:
         (uid,) = UTTERANCE_ID.unpack_from(payload)
@@ -356,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     lower_priority(sched_idle="--sched-idle" in args)
     try:
         return run(0, out_fd)
-    except (BrokenPipeError, ProtocolError) as exc:
+    except (BrokenPipeError, WireError) as exc:
         print(f"sphinx_worker: {exc}", file=sys.stderr)
         return 1
 

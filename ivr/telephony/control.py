@@ -14,7 +14,7 @@ import structlog
 from twilio.twiml.voice_response import VoiceResponse
 
 from ivr.logging import mask_number
-from ivr.services import Services
+from ivr.server.services import Services
 
 log = structlog.get_logger("ivr.control")
 REST_TIMEOUT_S = 10.0

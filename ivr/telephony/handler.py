@@ -11,9 +11,9 @@ from __future__ import annotations
 import structlog
 from aiohttp import WSMsgType, web
 
-from ivr.call import CallSession
 from ivr.errors import ProtocolError, ProtocolReason
-from ivr.services import SERVICES, Services
+from ivr.server.services import SERVICES, Services
+from ivr.session.call import CallSession
 from ivr.store.db import DROPPED
 from ivr.telephony import twiml
 from ivr.telephony.protocol import Connected, Dtmf, Mark, Media, Start, Stop, parse_inbound

@@ -1,7 +1,7 @@
 """Twilio Media Streams (bidirectional) wire protocol: JSON text frames ⇄ typed messages.
 
 Pure: no I/O, no logging, no clock. Both directions are implemented twice over, because
-the server and the simulated caller (`ivr.caller`) must agree with Twilio, not just with
+the server and the simulated caller (`ivr.sim.caller`) must agree with Twilio, not just with
 each other:
 
     Twilio → us   parse_inbound(frame) -> Inbound       built by connected_message(),
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import Any, Final, NoReturn, TypeAlias
 
-from ivr.errors import ProtocolError, ProtocolReason
+from ivr.errors import InvalidValue, ProtocolError, ProtocolReason
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -224,7 +224,7 @@ def parse_outbound(text: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> 
 
 def _reject_constant(name: str) -> NoReturn:
     # json accepts NaN/Infinity by default; Twilio never sends them and they are not JSON.
-    raise ValueError(f"non-standard JSON constant {name}")
+    raise InvalidValue(f"non-standard JSON constant {name}")
 
 
 # One decoder built once: json.loads with any keyword argument builds a new one per call.
@@ -461,19 +461,19 @@ def _dump(message: dict[str, Any]) -> str:
 
 def _b64(payload: bytes) -> str:
     if not payload:
-        raise ValueError("payload must not be empty")
+        raise InvalidValue("payload must not be empty")
     return binascii.b2a_base64(payload, newline=False).decode("ascii")
 
 
 def _check_sid(stream_sid: str) -> str:
     if not stream_sid:
-        raise ValueError("stream_sid must not be empty")
+        raise InvalidValue("stream_sid must not be empty")
     return stream_sid
 
 
 def _check_uint(name: str, value: int, *, minimum: int = 0) -> int:
     if type(value) is not int or not minimum <= value <= _MAX_UINT:
-        raise ValueError(f"{name} must be an int in [{minimum}, 2**63), got {value!r}")
+        raise InvalidValue(f"{name} must be an int in [{minimum}, 2**63), got {value!r}")
     return value
 
 
@@ -516,7 +516,7 @@ def start_message(
 ) -> str:
     track_list = list(tracks)
     if not track_list:
-        raise ValueError("tracks must not be empty")
+        raise InvalidValue("tracks must not be empty")
     return _dump(
         {
             "event": "start",
@@ -563,7 +563,7 @@ def inbound_media_message(
 
 def dtmf_message(sequence_number: int, stream_sid: str, digit: str) -> str:
     if digit not in DTMF_DIGITS:
-        raise ValueError(f"digit must be one of 0-9 * # A-D, got {digit!r}")
+        raise InvalidValue(f"digit must be one of 0-9 * # A-D, got {digit!r}")
     return _dump(
         {
             "event": "dtmf",

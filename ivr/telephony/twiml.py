@@ -15,7 +15,7 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from ivr.logging import mask_number
-from ivr.services import SERVICES, Services
+from ivr.server.services import SERVICES, Services
 
 log = structlog.get_logger("ivr.telephony")
 

@@ -26,7 +26,7 @@ import structlog
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
 
-from ivr.errors import IvrError, StoreError
+from ivr.errors import InvalidValue, IvrError, StoreError
 
 __all__ = [
     "BUSY_TIMEOUT_S",
@@ -86,7 +86,7 @@ class ToolContext:
     def __post_init__(self) -> None:
         # A naive `now` would silently compare in whatever zone the host runs in.
         if self.now.tzinfo is None or self.now.utcoffset() is None:
-            raise ValueError("ToolContext.now must be timezone-aware")
+            raise InvalidValue("ToolContext.now must be timezone-aware")
 
     @asynccontextmanager
     async def db(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -164,21 +164,21 @@ class ToolRegistry:
 
     def register(self, tool: Tool) -> None:
         if not _NAME_RE.match(tool.name):
-            raise ValueError(
+            raise InvalidValue(
                 f"tool name {tool.name!r}: use dotted lower-case words like 'bookings.book'"
             )
         if len(openai_name(tool.name)) > _OPENAI_NAME_MAX:
-            raise ValueError(f"tool name {tool.name!r} is too long for function calling")
+            raise InvalidValue(f"tool name {tool.name!r} is too long for function calling")
         if tool.name in self._tools:
-            raise ValueError(f"tool {tool.name!r} is already registered")
+            raise InvalidValue(f"tool {tool.name!r} is already registered")
         if tool.parameters.get("type") != "object":
-            raise ValueError(f"tool {tool.name!r}: parameters must be an object schema")
+            raise InvalidValue(f"tool {tool.name!r}: parameters must be an object schema")
         if tool.timeout_s <= 0:
-            raise ValueError(f"tool {tool.name!r}: timeout_s must be positive")
+            raise InvalidValue(f"tool {tool.name!r}: timeout_s must be positive")
         try:
             Draft202012Validator.check_schema(tool.parameters)
         except SchemaError as e:
-            raise ValueError(f"tool {tool.name!r}: invalid parameters schema: {e.message}") from e
+            raise InvalidValue(f"tool {tool.name!r}: invalid parameters schema: {e.message}") from e
         self._tools[tool.name] = tool
         self._validators[tool.name] = Draft202012Validator(
             tool.parameters, format_checker=Draft202012Validator.FORMAT_CHECKER
@@ -210,7 +210,7 @@ class ToolRegistry:
     ) -> ToolContext:
         """A ToolContext on this registry's database; `now` defaults to the current time."""
         if self.db_path is None:
-            raise ValueError("this registry has no db_path; build the ToolContext yourself")
+            raise InvalidValue("this registry has no db_path; build the ToolContext yourself")
         return ToolContext(
             call_sid=call_sid,
             caller=caller,

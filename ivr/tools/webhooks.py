@@ -29,7 +29,7 @@ from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from yarl import URL
 
-from ivr.errors import ConfigError
+from ivr.errors import ConfigError, InvalidValue
 from ivr.tools.registry import _NAME_RE, Tool, ToolContext, ToolError
 
 __all__ = [
@@ -78,16 +78,16 @@ class WebhookSpec(BaseModel):
     def _url(cls, v: str) -> str:
         url = URL(v)
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("must be an absolute http:// or https:// URL")
+            raise InvalidValue("must be an absolute http:// or https:// URL")
         if url.fragment or url.user or url.password:
-            raise ValueError("must not carry a fragment or credentials")
+            raise InvalidValue("must not carry a fragment or credentials")
         return v
 
     @field_validator("parameters")
     @classmethod
     def _parameters(cls, v: dict[str, Any]) -> dict[str, Any]:
         if v.get("type") != "object":
-            raise ValueError("must be an object schema (type: object)")
+            raise InvalidValue("must be an object schema (type: object)")
         _check_schema(v)
         return v
 
@@ -113,7 +113,7 @@ def _check_schema(schema: dict[str, Any]) -> None:
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as e:
-        raise ValueError(f"not a valid JSON Schema: {e.message}") from None
+        raise InvalidValue(f"not a valid JSON Schema: {e.message}") from None
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

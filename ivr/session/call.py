@@ -37,16 +37,17 @@ from ivr.audio.endpoint import (
     SpeechStarted,
 )
 from ivr.audio.player import Player, Prompt
-from ivr.conversation import run_tool
+from ivr.dialog.conversation import run_tool
 from ivr.flows import engine
 from ivr.flows.model import Flow
+from ivr.grammar import Grammar
 from ivr.llm.agent import Agent, AgentEvent, AgentStep, Done, ToolRan
 from ivr.llm.agent import Listen as AgentListen
 from ivr.llm.agent import Say as AgentSay
 from ivr.llm.client import ChatClient
 from ivr.logging import mask_number
-from ivr.services import Services
-from ivr.speech.base import Grammar, Recognition, Utterance
+from ivr.server.services import Services
+from ivr.speech.base import Recognition, Utterance
 from ivr.store.db import ABANDONED, COMPLETED, DROPPED, FAILED, TRANSFERRED, Turn
 from ivr.telephony import control
 from ivr.telephony.protocol import Dtmf, Mark, Media, Start

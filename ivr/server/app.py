@@ -24,7 +24,7 @@ from ivr.flows.library import FlowLibrary
 from ivr.flows.prompts import prewarm
 from ivr.llm.client import ChatClient
 from ivr.providers.http import ProviderClient
-from ivr.services import SERVICES, Services
+from ivr.server.services import SERVICES, Services
 from ivr.speech.base import Recognizer, Synthesizer
 from ivr.speech.cache import CachedSynthesis, SynthesisCache
 from ivr.speech.espeak import EspeakSynthesizer
@@ -38,7 +38,7 @@ from ivr.telephony import handler, twiml
 from ivr.tools.registry import Tool, default_registry
 from ivr.tools.webhooks import load_webhooks, webhook_tools
 
-log = structlog.get_logger("ivr.app")
+log = structlog.get_logger("ivr.server.app")
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -48,7 +48,7 @@ from ivr.audio.codec import (
     Upsampler,
     ulaw_to_pcm16,
 )
-from ivr.errors import IvrError, ProtocolError
+from ivr.errors import InvalidValue, IvrError, ProtocolError
 from ivr.speech.base import Recognizer, Synthesizer
 from ivr.telephony import protocol
 
@@ -119,7 +119,7 @@ class Dtmf:
     def __post_init__(self) -> None:
         bad = [d for d in self.digits if d not in protocol.DTMF_DIGITS]
         if not self.digits or bad:
-            raise ValueError(f"DTMF digits must be 0-9 * # A-D, got {self.digits!r}")
+            raise InvalidValue(f"DTMF digits must be 0-9 * # A-D, got {self.digits!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +181,7 @@ def _parse_action(option: str, value: str | None) -> Action:
     if name == "barge" and value:
         ms, sep, text = value.partition(":")
         if not sep or not ms.isdigit() or not text:
-            raise ValueError("expected MS:TEXT, e.g. 800:operator")
+            raise InvalidValue("expected MS:TEXT, e.g. 800:operator")
         return Barge(text, int(ms))
     if name == "silence" and value and value.isdigit():
         return Silence(int(value))
@@ -190,7 +190,7 @@ def _parse_action(option: str, value: str | None) -> Action:
             return Hangup()
         if value.isdigit():
             return Hangup(int(value))
-    raise ValueError(f"bad value {value!r}")
+    raise InvalidValue(f"bad value {value!r}")
 
 
 # --------------------------------------------------------------------------- record
@@ -494,7 +494,7 @@ async def _synthesize(
 # --------------------------------------------------------------------------- the caller
 
 
-class _Closed(Exception):
+class _Closed(IvrError):
     """The WebSocket is gone; the conversation cannot go on."""
 
 
@@ -1031,7 +1031,7 @@ async def transcribe_heard(
                 utterance = await recognizer.start(None)
                 utterance.feed(pcm16k)
                 event.text = (await utterance.finish()).text
-        except (TimeoutError, IvrError, RuntimeError) as exc:
+        except (TimeoutError, IvrError) as exc:
             transcript.errors.append(f"transcription failed: {exc!r}")
 
     await asyncio.gather(*(one(e) for e in transcript.heard if e.duration_s >= min_seconds))
@@ -1113,7 +1113,7 @@ async def run_call(
                     if starting is not None:
                         await starting
                     await transcribe_heard(transcript, recognizer)
-            except (TimeoutError, IvrError, OSError, RuntimeError) as exc:
+            except (TimeoutError, IvrError, OSError) as exc:
                 transcript.errors.append(f"transcription failed: {exc!r}")
         transcript.server = await fetch_server_transcript(
             session, url, transcript.call_sid, max_wait=api_timeout, api_token=api_token

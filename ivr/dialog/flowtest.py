@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from ivr.conversation import TextConversation
+from ivr.dialog.conversation import TextConversation
 from ivr.errors import FlowError
 from ivr.flows.model import Flow
 from ivr.tools.registry import default_registry

@@ -14,10 +14,10 @@ from ivr.config import Settings
 if TYPE_CHECKING:
     from ivr.analytics.metrics import Metrics
     from ivr.analytics.pricing import Pricing
-    from ivr.call import CallSession
     from ivr.flows.library import FlowLibrary
     from ivr.flows.model import Flow
     from ivr.llm.client import ChatClient
+    from ivr.session.call import CallSession
     from ivr.speech.base import Recognizer, Synthesizer
     from ivr.speech.cache import CachedSynthesis
     from ivr.store.db import CallStore

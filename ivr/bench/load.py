@@ -76,7 +76,7 @@ async def load_main(calls: int, seconds: float, workers: int) -> int:
                "IVR_RECOGNIZER_WORKERS": str(workers)}
         # Popen only forks; the wait() below happens after the event loop work is done.
         server = subprocess.Popen(  # noqa: ASYNC220
-            [sys.executable, "-m", "ivr.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "ivr.cli.main", "serve", "--port", str(port)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:

@@ -116,15 +116,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                 args.db = Settings.from_env().db
             sys.exit(report_main(args))
         elif args.command in ("flows", "chat", "db"):
-            from ivr import authoring
+            from ivr.cli import authoring
 
             sys.exit(authoring.main(args))
         elif args.command == "bench" and args.bench == "load":
-            from ivr.bench_load import load_main
+            from ivr.bench.accuracy.load import load_main
 
             sys.exit(asyncio.run(load_main(args.calls, args.seconds, args.workers)))
         elif args.command == "bench":
-            from ivr.bench import accuracy_main
+            from ivr.bench.accuracy import accuracy_main
 
             sys.exit(asyncio.run(
                 accuracy_main(args.flow, args.voices.split(","), repeat=args.repeat)))
@@ -133,8 +133,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
-    from ivr.app import create_app
     from ivr.logging import configure
+    from ivr.server.app import create_app
 
     settings = Settings.from_env(
         host=args.host, port=args.port, db=args.db, flows=args.flows,
@@ -148,7 +148,7 @@ def serve(args: argparse.Namespace) -> None:
 
 
 async def _call(args: argparse.Namespace) -> int:
-    from ivr.caller import Dtmf, Say, format_transcript, run_call
+    from ivr.sim.caller import Dtmf, Say, format_transcript, run_call
 
     actions = [Say(v) if k == "say" else Dtmf(v) for k, v in (args.actions or [])]
     transcript = await run_call(
@@ -170,9 +170,9 @@ async def demo() -> int:
     """Start the server on a free loopback port, place two calls, print them, stop."""
     import tempfile
 
-    from ivr.app import create_app
-    from ivr.caller import Action, Dtmf, Say, format_transcript, run_call
     from ivr.logging import configure
+    from ivr.server.app import create_app
+    from ivr.sim.caller import Action, Dtmf, Say, format_transcript, run_call
     from ivr.speech.sphinx import RecognizerPool
 
     configure("warning")

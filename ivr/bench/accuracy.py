@@ -21,7 +21,7 @@ from ivr.flows.match import expected_phrases, match_choice
 from ivr.flows.model import AskStep, Flow
 from ivr.flows.slot_grammars import grammar_for
 from ivr.flows.slots import parse_text
-from ivr.speech.base import Grammar
+from ivr.grammar import Grammar
 from ivr.speech.espeak import EspeakSynthesizer
 from ivr.speech.sphinx import RecognizerPool
 

@@ -63,7 +63,7 @@ def _flows(directory: Path) -> dict[str, Flow]:
 
 
 async def _test(args: argparse.Namespace) -> int:
-    from ivr.flowtest import load_spec, run_file
+    from ivr.dialog.flowtest import load_spec, run_file
 
     files = args.files or sorted((args.flows / "tests").glob("*.yaml"))
     if not files:
@@ -115,7 +115,7 @@ def _seed(args: argparse.Namespace) -> int:
 
 
 async def _chat(args: argparse.Namespace) -> int:
-    from ivr.conversation import TextConversation
+    from ivr.dialog.conversation import TextConversation
     from ivr.tools.registry import default_registry
     from ivr.tools.seed import seed
 
