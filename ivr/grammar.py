@@ -1,4 +1,4 @@
-"""What a caller is expected to say: the one type flows hand to recognizers.
+"""What a caller is expected to say, and the words numbers are spoken with.
 
 A leaf shared by `flows` (which builds grammars from a step's answers) and `speech`
 (which constrains decoding to them), so neither imports the other.
@@ -7,6 +7,15 @@ A leaf shared by `flows` (which builds grammars from a step's answers) and `spee
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
+
+ONES: Final[tuple[str, ...]] = tuple(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen "
+    "fourteen fifteen sixteen seventeen eighteen nineteen".split()
+)
+TENS: Final[tuple[str, ...]] = tuple(
+    "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,3 +29,28 @@ class Grammar:
 
     phrases: tuple[str, ...] = ()
     jsgf: str | None = None
+
+
+def number_words(n: int) -> list[str]:
+    """`n` (0 to 999,999) as spoken: 115 -> ["one", "hundred", "fifteen"].
+
+    The one spelling of numbers: flows parse and say numbers with it, grammars and
+    recognizer vocabularies are built from it, so what is listened for is what is said.
+    """
+    if not 0 <= n < 1_000_000:
+        raise AssertionError(f"number_words takes 0..999999, got {n}")
+    if n < 20:
+        return [ONES[n]]
+    if n < 100:
+        tens, rest = divmod(n, 10)
+        return [TENS[tens]] + ([ONES[rest]] if rest else [])
+    if n < 1000:
+        hundreds, rest = divmod(n, 100)
+        return [ONES[hundreds], "hundred"] + (number_words(rest) if rest else [])
+    thousands, rest = divmod(n, 1000)
+    return [*number_words(thousands), "thousand"] + (number_words(rest) if rest else [])
+
+
+def digit_words(digits: str) -> list[str]:
+    """A digit string read one digit at a time: "007" -> ["zero", "zero", "seven"]."""
+    return [ONES[int(d)] for d in digits]
