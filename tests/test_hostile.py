@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ivr.sim.caller import Dtmf, run_call
-from ivr.telephony import protocol
+from ivr.telephony import inbound
 
 SID = "MZ" + "a" * 32
 CALL = "CA" + "b" * 32
@@ -65,7 +65,7 @@ hostile = st.one_of(
     mutated_frame(),
     st.just("{" * 5000),
     st.just(json.dumps({"event": "media", "streamSid": SID, "media": {"payload": "x" * 70000}})),
-    st.just(protocol.stop_message(9, "MZ" + "0" * 32, ACCOUNT, CALL)),  # another call's stop
+    st.just(inbound.stop_message(9, "MZ" + "0" * 32, ACCOUNT, CALL)),  # another call's stop
 )
 
 
@@ -96,20 +96,20 @@ async def test_hostile_frames_never_escape_and_a_healthy_call_completes(
         async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
             # Before start: everything here is out of order or malformed (a mutated start
             # can still be a valid one, so those wait until the call has started).
-            await ws.send_str(protocol.inbound_media_message(2, SID, 1, 0, b"\xff" * 160))
+            await ws.send_str(inbound.inbound_media_message(2, SID, 1, 0, b"\xff" * 160))
             for text in before:
                 await ws.send_str(text)
             await ws.send_bytes(b"\x00\x01binary")
-            await ws.send_str(protocol.connected_message())
-            await ws.send_str(protocol.start_message(1, SID, ACCOUNT, CALL, {"flow": "demo"}))
+            await ws.send_str(inbound.connected_message())
+            await ws.send_str(inbound.start_message(1, SID, ACCOUNT, CALL, {"flow": "demo"}))
             for i, text in enumerate(after):
                 await ws.send_str(text)
-                await ws.send_str(protocol.inbound_media_message(i + 2, SID, i + 1, 20 * i,
+                await ws.send_str(inbound.inbound_media_message(i + 2, SID, i + 1, 20 * i,
                                                                  b"\xff" * 160))
                 await asyncio.sleep(0)
             # The call goes on: it still answers protocol-valid frames, it did not close.
             assert not ws.closed
-            await ws.send_str(protocol.stop_message(len(after) + 2, SID, ACCOUNT, CALL))
+            await ws.send_str(inbound.stop_message(len(after) + 2, SID, ACCOUNT, CALL))
             async with http.get(f"http://127.0.0.1:{server.port}/healthz") as resp:
                 return dict(await resp.json())
 

@@ -22,31 +22,34 @@ from ivr.errors import (
     SpeechError,
     StoreError,
 )
-from ivr.telephony import protocol
-from ivr.telephony.protocol import (
+from ivr.telephony import inbound
+from ivr.telephony.inbound import (
     DTMF_DIGITS,
     Connected,
     Dtmf,
-    Inbound,
+    InboundMessage,
     Mark,
     Media,
-    OutClear,
-    OutMark,
-    OutMedia,
     Start,
     Stop,
-    clear_message,
     connected_message,
     dtmf_message,
     inbound_mark_message,
     inbound_media_message,
-    mark_message,
-    media_message,
     parse_inbound,
-    parse_outbound,
     start_message,
     stop_message,
 )
+from ivr.telephony.outbound import (
+    OutClear,
+    OutMark,
+    OutMedia,
+    clear_message,
+    mark_message,
+    media_message,
+    parse_outbound,
+)
+from ivr.telephony.wire import DEFAULT_MAX_BYTES
 
 GOLDEN = Path(__file__).parent / "golden"
 SID = "MZXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"
@@ -80,7 +83,7 @@ def dumps(obj: object) -> str:
 
 # --------------------------------------------------------------------------- golden frames
 
-GOLDEN_INBOUND: list[tuple[str, Inbound]] = [
+GOLDEN_INBOUND: list[tuple[str, InboundMessage]] = [
     ("connected", Connected(protocol="Call", version="1.0.0")),
     (
         "start",
@@ -133,7 +136,7 @@ GOLDEN_OUTBOUND: list[tuple[str, str, object]] = [
 
 
 @pytest.mark.parametrize(("name", "expected"), GOLDEN_INBOUND, ids=[n for n, _ in GOLDEN_INBOUND])
-def test_golden_inbound_parses(name: str, expected: Inbound) -> None:
+def test_golden_inbound_parses(name: str, expected: InboundMessage) -> None:
     text = golden_text(name)
     assert parse_inbound(text) == expected
     assert parse_inbound(text.encode()) == expected
@@ -519,7 +522,7 @@ def test_media_fast_path_agrees_with_precise_parser(text: str) -> None:
     data = json.loads(text)
     if not isinstance(data, dict) or data.get("event") != "media":
         return
-    assert outcome(lambda: parse_inbound(text)) == outcome(lambda: protocol._parse_media(data))
+    assert outcome(lambda: parse_inbound(text)) == outcome(lambda: inbound._parse_media(data))
 
 
 @PROPERTY
@@ -696,8 +699,8 @@ def test_oversized_is_checked_before_parsing() -> None:
     assert reason_of(wire, max_bytes=len(wire) + 50) == "oversized"
     assert isinstance(parse_inbound(wire, max_bytes=len(wire.encode())), Mark)
     # Garbage that is too big is reported as too big, not as bad JSON.
-    assert reason_of("x" * (protocol.DEFAULT_MAX_BYTES + 1)) == "oversized"
-    assert reason_of("x" * (protocol.DEFAULT_MAX_BYTES + 1), outbound=True) == "oversized"
+    assert reason_of("x" * (DEFAULT_MAX_BYTES + 1)) == "oversized"
+    assert reason_of("x" * (DEFAULT_MAX_BYTES + 1), outbound=True) == "oversized"
 
 
 def test_deep_nesting_is_not_json_not_recursion_error() -> None:

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from ivr.errors import StoreError
 from ivr.store.db import SCHEMA_VERSION, CallStore, Turn
-from ivr.telephony import protocol
+from ivr.telephony import inbound
 
 SID = "MZ" + "d" * 32
 CALL = "CA" + "e" * 32
@@ -49,10 +49,10 @@ async def test_call_dropped_mid_way_still_gets_its_record(server: TestServer) ->
     url = f"ws://127.0.0.1:{server.port}/media"
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(url)
-        await ws.send_str(protocol.connected_message())
-        await ws.send_str(protocol.start_message(1, SID, ACCOUNT, CALL, {"flow": "demo"}))
+        await ws.send_str(inbound.connected_message())
+        await ws.send_str(inbound.start_message(1, SID, ACCOUNT, CALL, {"flow": "demo"}))
         for i in range(10):
-            await ws.send_str(protocol.inbound_media_message(i + 2, SID, i + 1, i * 20,
+            await ws.send_str(inbound.inbound_media_message(i + 2, SID, i + 1, i * 20,
                                                              b"\xff" * 160))
         # Wait until the bot is talking, then vanish (no stop, no close handshake).
         msg = await ws.receive(timeout=10)

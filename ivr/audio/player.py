@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ivr.audio.codec import FRAME_BYTES, Framer
-from ivr.telephony.protocol import clear_message, mark_message, media_message
+from ivr.telephony.outbound import clear_message, mark_message, media_message
 
 FRAME_SECONDS = 0.020
 Send = Callable[[str], Awaitable[None]]

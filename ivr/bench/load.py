@@ -26,7 +26,7 @@ from pathlib import Path
 
 import aiohttp
 
-from ivr.telephony import protocol
+from ivr.telephony import inbound, outbound
 
 TICK = 0.020
 SILENCE = b"\xff" * 160
@@ -55,17 +55,17 @@ async def _reader(call: _Call) -> None:
     async for msg in call.ws:
         if msg.type != aiohttp.WSMsgType.TEXT:
             break
-        out = protocol.parse_outbound(msg.data)
+        out = outbound.parse_outbound(msg.data)
         now = time.monotonic()
-        if isinstance(out, protocol.OutMedia):
+        if isinstance(out, outbound.OutMedia):
             if call.frames_in and now - call.last_in < 1.0:
                 call.max_gap = max(call.max_gap, now - call.last_in)
             call.frames_in += 1
             call.last_in = now
             call.buffered_until = max(call.buffered_until, now) + len(out.payload) / 8000
-        elif isinstance(out, protocol.OutMark):
+        elif isinstance(out, outbound.OutMark):
             call.marks.append((max(call.buffered_until, now), out.name))
-        elif isinstance(out, protocol.OutClear):
+        elif isinstance(out, outbound.OutClear):
             call.buffered_until = now
 
 
@@ -101,8 +101,8 @@ async def _drive(server: subprocess.Popen[bytes], port: int, n: int, seconds: fl
         for _ in range(n):
             ws = await http.ws_connect(base.replace("http", "ws") + "/media", max_msg_size=0)
             sid = "MZ" + secrets.token_hex(16)
-            await ws.send_str(protocol.connected_message())
-            await ws.send_str(protocol.start_message(
+            await ws.send_str(inbound.connected_message())
+            await ws.send_str(inbound.start_message(
                 1, sid, "AC" + secrets.token_hex(16), "CA" + secrets.token_hex(16), {}))
             calls.append(_Call(ws, sid))
         readers = [asyncio.create_task(_reader(c)) for c in calls]
@@ -113,12 +113,12 @@ async def _drive(server: subprocess.Popen[bytes], port: int, n: int, seconds: fl
             for c in calls:
                 c.seq += 1
                 c.chunk += 1
-                await c.ws.send_str(protocol.inbound_media_message(
+                await c.ws.send_str(inbound.inbound_media_message(
                     c.seq, c.sid, c.chunk, c.chunk * 20, SILENCE))
                 while c.marks and c.marks[0][0] <= now:
                     c.seq += 1
                     await c.ws.send_str(
-                        protocol.inbound_mark_message(c.seq, c.sid, c.marks.pop(0)[1]))
+                        inbound.inbound_mark_message(c.seq, c.sid, c.marks.pop(0)[1]))
             ticks += 1
             delay = start + ticks * TICK - time.monotonic()
             if delay < 0:

@@ -50,7 +50,7 @@ from ivr.server.services import Services
 from ivr.speech.base import Recognition, Utterance
 from ivr.store.db import ABANDONED, COMPLETED, DROPPED, FAILED, TRANSFERRED, Turn
 from ivr.telephony import control
-from ivr.telephony.protocol import Dtmf, Mark, Media, Start
+from ivr.telephony.inbound import Dtmf, Mark, Media, Start
 from ivr.tools.registry import ToolContext
 
 # How long past its expected end we wait for a prompt's mark before giving up on it:

@@ -50,7 +50,7 @@ from ivr.audio.codec import (
 )
 from ivr.errors import InvalidValue, IvrError, ProtocolError
 from ivr.speech.base import Recognizer, Synthesizer
-from ivr.telephony import protocol
+from ivr.telephony import inbound, outbound, wire
 
 if TYPE_CHECKING:
     # Imported lazily at run time: the pool pulls in the worker machinery, which callers
@@ -117,7 +117,7 @@ class Dtmf:
     digits: str
 
     def __post_init__(self) -> None:
-        bad = [d for d in self.digits if d not in protocol.DTMF_DIGITS]
+        bad = [d for d in self.digits if d not in inbound.DTMF_DIGITS]
         if not self.digits or bad:
             raise InvalidValue(f"DTMF digits must be 0-9 * # A-D, got {self.digits!r}")
 
@@ -644,16 +644,16 @@ class SimulatedCaller:
                     headers=self._headers(),
                     autoclose=True,
                     autoping=True,
-                    max_msg_size=protocol.DEFAULT_MAX_BYTES,
+                    max_msg_size=wire.DEFAULT_MAX_BYTES,
                     timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
                 )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise IvrError(f"cannot connect to {self.url}: {exc or type(exc).__name__}") from exc
         # Connected and start go out before the reader runs: Twilio sends them first,
         # and nothing the server says can change them.
-        await self._send(protocol.connected_message())
+        await self._send(inbound.connected_message())
         await self._send(
-            lambda seq: protocol.start_message(
+            lambda seq: inbound.start_message(
                 seq, t.stream_sid, t.account_sid, t.call_sid, self.params
             )
         )
@@ -677,7 +677,7 @@ class SimulatedCaller:
             await asyncio.wait(tasks[1:], timeout=2.0)
             if not self._server_closed:
                 await self._send(
-                    lambda seq: protocol.stop_message(seq, t.stream_sid, t.account_sid, t.call_sid)
+                    lambda seq: inbound.stop_message(seq, t.stream_sid, t.account_sid, t.call_sid)
                 )
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5.0):
@@ -753,17 +753,17 @@ class SimulatedCaller:
     def _on_frame(self, text: str, now: float) -> None:
         t = self.transcript
         try:
-            message = protocol.parse_outbound(text)
+            message = outbound.parse_outbound(text)
         except ProtocolError as exc:
             t.errors.append(f"bad frame from server: {exc}")
             return
         if message.stream_sid != t.stream_sid:
             t.errors.append(f"frame for another stream {message.stream_sid[:40]!r} ignored")
             return
-        if isinstance(message, protocol.OutMedia):
+        if isinstance(message, outbound.OutMedia):
             t.frames.append((now, len(message.payload)))
             self.buffer.media(message.payload, now)
-        elif isinstance(message, protocol.OutMark):
+        elif isinstance(message, outbound.OutMark):
             record = self.buffer.mark(message.name, now)
             if record is not None:
                 self._echo_soon([record])
@@ -786,7 +786,7 @@ class SimulatedCaller:
         sid = self.transcript.stream_sid
         for record in records:
             build = functools.partial(
-                protocol.inbound_mark_message, stream_sid=sid, name=record.name
+                inbound.inbound_mark_message, stream_sid=sid, name=record.name
             )
             if await self._send(build):
                 record.t_echoed = time.monotonic()
@@ -822,7 +822,7 @@ class SimulatedCaller:
                     t.speech_onsets.append(now)
             sent = await self._send(
                 functools.partial(
-                    protocol.inbound_media_message,
+                    inbound.inbound_media_message,
                     stream_sid=sid,
                     chunk=k,
                     timestamp_ms=k * 20,
@@ -955,7 +955,7 @@ class SimulatedCaller:
             if i:
                 await self._sleep_until(start + i * DTMF_INTERVAL)
             if not await self._send(
-                functools.partial(protocol.dtmf_message, stream_sid=sid, digit=digit)
+                functools.partial(inbound.dtmf_message, stream_sid=sid, digit=digit)
             ):
                 raise _Closed
         self._caller_events.append(CallerPressed(digits, start, time.monotonic()))

@@ -16,7 +16,7 @@ from ivr.server.services import SERVICES, Services
 from ivr.session.call import CallSession
 from ivr.store.db import DROPPED
 from ivr.telephony import twiml
-from ivr.telephony.protocol import Connected, Dtmf, Mark, Media, Start, Stop, parse_inbound
+from ivr.telephony.inbound import Connected, Dtmf, Mark, Media, Start, Stop, parse_inbound
 
 log = structlog.get_logger("ivr.media")
 
