@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 
 from ivr.audio.player import Player
 
-SID = "MZ" + "0" * 32
-
 
 class Wire:
-    def __init__(self) -> None:
-        self.sent: list[tuple[float, dict[str, object]]] = []
+    """The player's outbound port, recording what was sent and when."""
 
-    async def send(self, text: str) -> None:
-        self.sent.append((time.monotonic(), json.loads(text)))
+    def __init__(self) -> None:
+        self.sent: list[tuple[float, str, bytes | str | None]] = []
+
+    async def media(self, ulaw: bytes) -> None:
+        self.sent.append((time.monotonic(), "media", ulaw))
+
+    async def mark(self, name: str) -> None:
+        self.sent.append((time.monotonic(), "mark", name))
+
+    async def clear(self) -> None:
+        self.sent.append((time.monotonic(), "clear", None))
 
     def events(self) -> list[str]:
-        return [str(m["event"]) for _, m in self.sent]
+        return [event for _, event, _ in self.sent]
 
 
 async def audio(total: int, chunk: int = 333) -> AsyncIterator[bytes]:
@@ -31,25 +36,24 @@ async def audio(total: int, chunk: int = 333) -> AsyncIterator[bytes]:
 async def test_frames_are_160_bytes_and_a_mark_follows() -> None:
     """Odd-sized chunks become whole 160-byte frames (last one padded), then one mark."""
     wire = Wire()
-    player = Player(wire.send, SID)
+    player = Player(wire)
     prompt = await player.play(player.new_prompt("hi"), audio(1000))
     assert wire.events() == ["media"] * 7 + ["mark"]
-    import base64
-
-    payloads = [base64.b64decode(str(m["media"]["payload"]))  # type: ignore[index]
-                for _, m in wire.sent if m["event"] == "media"]
+    payloads = [p for _, event, p in wire.sent if event == "media" and isinstance(p, bytes)]
+    assert len(payloads) == 7
     assert {len(p) for p in payloads} == {160}
     assert payloads[-1].endswith(b"\xff" * 120)  # padded with µ-law silence
+    assert wire.sent[-1][2] == prompt.name
     assert prompt.state == "sent" and player.playing
 
 
 async def test_pacing_keeps_at_most_the_lead_ahead() -> None:
     """With a 40 ms lead, 15 frames (300 ms) take at least 300 - 40 - 20 ms to send."""
     wire = Wire()
-    player = Player(wire.send, SID, lead=0.040)
+    player = Player(wire, lead=0.040)
     start = time.monotonic()
     await player.play(player.new_prompt("x"), audio(160 * 15))
-    frames = [t for t, m in wire.sent if m["event"] == "media"]
+    frames = [t for t, event, _ in wire.sent if event == "media"]
     assert frames[-1] - start >= 0.300 - 0.040 - 0.020
     for i, t in enumerate(frames):
         assert t - start >= i * 0.020 - 0.040 - 0.005
@@ -57,7 +61,7 @@ async def test_pacing_keeps_at_most_the_lead_ahead() -> None:
 
 async def test_echoed_mark_means_played() -> None:
     wire = Wire()
-    player = Player(wire.send, SID)
+    player = Player(wire)
     prompt = await player.play(player.new_prompt("hi"), audio(320))
     assert player.on_mark(prompt.name) is prompt
     assert prompt.state == "played" and prompt.done.is_set()
@@ -68,7 +72,7 @@ async def test_echoed_mark_means_played() -> None:
 async def test_clear_marks_pending_prompts_interrupted_and_echoes_are_stale() -> None:
     """After clear, the mark Twilio echoes for a cut prompt is not taken as 'played'."""
     wire = Wire()
-    player = Player(wire.send, SID)
+    player = Player(wire)
     prompt = await player.play(player.new_prompt("hi"), audio(320))
     cut = await player.clear()
     assert cut == [prompt] and prompt.state == "interrupted"
@@ -80,7 +84,7 @@ async def test_clear_marks_pending_prompts_interrupted_and_echoes_are_stale() ->
 async def test_cancelled_play_is_interrupted_and_releases_waiters() -> None:
     """Barge-in cancels the play task: the prompt is interrupted and `done` is set."""
     wire = Wire()
-    player = Player(wire.send, SID, lead=0.020)
+    player = Player(wire, lead=0.020)
     prompt = player.new_prompt("long")
     task = asyncio.create_task(player.play(prompt, audio(160 * 100)))
     await asyncio.sleep(0.1)

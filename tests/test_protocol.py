@@ -44,6 +44,7 @@ from ivr.telephony.outbound import (
     OutClear,
     OutMark,
     OutMedia,
+    TwilioOutbound,
     clear_message,
     mark_message,
     media_message,
@@ -157,6 +158,22 @@ def test_golden_outbound(name: str, built: str, expected: object) -> None:
     assert json.loads(built) == golden_dict(name)
     assert parse_outbound(golden_text(name)) == expected
     assert parse_outbound(built) == expected
+
+
+async def test_twilio_outbound_sends_the_golden_frames() -> None:
+    """The player's port on a Twilio stream sends exactly the outbound golden frames."""
+    sent: list[str] = []
+
+    async def send(text: str) -> None:
+        sent.append(text)
+
+    out = TwilioOutbound(send, SID)
+    await out.media(TONE)
+    await out.mark("prompt-3")
+    await out.clear()
+    assert sent == [built for _, built, _ in GOLDEN_OUTBOUND]
+    names = ["outbound_media", "outbound_mark", "outbound_clear"]
+    assert [json.loads(text) for text in sent] == [golden_dict(name) for name in names]
 
 
 def test_outbound_media_is_one_whole_base64_string_without_header() -> None:

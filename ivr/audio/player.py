@@ -6,6 +6,10 @@ ahead of real time, and each frame moves the estimate by exactly 20 ms, so the c
 absolute (no drift from sleep overshoot) and at most `lead` of audio can ever be
 cleared or misattributed. When synthesis falls behind, the buffer runs dry and the
 estimate restarts from "now" instead of bursting to catch up.
+
+The player writes through a port, `Outbound` (media, mark, clear): the telephony adapter
+(`ivr.telephony.outbound.TwilioOutbound`) turns those into Twilio frames, so this module
+knows neither the wire format nor the stream it goes out on.
 """
 
 from __future__ import annotations
@@ -13,14 +17,26 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ivr.audio.codec import FRAME_BYTES, Framer
-from ivr.telephony.outbound import clear_message, mark_message, media_message
 
 FRAME_SECONDS = 0.020
-Send = Callable[[str], Awaitable[None]]
+
+
+class Outbound(Protocol):
+    """A call's outbound audio channel, as the player needs it."""
+
+    async def media(self, ulaw: bytes) -> None:
+        """Send one 20 ms frame of 8 kHz µ-law."""
+
+    async def mark(self, name: str) -> None:
+        """Send a mark: echoed back once the audio sent before it has played (or is cleared)."""
+
+    async def clear(self) -> None:
+        """Drop all audio sent and not yet played; pending marks are echoed at once."""
 
 
 @dataclass(slots=True)
@@ -48,14 +64,12 @@ class Player:
 
     def __init__(
         self,
-        send: Send,
-        stream_sid: str,
+        out: Outbound,
         *,
         lead: float = 0.160,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._send = send
-        self._sid = stream_sid
+        self._out = out
         self._lead = lead
         self._clock = clock
         self._buffer_end = 0.0
@@ -95,7 +109,7 @@ class Player:
                 return prompt
             self._pending[prompt.name] = prompt
             prompt.state = "sent"
-            await self._send(mark_message(self._sid, prompt.name))
+            await self._out.mark(prompt.name)
             prompt.mark_sent = True
             return prompt
         except asyncio.CancelledError:
@@ -117,7 +131,7 @@ class Player:
         wait = self._buffer_end - self._lead - now
         if wait > 0:
             await asyncio.sleep(wait)
-        await self._send(media_message(self._sid, frame))
+        await self._out.media(frame)
         if prompt.first_frame_at is None:
             prompt.first_frame_at = self._clock()
         self._buffer_end += FRAME_SECONDS
@@ -153,7 +167,7 @@ class Player:
         self._current = None
         self._buffer_end = now
         self.clears += 1
-        await self._send(clear_message(self._sid))
+        await self._out.clear()
         return cut
 
     @staticmethod

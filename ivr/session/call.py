@@ -51,6 +51,7 @@ from ivr.speech.base import Recognition, Utterance
 from ivr.store.db import ABANDONED, COMPLETED, DROPPED, FAILED, TRANSFERRED, Turn
 from ivr.telephony import control
 from ivr.telephony.inbound import Dtmf, Mark, Media, Start
+from ivr.telephony.outbound import TwilioOutbound
 from ivr.tools.registry import ToolContext
 
 # How long past its expected end we wait for a prompt's mark before giving up on it:
@@ -106,7 +107,9 @@ class CallSession:
         self.flow: Flow = services.library.pick(params.get("flow"), params.get("to"))
         self.caller = params.get("from", "")
         self.runner = self._new_runner()
-        self.player = Player(self._send, self.stream_sid, lead=self.settings.lead_ms / 1000)
+        self.player = Player(
+            TwilioOutbound(self._send, self.stream_sid), lead=self.settings.lead_ms / 1000
+        )
         self.endpointer = Endpointer()
         self.dtmf = DtmfCollector()
         self.upsampler = Upsampler()

@@ -6,11 +6,16 @@ Both sides of this direction live here, because the server and the simulated cal
     media_message(), mark_message(), clear_message()   the server writing to Twilio
     parse_outbound(frame) -> OutboundMessage           the simulated caller reading as Twilio
 
-Pure: no I/O, no logging, no clock.
+`TwilioOutbound` binds the builders to one stream and a send function: it is the
+implementation of the player's outbound port (`ivr.audio.player.Outbound`), so the
+player sends audio, marks and clears without knowing Twilio's JSON or the stream SID.
+
+The builders and the parser are pure; `TwilioOutbound` only calls the send it is given.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import TypeAlias
@@ -23,11 +28,17 @@ __all__ = [
     "OutMark",
     "OutMedia",
     "OutboundMessage",
+    "Send",
+    "TwilioOutbound",
     "clear_message",
     "mark_message",
     "media_message",
     "parse_outbound",
 ]
+
+Send: TypeAlias = Callable[[str], Awaitable[None]]
+"""Sends one text frame on the call's WebSocket."""
+
 
 @dataclass(frozen=True, slots=True)
 class OutMedia:
@@ -81,3 +92,21 @@ def parse_outbound(text: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> 
         return OutClear(wire.sid(data, "streamSid", ""))
     wire.fail("unknown_event", f"unknown outbound event {event[:40]!r}")
 
+
+class TwilioOutbound:
+    """One Media Stream's outbound side: audio, marks and clears as Twilio frames."""
+
+    __slots__ = ("_send", "_stream_sid")
+
+    def __init__(self, send: Send, stream_sid: str) -> None:
+        self._send = send
+        self._stream_sid = stream_sid
+
+    async def media(self, ulaw: bytes) -> None:
+        await self._send(media_message(self._stream_sid, ulaw))
+
+    async def mark(self, name: str) -> None:
+        await self._send(mark_message(self._stream_sid, name))
+
+    async def clear(self) -> None:
+        await self._send(clear_message(self._stream_sid))
