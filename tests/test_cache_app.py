@@ -10,7 +10,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ivr.server.app import create_app
 from ivr.server.services import SERVICES
-from ivr.sim.caller import Dtmf, run_call
+from ivr.sim.run import run_call
+from ivr.sim.script import PressKeys
 from ivr.speech.cache import CachedSynthesis
 from tests.conftest import make_settings
 
@@ -31,7 +32,7 @@ async def test_greeting_needs_no_synthesis_after_start_up(tmp_path: Path) -> Non
         prewarmed = cached.synthesized
         assert prewarmed > 10  # every static prompt of every shipped flow
         hits = cached.cache.stats.hits
-        t = await run_call(f"ws://127.0.0.1:{server.port}/media", [Dtmf("3")], flow="demo",
+        t = await run_call(f"ws://127.0.0.1:{server.port}/media", [PressKeys("3")], flow="demo",
                            transcribe=False)
         assert t.closed_by == "server"
         assert cached.synthesized == prewarmed

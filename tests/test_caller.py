@@ -27,25 +27,28 @@ from aiohttp.test_utils import TestServer
 from ivr.audio.codec import FRAME_BYTES, pcm16_to_ulaw, ulaw_to_pcm16
 from ivr.errors import IvrError
 from ivr.grammar import Grammar
-from ivr.sim.caller import (
-    Action,
+from ivr.sim.playback import PlaybackBuffer
+from ivr.sim.run import run_call
+from ivr.sim.script import (
     ActionArg,
     Barge,
+    CallerAction,
+    PressKeys,
+    PutDown,
+    Say,
+    Silence,
+)
+from ivr.sim.transcript import (
     BotSaid,
     CallerHungUp,
     CallerPressed,
     CallerSaid,
     CallTranscript,
-    Dtmf,
-    Hangup,
-    PlaybackBuffer,
-    Say,
-    Silence,
     format_transcript,
     http_base_url,
     new_sid,
-    run_call,
 )
+from ivr.sim.voice import synthesize
 from ivr.speech.base import Recognition
 
 SID = re.compile(r"^(CA|MZ|AC)[0-9a-f]{32}$")
@@ -219,7 +222,7 @@ async def fake_server(
         await server.close()
 
 
-async def call(url: str, actions: Sequence[Action], **overrides: Any) -> CallTranscript:
+async def call(url: str, actions: Sequence[CallerAction], **overrides: Any) -> CallTranscript:
     """`run_call` with test-sized waits: no real synthesis, no transcription by default."""
     options: dict[str, Any] = {
         "quiet_ms": 300,
@@ -257,7 +260,7 @@ async def test_message_sequence_and_formats() -> None:
     async with fake_server(script) as (url, peers):
         t = await call(
             url,
-            [Say("hello"), Dtmf("12")],
+            [Say("hello"), PressKeys("12")],
             flow="demo",
         )
 
@@ -346,7 +349,7 @@ async def test_caller_hangs_up_with_stop_last() -> None:
     async with fake_server(script, hang_up=False) as (url, peers):
         t = await call(
             url,
-            [Say("hi"), Hangup()],
+            [Say("hi"), PutDown()],
         )
 
     msgs = [d for _, d in peers[0].received]
@@ -364,7 +367,7 @@ async def test_server_that_never_hangs_up_times_out() -> None:
         await peer.wait_for(event_is("stop"), within=10)
 
     async with fake_server(script, hang_up=False) as (url, peers):
-        t = await call(url, [Dtmf("5")], hangup_timeout=0.3)
+        t = await call(url, [PressKeys("5")], hangup_timeout=0.3)
 
     assert t.closed_by == "timeout"
     assert peers[0].received[-1][1]["event"] == "stop"
@@ -622,9 +625,11 @@ def test_action_arg_keeps_order() -> None:
     ns = parser.parse_args(
         ["--say", "yes", "--dtmf", "12#", "--barge", "800:operator", "--silence", "500", "--hangup"]
     )
-    assert ns.actions == [Say("yes"), Dtmf("12#"), Barge("operator", 800), Silence(500), Hangup()]
+    assert ns.actions == [
+        Say("yes"), PressKeys("12#"), Barge("operator", 800), Silence(500), PutDown()
+    ]
     with pytest.raises(ValueError):
-        Dtmf("12x")
+        PressKeys("12x")
 
 
 def test_empty_transcript_formats() -> None:
@@ -633,9 +638,8 @@ def test_empty_transcript_formats() -> None:
 
 
 async def test_espeak_utterance_frames() -> None:
-    from ivr.sim.caller import _synthesize
     from ivr.speech.espeak import EspeakSynthesizer
 
-    frames = await _synthesize(EspeakSynthesizer(), "hello there", "en-us", None, 30.0)
+    frames = await synthesize(EspeakSynthesizer(), "hello there", "en-us", None, 30.0)
     assert len(frames) > 10 and all(len(f) == 160 for f in frames)
     assert is_voiced(frames[0]) or is_voiced(frames[1])

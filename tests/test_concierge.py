@@ -13,7 +13,9 @@ from aiohttp.test_utils import TestServer
 
 from ivr.providers.config import ProviderConfig
 from ivr.server.app import create_app
-from ivr.sim.caller import CallTranscript, Say, run_call
+from ivr.sim.run import run_call
+from ivr.sim.script import Say
+from ivr.sim.transcript import CallTranscript
 from ivr.tools.seed import seed
 from tests.conftest import make_settings
 from tests.fake_openai import ChatReply, Fault, ToolCall, start_fake_openai

@@ -17,7 +17,9 @@ import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
 from ivr.server.app import create_app
-from ivr.sim.caller import Action, Barge, CallTranscript, Dtmf, Say, Silence, run_call
+from ivr.sim.run import run_call
+from ivr.sim.script import Barge, CallerAction, PressKeys, Say, Silence
+from ivr.sim.transcript import CallTranscript
 from ivr.store.db import CallStore
 from tests.conftest import make_settings
 
@@ -28,12 +30,12 @@ FRAME_S = 0.020
 # Loopback and a shared 2-core machine add a little jitter to arrival times.
 JITTER_S = 0.012
 
-CALLS: dict[str, tuple[list[Action], dict[str, Any]]] = {
+CALLS: dict[str, tuple[list[CallerAction], dict[str, Any]]] = {
     # Answers the embedded recognizer gets right in 15 of 15 fresh syntheses (espeak's
     # output varies run to run; "sales" in en-us only 13 of 15: see the README's figures).
     "voice_opening_hours": ([Say("opening hours")], {}),
     "voice_support_other_voice": ([Say("support")], {"voice": "en-gb"}),
-    "keypad_hours": ([Dtmf("3")], {}),
+    "keypad_hours": ([PressKeys("3")], {}),
     # The greeting (~1.5 s) may not be interrupted; 2.6 s in lands inside the menu prompt.
     "barge_in": ([Barge("hours", after_ms=2600)], {}),
     "no_input_then_fallback": ([Silence(5500), Silence(5500), Silence(5500)], {}),

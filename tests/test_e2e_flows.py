@@ -22,7 +22,9 @@ from aiohttp.test_utils import TestServer
 from ivr.dialog.conversation import TextConversation
 from ivr.flows.library import FlowLibrary
 from ivr.server.app import create_app
-from ivr.sim.caller import Action, CallTranscript, Dtmf, Say, run_call
+from ivr.sim.run import run_call
+from ivr.sim.script import CallerAction, PressKeys, Say
+from ivr.sim.transcript import CallTranscript
 from ivr.tools.registry import default_registry
 from ivr.tools.seed import seed
 from tests.conftest import ROOT, make_settings
@@ -44,12 +46,12 @@ def booking_day_word(now: datetime) -> str:
 
 NOW = datetime.now(TZ)
 DAY_WORD = booking_day_word(NOW)
-CALLS: dict[str, tuple[str, list[Action]]] = {
+CALLS: dict[str, tuple[str, list[CallerAction]]] = {
     "dental_by_voice": ("dental_booking", [
         Say("book"), Say("cleaning"), Say(DAY_WORD), Say("three p m"), Say("john"), Say("yes"),
     ]),
-    "menu_to_orders_by_keypad": ("main_menu", [Dtmf("2"), Dtmf("4567")]),
-    "menu_to_a_person": ("main_menu", [Dtmf("3")]),
+    "menu_to_orders_by_keypad": ("main_menu", [PressKeys("2"), PressKeys("4567")]),
+    "menu_to_a_person": ("main_menu", [PressKeys("3")]),
 }
 
 

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestServer
 
 from ivr.server.app import create_app
 from ivr.server.services import SERVICES
-from ivr.sim.caller import run_call
+from ivr.sim.run import run_call
 from ivr.tools.registry import Tool, ToolContext
 from tests.conftest import make_settings
 

@@ -12,7 +12,8 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ivr.sim.caller import Dtmf, run_call
+from ivr.sim.run import run_call
+from ivr.sim.script import PressKeys
 from ivr.telephony import inbound
 
 SID = "MZ" + "a" * 32
@@ -114,7 +115,7 @@ async def test_hostile_frames_never_escape_and_a_healthy_call_completes(
                 return dict(await resp.json())
 
     health, healthy = await asyncio.gather(
-        attack(), run_call(url, [Dtmf("2")], flow="demo", transcribe=False, call_timeout=60),
+        attack(), run_call(url, [PressKeys("2")], flow="demo", transcribe=False, call_timeout=60),
     )
     counters = health["counters"]
     assert counters.get("handler_failures", 0) == 0

@@ -8,7 +8,8 @@ from aiohttp.test_utils import TestServer
 
 from ivr.providers.config import ProviderConfig
 from ivr.server.app import create_app
-from ivr.sim.caller import Say, run_call
+from ivr.sim.run import run_call
+from ivr.sim.script import Say
 from tests.conftest import make_settings
 from tests.fake_openai import ChatReply, Fault, start_fake_openai
 

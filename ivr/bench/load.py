@@ -26,6 +26,7 @@ from pathlib import Path
 
 import aiohttp
 
+from ivr.sim.run import free_port
 from ivr.telephony import inbound, outbound
 
 TICK = 0.020
@@ -71,7 +72,7 @@ async def _reader(call: _Call) -> None:
 
 async def load_main(calls: int, seconds: float, workers: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "IVR_LOG_LEVEL": "warning", "IVR_DB": str(Path(tmp) / "load.db"),
                "IVR_RECOGNIZER_WORKERS": str(workers)}
         # Popen only forks; the wait() below happens after the event loop work is done.
@@ -145,11 +146,3 @@ async def _drive(server: subprocess.Popen[bytes], port: int, n: int, seconds: fl
     print(f"  server counters: {health.get('counters')}")
     print(f"reproduce: ivr bench load --calls {n} --seconds {seconds:g}")
     return 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -120,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             sys.exit(authoring.main(args))
         elif args.command == "bench" and args.bench == "load":
-            from ivr.bench.accuracy.load import load_main
+            from ivr.bench.load import load_main
 
             sys.exit(asyncio.run(load_main(args.calls, args.seconds, args.workers)))
         elif args.command == "bench":
@@ -148,9 +147,11 @@ def serve(args: argparse.Namespace) -> None:
 
 
 async def _call(args: argparse.Namespace) -> int:
-    from ivr.sim.caller import Dtmf, Say, format_transcript, run_call
+    from ivr.sim.run import run_call
+    from ivr.sim.script import PressKeys, Say
+    from ivr.sim.transcript import format_transcript
 
-    actions = [Say(v) if k == "say" else Dtmf(v) for k, v in (args.actions or [])]
+    actions = [Say(v) if k == "say" else PressKeys(v) for k, v in (args.actions or [])]
     transcript = await run_call(
         args.url, actions, flow=args.flow, voice=args.voice,
         from_number=args.from_number, to_number=args.to_number,
@@ -160,19 +161,15 @@ async def _call(args: argparse.Namespace) -> int:
     return 0
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 async def demo() -> int:
     """Start the server on a free loopback port, place two calls, print them, stop."""
     import tempfile
 
     from ivr.logging import configure
     from ivr.server.app import create_app
-    from ivr.sim.caller import Action, Dtmf, Say, format_transcript, run_call
+    from ivr.sim.run import free_port, run_call
+    from ivr.sim.script import CallerAction, PressKeys, Say
+    from ivr.sim.transcript import format_transcript
     from ivr.speech.sphinx import RecognizerPool
 
     configure("warning")
@@ -191,9 +188,9 @@ async def demo() -> int:
         ears = RecognizerPool(size=1)
         await ears.start_workers()
         try:
-            calls: dict[str, list[Action]] = {
+            calls: dict[str, list[CallerAction]] = {
                 "by voice: order status": [Say("orders"), Say("one two three four")],
-                "by keypad: order status": [Dtmf("2"), Dtmf("4567")],
+                "by keypad: order status": [PressKeys("2"), PressKeys("4567")],
             }
             results = await asyncio.gather(
                 *(run_call(url, actions, recognizer=ears) for actions in calls.values())
