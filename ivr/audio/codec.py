@@ -33,6 +33,7 @@ with warnings.catch_warnings():
 
 __all__ = [
     "FRAME_BYTES",
+    "FRAME_SECONDS",
     "TELEPHONY_RATE",
     "ULAW_SILENCE",
     "Framer",
@@ -48,6 +49,7 @@ __all__ = [
 TELEPHONY_RATE = 8000
 # 20 ms at 8 kHz, one byte per µ-law sample: the frame size Twilio sends and we send.
 FRAME_BYTES = 160
+FRAME_SECONDS = FRAME_BYTES / TELEPHONY_RATE
 # µ-law code for a zero sample (0xFF is +0; 0x7F, -0, would do as well).
 ULAW_SILENCE = b"\xff"
 

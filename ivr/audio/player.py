@@ -21,9 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ivr.audio.codec import FRAME_BYTES, Framer
-
-FRAME_SECONDS = 0.020
+from ivr.audio.codec import FRAME_BYTES, FRAME_SECONDS, Framer
 
 
 class Outbound(Protocol):

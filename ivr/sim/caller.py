@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 
 import aiohttp
 
-from ivr.audio.codec import TELEPHONY_RATE
+from ivr.audio.codec import FRAME_SECONDS, TELEPHONY_RATE
 from ivr.errors import IvrError
-from ivr.sim.line import FRAME_SECONDS, CallerLine
+from ivr.sim.line import CallerLine
 from ivr.sim.playback import PlaybackBuffer
 from ivr.sim.script import Barge, CallerAction, PressKeys, PutDown, Say, Silence
 from ivr.sim.transcript import (

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 
 import aiohttp
 
-from ivr.audio.codec import FRAME_BYTES, ULAW_SILENCE
+from ivr.audio.codec import FRAME_BYTES, FRAME_SECONDS, ULAW_SILENCE
 from ivr.errors import IvrError, ProtocolError
 from ivr.sim.playback import MarkRecord, PlaybackBuffer
 from ivr.sim.transcript import CallTranscript
@@ -34,9 +34,8 @@ from ivr.sim.voice import CallerSpeech, voiced
 from ivr.telephony import inbound, outbound
 from ivr.telephony.wire import DEFAULT_MAX_BYTES
 
-__all__ = ["FRAME_SECONDS", "SILENT_FRAME", "CallerLine"]
+__all__ = ["SILENT_FRAME", "CallerLine"]
 
-FRAME_SECONDS = 0.020
 SILENT_FRAME = ULAW_SILENCE * FRAME_BYTES
 
 
