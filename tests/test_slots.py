@@ -36,7 +36,9 @@ from ivr.flows.slots import (
 )
 from ivr.grammar import Grammar
 from ivr.speech.espeak import synthesize_blocking
-from ivr.speech.sphinx import RecognizerPool, load_vocabulary, normalize_phrase
+from ivr.speech.sphinx.grammar import normalize_phrase
+from ivr.speech.sphinx.model import load_vocabulary
+from ivr.speech.sphinx.pool import RecognizerPool
 
 NOW = datetime.datetime(2026, 11, 23, 10, 0, tzinfo=ZoneInfo("America/New_York"))
 assert NOW.weekday() == 0  # Monday: the tables below count on it

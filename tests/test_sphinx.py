@@ -18,18 +18,13 @@ import soxr
 
 from ivr.errors import SpeechError
 from ivr.grammar import Grammar
-from ivr.speech import sphinx_worker as wire
 from ivr.speech.base import Recognition
 from ivr.speech.espeak import synthesize_blocking
-from ivr.speech.sphinx import (
-    RecognitionError,
-    RecognizerPool,
-    SphinxUtterance,
-    compile_grammar,
-    grammar_to_jsgf,
-    load_vocabulary,
-    normalize_phrase,
-)
+from ivr.speech.sphinx import wire
+from ivr.speech.sphinx.grammar import compile_grammar, grammar_to_jsgf, normalize_phrase
+from ivr.speech.sphinx.model import load_vocabulary
+from ivr.speech.sphinx.pool import RecognizerPool
+from ivr.speech.sphinx.utterance import RecognitionError, SphinxUtterance
 
 MENU = Grammar(("Sales", "Support", "Billing", "Operator"))
 SENTENCES = (
@@ -174,7 +169,7 @@ def test_worker_survives_bad_grammar_and_cancel_and_exits_on_eof() -> None:
         + utterance_frames(4, "", speech("hello world"))
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "ivr.speech.sphinx_worker"],
+        [sys.executable, "-m", "ivr.speech.sphinx.worker"],
         input=stream,
         capture_output=True,
         timeout=30,
@@ -194,7 +189,7 @@ def test_worker_survives_bad_grammar_and_cancel_and_exits_on_eof() -> None:
 
 def test_worker_exits_on_a_broken_stream() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "ivr.speech.sphinx_worker"],
+        [sys.executable, "-m", "ivr.speech.sphinx.worker"],
         input=wire.encode_frame(b"?", b"junk"),
         capture_output=True,
         timeout=30,

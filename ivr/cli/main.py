@@ -173,7 +173,7 @@ async def demo() -> int:
     from ivr.logging import configure
     from ivr.server.app import create_app
     from ivr.sim.caller import Action, Dtmf, Say, format_transcript, run_call
-    from ivr.speech.sphinx import RecognizerPool
+    from ivr.speech.sphinx.pool import RecognizerPool
 
     configure("warning")
     with tempfile.TemporaryDirectory() as tmp:
