@@ -35,7 +35,8 @@ from ivr.speech.openai_tts import OpenAISynthesizer
 from ivr.speech.sphinx.pool import RecognizerPool
 from ivr.store.db import CallStore
 from ivr.telephony import handler, twiml
-from ivr.tools.registry import Tool, default_registry
+from ivr.tools.base import Tool
+from ivr.tools.registry import default_registry
 from ivr.tools.webhooks import load_webhooks, webhook_tools
 
 log = structlog.get_logger("ivr.server.app")

@@ -51,7 +51,7 @@ from ivr.speech.base import Recognition, Utterance
 from ivr.store.db import ABANDONED, COMPLETED, DROPPED, FAILED, TRANSFERRED, Turn
 from ivr.telephony import control
 from ivr.telephony.protocol import Dtmf, Mark, Media, Start
-from ivr.tools.registry import ToolContext
+from ivr.tools.base import ToolContext
 
 # How long past its expected end we wait for a prompt's mark before giving up on it:
 # Twilio echoes marks within a few hundred ms, a lost echo must not stall the call.
