@@ -365,7 +365,8 @@ async def test_closed_pool_fails_outstanding_and_new_utterances() -> None:
 
 @pytest.mark.parametrize("realtime", [False, True], ids=["all-at-once", "realtime-20ms"])
 async def test_event_loop_lag_while_decoding(realtime: bool) -> None:
-    """Acceptance: 4 concurrent language-model utterances on 2 workers; p99 loop lag < 5 ms."""
+    """Acceptance: 4 concurrent language-model utterances on 2 workers; p99 loop lag < 5 ms.
+    (`ivr bench recognizer` prints the figures.)"""
     audio = [speech(s) for s in SENTENCES]  # synthesized before measuring
     assert all(2.0 <= len(a) / 32000 <= 3.6 for a in audio)
     async with RecognizerPool(2, timeout=20) as pool:
@@ -390,22 +391,15 @@ async def test_event_loop_lag_while_decoding(realtime: bool) -> None:
             return await utterance.finish()
 
         prober = asyncio.create_task(probe())
-        start = time.perf_counter()
         results = await asyncio.gather(*(one(a) for a in audio))
-        elapsed = time.perf_counter() - start
         done.set()
         await prober
 
     assert all(r.text for r in results)
     lag_ms = np.array(lags) * 1000
     p99 = float(np.percentile(lag_ms, 99))
-    print(
-        f"\nloop lag ({'realtime' if realtime else 'all at once'}): {len(lags)} samples over "
-        f"{elapsed:.2f} s, median {np.median(lag_ms):.2f} ms, p99 {p99:.2f} ms, "
-        f"max {lag_ms.max():.2f} ms; decode cpu {[round(r.cpu_seconds, 2) for r in results]}"
-    )
     assert len(lags) > 100
-    assert p99 < 5.0
+    assert p99 < 5.0, f"p99 loop lag {p99:.2f} ms"
 
 
 def test_raw_jsgf_grammar_is_used_as_given() -> None:
