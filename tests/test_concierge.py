@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import aiosqlite
 from aiohttp.test_utils import TestServer
 
-from ivr.providers.config import ProviderConfig
+from ivr.config import ProviderConfig
 from ivr.server.app import create_app
 from ivr.sim.run import run_call
 from ivr.sim.script import Say

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestServer
 from ivr.server.app import create_app
 from ivr.server.services import SERVICES
 from ivr.sim.run import run_call
-from ivr.tools.registry import Tool, ToolContext
+from ivr.tools.base import Tool, ToolContext
 from tests.conftest import make_settings
 
 FLOW = """

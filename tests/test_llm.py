@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from ivr.config import ProviderConfig
 from ivr.llm import (
     Agent,
     AgentEvent,
@@ -34,7 +35,6 @@ from ivr.llm import (
     Usage,
     UsageEvent,
 )
-from ivr.providers.config import ProviderConfig
 from ivr.providers.http import ProviderBadResponse, ProviderClient
 from ivr.tools import ToolContext, ToolRegistry, default_registry, seed
 from tests.fake_openai import ChatReply, FakeOpenAI, Fault, ToolCall, start_fake_openai

@@ -17,16 +17,15 @@ from typing import Any
 import aiohttp
 import pytest
 
+from ivr.config import ProviderConfig, provider_from_env
 from ivr.errors import ConfigError
 from ivr.grammar import Grammar
 from ivr.providers import (
     ProviderBadResponse,
     ProviderClient,
-    ProviderConfig,
     ProviderHTTPError,
     ProviderTimeout,
     ProviderUnavailable,
-    provider_from_env,
     redact,
 )
 from ivr.providers.http import _retry_after

@@ -18,18 +18,13 @@ import soxr
 
 from ivr.errors import SpeechError
 from ivr.grammar import Grammar
-from ivr.speech import sphinx_worker as wire
 from ivr.speech.base import Recognition
 from ivr.speech.espeak import synthesize_blocking
-from ivr.speech.sphinx import (
-    RecognitionError,
-    RecognizerPool,
-    SphinxUtterance,
-    compile_grammar,
-    grammar_to_jsgf,
-    load_vocabulary,
-    normalize_phrase,
-)
+from ivr.speech.sphinx import wire
+from ivr.speech.sphinx.grammar import compile_grammar, grammar_to_jsgf, normalize_phrase
+from ivr.speech.sphinx.model import load_vocabulary
+from ivr.speech.sphinx.pool import RecognizerPool
+from ivr.speech.sphinx.utterance import RecognitionError, SphinxUtterance
 
 MENU = Grammar(("Sales", "Support", "Billing", "Operator"))
 SENTENCES = (
@@ -174,7 +169,7 @@ def test_worker_survives_bad_grammar_and_cancel_and_exits_on_eof() -> None:
         + utterance_frames(4, "", speech("hello world"))
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "ivr.speech.sphinx_worker"],
+        [sys.executable, "-m", "ivr.speech.sphinx.worker"],
         input=stream,
         capture_output=True,
         timeout=30,
@@ -194,7 +189,7 @@ def test_worker_survives_bad_grammar_and_cancel_and_exits_on_eof() -> None:
 
 def test_worker_exits_on_a_broken_stream() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "ivr.speech.sphinx_worker"],
+        [sys.executable, "-m", "ivr.speech.sphinx.worker"],
         input=wire.encode_frame(b"?", b"junk"),
         capture_output=True,
         timeout=30,
@@ -370,7 +365,8 @@ async def test_closed_pool_fails_outstanding_and_new_utterances() -> None:
 
 @pytest.mark.parametrize("realtime", [False, True], ids=["all-at-once", "realtime-20ms"])
 async def test_event_loop_lag_while_decoding(realtime: bool) -> None:
-    """Acceptance: 4 concurrent language-model utterances on 2 workers; p99 loop lag < 5 ms."""
+    """Acceptance: 4 concurrent language-model utterances on 2 workers; p99 loop lag < 5 ms.
+    (`ivr bench recognizer` prints the figures.)"""
     audio = [speech(s) for s in SENTENCES]  # synthesized before measuring
     assert all(2.0 <= len(a) / 32000 <= 3.6 for a in audio)
     async with RecognizerPool(2, timeout=20) as pool:
@@ -395,22 +391,15 @@ async def test_event_loop_lag_while_decoding(realtime: bool) -> None:
             return await utterance.finish()
 
         prober = asyncio.create_task(probe())
-        start = time.perf_counter()
         results = await asyncio.gather(*(one(a) for a in audio))
-        elapsed = time.perf_counter() - start
         done.set()
         await prober
 
     assert all(r.text for r in results)
     lag_ms = np.array(lags) * 1000
     p99 = float(np.percentile(lag_ms, 99))
-    print(
-        f"\nloop lag ({'realtime' if realtime else 'all at once'}): {len(lags)} samples over "
-        f"{elapsed:.2f} s, median {np.median(lag_ms):.2f} ms, p99 {p99:.2f} ms, "
-        f"max {lag_ms.max():.2f} ms; decode cpu {[round(r.cpu_seconds, 2) for r in results]}"
-    )
     assert len(lags) > 100
-    assert p99 < 5.0
+    assert p99 < 5.0, f"p99 loop lag {p99:.2f} ms"
 
 
 def test_raw_jsgf_grammar_is_used_as_given() -> None:

@@ -20,13 +20,13 @@ from ivr.tools import (
     ToolContext,
     ToolError,
     ToolRegistry,
-    bookings,
     default_registry,
     seed,
 )
-from ivr.tools.bookings import SLOTS
-from ivr.tools.lookups import spoken_money
-from ivr.tools.registry import normalize_phone
+from ivr.tools.builtin import bookings
+from ivr.tools.builtin.bookings import SLOTS
+from ivr.tools.builtin.lookups import spoken_money
+from ivr.tools.phone import normalize_phone
 
 # The business clock: a fixed Monday morning in a non-UTC zone, so "today" and "past"
 # are read in the context's zone, not the host's.

@@ -15,13 +15,44 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 import yaml
 
 from ivr.errors import ConfigError
 
 ENV_VAR = "IVR_PRICING"
+
+
+class _Meter(NamedTuple):
+    quantity: str  # a key of `_metered(usage)`
+    rate: str  # its price key in the engine's pricing.yaml entry
+    fallback: str | None = None  # the price key used when `rate` is absent
+
+    def price(self, entry: Mapping[str, Any]) -> float:
+        key = self.rate if self.rate in entry or self.fallback is None else self.fallback
+        return float(entry.get(key, 0.0))
+
+
+class _Billed(NamedTuple):
+    role: str  # also the pricing.yaml section its engines are priced in
+    engine: str  # the usage key naming the engine or model
+    per: float  # the summed cost is divided by this (prices per 1M tokens)
+    meters: tuple[_Meter, ...]
+
+
+# What each engine role is billed for. Speech quantities come in the unit they are priced
+# in; token costs are summed and then divided. The order of the float operations decides
+# the sixth decimal at rounding boundaries, and reports must not drift: keep it.
+_BILLED: Final = (
+    _Billed("stt", "stt_engine", 1, (_Meter("stt_minutes", "per_minute"),)),
+    _Billed("tts", "tts_engine", 1, (_Meter("tts_million_chars", "per_1m_chars"),)),
+    _Billed("llm", "llm_model", 1e6, (
+        _Meter("llm_uncached_tokens", "prompt"),
+        _Meter("llm_cached_tokens", "cached", fallback="prompt"),  # no cached price: prompt's
+        _Meter("llm_completion_tokens", "completion"),
+    )),
+)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -42,6 +73,20 @@ def _num(usage: Mapping[str, object], key: str) -> float:
         return float(value)
     except ValueError:
         return 0.0
+
+
+def _metered(usage: Mapping[str, object]) -> dict[str, float]:
+    """The quantities prices apply to. Prompt tokens include the cached ones (OpenAI's
+    usage convention), so they are split into cached and not."""
+    prompt = _num(usage, "llm_prompt_tokens")
+    cached = min(_num(usage, "llm_cached_tokens"), prompt)
+    return {
+        "stt_minutes": _num(usage, "stt_audio_s") / 60,
+        "tts_million_chars": _num(usage, "tts_chars") / 1e6,
+        "llm_uncached_tokens": prompt - cached,
+        "llm_cached_tokens": cached,
+        "llm_completion_tokens": _num(usage, "llm_completion_tokens"),
+    }
 
 
 def _read_yaml(text: str, where: str) -> dict[str, Any]:
@@ -101,43 +146,17 @@ class Pricing:
                 minutes = float(math.ceil(minutes))
             out["telephony"] = minutes * self.telephony_per_minute()
 
-        def unpriced(name: str) -> None:
-            out[f"unpriced:{name}"] = 0.0
-
-        stt = str(usage.get("stt_engine") or "")
-        if stt:
-            entry = self._entry("stt", stt)
+        quantities = _metered(usage)
+        for billed in _BILLED:
+            name = str(usage.get(billed.engine) or "")
+            if not name:
+                continue
+            entry = self._entry(billed.role, name)
             if entry is None:
-                unpriced(stt)
-            else:
-                minutes = _num(usage, "stt_audio_s") / 60
-                out[f"stt:{stt}"] = minutes * float(entry.get("per_minute", 0.0))
-
-        tts = str(usage.get("tts_engine") or "")
-        if tts:
-            entry = self._entry("tts", tts)
-            if entry is None:
-                unpriced(tts)
-            else:
-                chars = _num(usage, "tts_chars")
-                out[f"tts:{tts}"] = chars / 1e6 * float(entry.get("per_1m_chars", 0.0))
-
-        llm = str(usage.get("llm_model") or "")
-        if llm:
-            entry = self._entry("llm", llm)
-            if entry is None:
-                unpriced(llm)
-            else:
-                prompt = _num(usage, "llm_prompt_tokens")
-                cached = min(_num(usage, "llm_cached_tokens"), prompt)
-                completion = _num(usage, "llm_completion_tokens")
-                prompt_rate = float(entry.get("prompt", 0.0))
-                cached_rate = float(entry.get("cached", prompt_rate))
-                out[f"llm:{llm}"] = (
-                    (prompt - cached) * prompt_rate
-                    + cached * cached_rate
-                    + completion * float(entry.get("completion", 0.0))
-                ) / 1e6
+                out[f"unpriced:{name}"] = 0.0
+                continue
+            amount = sum(quantities[m.quantity] * m.price(entry) for m in billed.meters)
+            out[f"{billed.role}:{name}"] = amount / billed.per
 
         result = {k: round(v, 6) for k, v in out.items()}
         result["total"] = round(sum(v for k, v in out.items()), 6)

@@ -23,7 +23,7 @@ from ivr.flows.slot_grammars import grammar_for
 from ivr.flows.slots import parse_text
 from ivr.grammar import Grammar
 from ivr.speech.espeak import EspeakSynthesizer
-from ivr.speech.sphinx import RecognizerPool
+from ivr.speech.sphinx.pool import RecognizerPool
 
 
 def endpointed(speech: bytes) -> bytes:

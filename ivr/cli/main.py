@@ -90,12 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
     acc = bench_sub.add_parser("accuracy", help="recognizer accuracy on the demo flow's answers")
     acc.add_argument("--voices", default="en-us,en-gb", help="comma-separated espeak voices")
     acc.add_argument("--flow", default="flows/demo.yaml")
+    acc.add_argument("--repeat", type=int, default=1,
+                     help="synthesize each answer this many times (espeak varies slightly)")
     load = bench_sub.add_parser("load", help="N concurrent calls against a server process")
     load.add_argument("--calls", type=int, default=100)
     load.add_argument("--seconds", type=float, default=10.0)
     load.add_argument("--workers", type=int, default=1, help="server recognizer workers")
-    acc.add_argument("--repeat", type=int, default=1,
-                     help="synthesize each answer this many times (espeak varies slightly)")
+    slots = bench_sub.add_parser(
+        "slots", help="slot answers (dates, times, digits, ...) through the phone path")
+    slots.add_argument("--voices", default="en-us,en-gb,en-us+m3,en-us+f3",
+                       help="comma-separated espeak voices")
+    slots.add_argument("--workers", type=int, default=2, help="recognizer workers")
+    rec = bench_sub.add_parser(
+        "recognizer", help="event-loop lag while decoding; result latency after speech")
+    rec.add_argument("--workers", type=int, default=2, help="recognizer workers")
+    rec.add_argument("--utterances", type=int, default=4, help="decoded at the same time")
+    rec.add_argument("--no-sched-idle", dest="sched_idle", action="store_false",
+                     help="workers at nice 10 only, without SCHED_IDLE")
     return parser
 
 
@@ -118,17 +129,28 @@ def main(argv: Sequence[str] | None = None) -> None:
             from ivr.cli import authoring
 
             sys.exit(authoring.main(args))
-        elif args.command == "bench" and args.bench == "load":
-            from ivr.bench.load import load_main
-
-            sys.exit(asyncio.run(load_main(args.calls, args.seconds, args.workers)))
         elif args.command == "bench":
-            from ivr.bench.accuracy import accuracy_main
-
-            sys.exit(asyncio.run(
-                accuracy_main(args.flow, args.voices.split(","), repeat=args.repeat)))
+            sys.exit(asyncio.run(_bench(args)))
     except IvrError as exc:
         sys.exit(f"ivr: {exc}")
+
+
+async def _bench(args: argparse.Namespace) -> int:
+    if args.bench == "load":
+        from ivr.bench.load import load_main
+
+        return await load_main(args.calls, args.seconds, args.workers)
+    if args.bench == "slots":
+        from ivr.bench.slots import slots_main
+
+        return await slots_main(args.voices.split(","), workers=args.workers)
+    if args.bench == "recognizer":
+        from ivr.bench.recognizer import recognizer_main
+
+        return await recognizer_main(args.workers, args.utterances, sched_idle=args.sched_idle)
+    from ivr.bench.accuracy import accuracy_main
+
+    return await accuracy_main(args.flow, args.voices.split(","), repeat=args.repeat)
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -170,7 +192,7 @@ async def demo() -> int:
     from ivr.sim.run import free_port, run_call
     from ivr.sim.script import CallerAction, PressKeys, Say
     from ivr.sim.transcript import format_transcript
-    from ivr.speech.sphinx import RecognizerPool
+    from ivr.speech.sphinx.pool import RecognizerPool
 
     configure("warning")
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,8 @@ from typing import Any
 
 from ivr.flows import engine
 from ivr.flows.model import Flow
-from ivr.tools.registry import ToolContext, ToolRegistry
+from ivr.tools.base import ToolContext
+from ivr.tools.registry import ToolRegistry
 
 
 async def run_tool(

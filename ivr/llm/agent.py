@@ -29,7 +29,8 @@ from ivr.errors import InvalidValue
 from ivr.llm.client import ChatClient, Finish, TextDelta, ToolCallDone, Usage
 from ivr.llm.sentences import SentenceSplitter
 from ivr.providers.http import ProviderError
-from ivr.tools.registry import ToolContext, ToolRegistry, ToolResult, openai_name
+from ivr.tools.base import ToolContext, ToolResult, openai_name
+from ivr.tools.registry import ToolRegistry
 
 __all__ = [
     "END_CONVERSATION",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ivr.providers.config import ProviderConfig, ProviderRole, provider_from_env, redact
 from ivr.providers.http import (
     ProviderBadResponse,
     ProviderClient,
@@ -11,16 +10,14 @@ from ivr.providers.http import (
     ProviderTimeout,
     ProviderUnavailable,
 )
+from ivr.providers.redact import redact
 
 __all__ = [
     "ProviderBadResponse",
     "ProviderClient",
-    "ProviderConfig",
     "ProviderError",
     "ProviderHTTPError",
-    "ProviderRole",
     "ProviderTimeout",
     "ProviderUnavailable",
-    "provider_from_env",
     "redact",
 ]

@@ -24,8 +24,9 @@ from typing import Any, Literal
 import aiohttp
 import structlog
 
+from ivr.config import ProviderConfig
 from ivr.errors import IvrError
-from ivr.providers.config import ProviderConfig, redact
+from ivr.providers.redact import redact
 
 __all__ = [
     "BreakerState",

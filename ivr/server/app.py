@@ -32,10 +32,11 @@ from ivr.speech.fallback import FallbackRecognizer, FallbackSynthesizer
 from ivr.speech.openai_audio_chat import AudioChatRecognizer
 from ivr.speech.openai_stt import OpenAIRecognizer
 from ivr.speech.openai_tts import OpenAISynthesizer
-from ivr.speech.sphinx import RecognizerPool
+from ivr.speech.sphinx.pool import RecognizerPool
 from ivr.store.db import CallStore
 from ivr.telephony import handler, twiml
-from ivr.tools.registry import Tool, default_registry
+from ivr.tools.base import Tool
+from ivr.tools.registry import default_registry
 from ivr.tools.webhooks import load_webhooks, webhook_tools
 
 log = structlog.get_logger("ivr.server.app")

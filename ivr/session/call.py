@@ -52,7 +52,7 @@ from ivr.store.db import ABANDONED, COMPLETED, DROPPED, FAILED, TRANSFERRED, Tur
 from ivr.telephony import control
 from ivr.telephony.inbound import Dtmf, Mark, Media, Start
 from ivr.telephony.outbound import TwilioOutbound
-from ivr.tools.registry import ToolContext
+from ivr.tools.base import ToolContext
 
 # How long past its expected end we wait for a prompt's mark before giving up on it:
 # Twilio echoes marks within a few hundred ms, a lost echo must not stall the call.

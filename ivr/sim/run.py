@@ -27,7 +27,7 @@ from ivr.speech.base import Recognizer, Synthesizer
 if TYPE_CHECKING:
     # Imported lazily at run time: the pool pulls in the worker machinery, which callers
     # that do not transcribe never need.
-    from ivr.speech.sphinx import RecognizerPool
+    from ivr.speech.sphinx.pool import RecognizerPool
 
 __all__ = ["free_port", "run_call", "transcribe_heard"]
 
@@ -109,7 +109,7 @@ async def run_call(
         session = await stack.enter_async_context(aiohttp.ClientSession())
         starting: asyncio.Task[None] | None = None
         if transcribe and recognizer is None:
-            from ivr.speech.sphinx import RecognizerPool
+            from ivr.speech.sphinx.pool import RecognizerPool
 
             pool = RecognizerPool(2)
             # The workers load their models while the call runs rather than after it; they

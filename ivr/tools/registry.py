@@ -1,159 +1,33 @@
-"""Tools a conversation can call: lookups and bookings against the project's database.
+"""The tool registry: the one way a tool runs.
 
-A tool is a dotted name, a JSON Schema for its arguments and an async handler. Tools only
-run through `ToolRegistry.call`, which validates the arguments before the handler sees
-them, bounds the handler's time and turns every failure into a `ToolResult`: a failed
-lookup must become something the bot can say, never an exception that drops the call.
+A tool (`ivr.tools.base.Tool`) only runs through `ToolRegistry.call`, which validates the
+arguments before the handler sees them, bounds the handler's time and turns every failure
+into a `ToolResult`: a failed lookup must become something the bot can say, never an
+exception that drops the call. `default_registry` holds the built-in tools.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-import aiosqlite
 import structlog
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
 
-from ivr.errors import InvalidValue, IvrError, StoreError
+from ivr.errors import InvalidValue
+from ivr.tools.base import TOOL_NAME, Tool, ToolContext, ToolError, ToolResult, openai_name
+from ivr.tools.builtin import bookings, lookups
 
-__all__ = [
-    "BUSY_TIMEOUT_S",
-    "Handler",
-    "Tool",
-    "ToolContext",
-    "ToolError",
-    "ToolRegistry",
-    "ToolResult",
-    "default_registry",
-    "normalize_phone",
-    "phone_arg",
-]
+__all__ = ["ToolRegistry", "default_registry"]
 
 log = structlog.get_logger("ivr.tools")
 
-# How long a tool's connection waits for another call's write transaction. Tools that
-# write get a longer time limit than this, so a busy database ends in a clean, rolled-back
-# "busy" error decided by SQLite rather than a cancellation racing a commit.
-BUSY_TIMEOUT_S = 5.0
-# The first schema version (ivr.store.db.MIGRATIONS) that has the tools' tables.
-TOOLS_SCHEMA_VERSION = 2
-
-# Dotted lower-case words; "__" is reserved because it stands for "." in OpenAI names.
-_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*(?:\.[a-z][a-z0-9]*(?:_[a-z0-9]+)*)*$")
 _OPENAI_NAME_MAX = 64
-
-
-class ToolError(IvrError):
-    """A tool could not do what was asked, in words the bot can relay.
-
-    `value` carries structured detail for the model (free alternatives, candidates).
-    """
-
-    def __init__(self, message: str, value: dict[str, Any] | None = None) -> None:
-        # Both in args so the exception pickles (BaseException re-calls cls(*args)).
-        super().__init__(message, value)
-        self.message = message
-        self.value: dict[str, Any] = dict(value or {})
-
-    def __str__(self) -> str:
-        return self.message
-
-
-@dataclass(slots=True)
-class ToolContext:
-    """What a handler knows about the call it serves.
-
-    `now` is the business clock: opening hours and "today" are read in its time zone.
-    """
-
-    call_sid: str | None
-    caller: str
-    db_path: Path
-    now: datetime
-
-    def __post_init__(self) -> None:
-        # A naive `now` would silently compare in whatever zone the host runs in.
-        if self.now.tzinfo is None or self.now.utcoffset() is None:
-            raise InvalidValue("ToolContext.now must be timezone-aware")
-
-    @asynccontextmanager
-    async def db(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A short-lived connection of this tool call's own.
-
-        One connection per call (not the call store's shared one) so concurrent calls
-        really race at the database, where the constraints and locks decide. Autocommit
-        mode: writers open their own `BEGIN IMMEDIATE` transactions.
-        """
-        # mode=rw: a mistyped IVR_DB must not quietly create an empty database file.
-        uri = f"file:{quote(str(self.db_path.resolve()))}?mode=rw"
-        try:
-            conn = await aiosqlite.connect(
-                uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None
-            )
-        except sqlite3.OperationalError as e:
-            raise StoreError(f"cannot open the database {self.db_path}: {e}") from e
-        try:
-            conn.row_factory = aiosqlite.Row
-            async with conn.execute("PRAGMA user_version") as cur:
-                row = await cur.fetchone()
-            version = int(row[0]) if row else 0
-            if version < TOOLS_SCHEMA_VERSION:
-                raise StoreError(
-                    f"database {self.db_path} has schema v{version}, tools need "
-                    f"v{TOOLS_SCHEMA_VERSION}: open it with the server or `ivr db seed` first"
-                )
-            await conn.execute("PRAGMA journal_mode=WAL")
-            # FULL, not the store's NORMAL: a confirmed booking must survive a power cut,
-            # and the cost is one fsync per (rare) write.
-            await conn.execute("PRAGMA synchronous=FULL")
-            await conn.execute("PRAGMA foreign_keys=ON")
-            yield conn
-        finally:
-            await conn.close()
-
-
-Handler = Callable[[dict[str, Any], ToolContext], Awaitable[dict[str, Any]]]
-
-
-@dataclass(frozen=True, slots=True)
-class Tool:
-    name: str  # dotted, e.g. "bookings.book"
-    description: str  # for the model: what it does and when to use it
-    parameters: dict[str, Any]  # JSON Schema of the arguments (an object schema)
-    handler: Handler
-    timeout_s: float = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class ToolResult:
-    ok: bool
-    value: dict[str, Any]
-    error: str | None
-    duration_ms: float
-
-    def to_json(self) -> str:
-        """The result as the model should see it (a tool message's content)."""
-        body: dict[str, Any] = {**self.value, "ok": self.ok}
-        if self.error is not None:
-            body["error"] = self.error
-        return json.dumps(body, ensure_ascii=False)
-
-
-def openai_name(name: str) -> str:
-    """OpenAI function names allow [a-zA-Z0-9_-], so "bookings.book" -> "bookings__book"."""
-    return name.replace(".", "__")
 
 
 class ToolRegistry:
@@ -163,7 +37,7 @@ class ToolRegistry:
         self._validators: dict[str, Any] = {}
 
     def register(self, tool: Tool) -> None:
-        if not _NAME_RE.match(tool.name):
+        if not TOOL_NAME.match(tool.name):
             raise InvalidValue(
                 f"tool name {tool.name!r}: use dotted lower-case words like 'bookings.book'"
             )
@@ -353,50 +227,8 @@ def _description_at(schema: dict[str, Any], path: list[str]) -> str:
     return desc if isinstance(desc, str) else ""
 
 
-_PHONE_JUNK_RE = re.compile(r"[\s().\-/]")
-_PHONE_RE = re.compile(r"^\+?[0-9]{3,15}$")
-
-
-def normalize_phone(text: str) -> str:
-    """A phone number as stored: E.164 when we can tell, else its digits.
-
-    Ten digits are read as a North American number (+1), as Twilio numbers here are; that
-    makes a number the caller keys in match the caller ID Twilio reports.
-    """
-    s = _PHONE_JUNK_RE.sub("", text.strip())
-    if not s:
-        return ""
-    if not _PHONE_RE.match(s):
-        raise ToolError(f"{text!r} is not a phone number")
-    if s.startswith("+"):
-        return s
-    if len(s) == 10:
-        return "+1" + s
-    if len(s) == 11 and s.startswith("1"):
-        return "+" + s
-    return s
-
-
-def phone_arg(args: dict[str, Any], ctx: ToolContext, key: str = "phone") -> str:
-    """The phone argument, or the caller's number when it was omitted; "" if neither.
-
-    A caller ID that is not a number ("anonymous", a SIP client) counts as no number
-    rather than an error: the bot should ask for one.
-    """
-    given = args.get(key)
-    if isinstance(given, str) and given.strip():
-        return normalize_phone(given)
-    try:
-        return normalize_phone(ctx.caller)
-    except ToolError:
-        return ""
-
-
 def default_registry(db_path: Path) -> ToolRegistry:
     """A registry with every built-in tool, its contexts on `db_path`."""
-    # Imported here: the tool modules import this one for Tool and ToolError.
-    from ivr.tools import bookings, lookups
-
     registry = ToolRegistry(db_path)
     for tool in (*bookings.TOOLS, *lookups.TOOLS):
         registry.register(tool)

@@ -14,8 +14,8 @@ from typing import Any
 import aiosqlite
 
 from ivr.store.db import CallStore, utc_now
-from ivr.tools.bookings import OPEN_WEEKDAYS
-from ivr.tools.registry import BUSY_TIMEOUT_S
+from ivr.tools.base import BUSY_TIMEOUT_S
+from ivr.tools.builtin.bookings import OPEN_WEEKDAYS
 
 SERVICES: tuple[tuple[str, int, str], ...] = (
     ("cleaning", 30, "Routine cleaning and polish"),

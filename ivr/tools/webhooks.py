@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from yarl import URL
 
 from ivr.errors import ConfigError, InvalidValue
-from ivr.tools.registry import _NAME_RE, Tool, ToolContext, ToolError
+from ivr.tools.base import TOOL_NAME, Tool, ToolContext, ToolError
 
 __all__ = [
     "HOSTS_SETTING",
@@ -60,7 +60,7 @@ class WebhookSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=_NAME_RE.pattern)
+    name: str = Field(pattern=TOOL_NAME.pattern)
     description: str = Field(min_length=1)
     url: str
     method: Literal["GET", "POST"] = "POST"

@@ -27,13 +27,8 @@ from typing import Any
 import aiosqlite
 
 from ivr.store.db import utc_now
-from ivr.tools.registry import (
-    BUSY_TIMEOUT_S,
-    Tool,
-    ToolContext,
-    ToolError,
-    phone_arg,
-)
+from ivr.tools.base import BUSY_TIMEOUT_S, Tool, ToolContext, ToolError
+from ivr.tools.phone import phone_arg
 
 OPEN_WEEKDAYS = frozenset({0, 1, 2, 3, 4})  # Monday..Friday (date.weekday())
 OPENS = time(9, 0)

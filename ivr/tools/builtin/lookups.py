@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ivr.tools.registry import BUSY_TIMEOUT_S, Tool, ToolContext, ToolError, phone_arg
+from ivr.tools.base import BUSY_TIMEOUT_S, Tool, ToolContext, ToolError
+from ivr.tools.phone import phone_arg
 
 _ORDER_RE = re.compile(r"^[A-Z0-9]{1,20}$")
 

@@ -1,25 +1,11 @@
-"""pocketsphinx recognition worker: `python -m ivr.speech.sphinx_worker [--sched-idle]`.
+"""pocketsphinx recognition worker: `python -m ivr.speech.sphinx.worker [--sched-idle]`.
 
 pocketsphinx holds the GIL while it decodes, so it runs in its own process, spoken to over
-stdin/stdout. Every message is a frame: 1 byte type, 4 byte big-endian payload length,
-payload.
-
-parent -> worker
-  BEGIN  "B"  4-byte utterance id + JSGF grammar (UTF-8; empty = the language model)
-  AUDIO  "A"  16 kHz mono PCM16 for the utterance begun last
-  END    "E"  4-byte id: no more audio, reply with RESULT
-  CANCEL "C"  4-byte id: drop the utterance, no reply
-worker -> parent
-  READY  "Y"  JSON {"pid", "load_seconds"} once the models are loaded
-  RESULT "R"  JSON {"id", "text", "confidence", "score", "audio_seconds", "cpu_seconds",
-              "search", "error"}
+stdin/stdout in the frames `ivr.speech.sphinx.wire` describes.
 
 Frames are handled in order, but decoding lags behind reading: the worker reads all input
 that is available before decoding each ~100 ms block, so a CANCEL that arrives while a long
 utterance is still being decoded takes effect at once rather than after the backlog.
-
-This module's top level must stay importable without pocketsphinx: the parent imports the
-frame helpers from here.
 """
 
 from __future__ import annotations
@@ -39,24 +25,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ivr.errors import SpeechError
+from ivr.speech.sphinx.model import model_paths
+from ivr.speech.sphinx.wire import (
+    AUDIO,
+    BEGIN,
+    BLOCK_BYTES,
+    CANCEL,
+    END,
+    READY,
+    RESULT,
+    SAMPLE_RATE,
+    UTTERANCE_ID,
+    FrameParser,
+    WireError,
+    encode_frame,
+)
 
 if TYPE_CHECKING:
     from pocketsphinx import Decoder
-
-BEGIN = b"B"
-AUDIO = b"A"
-END = b"E"
-CANCEL = b"C"
-READY = b"Y"
-RESULT = b"R"
-
-HEADER = struct.Struct(">cI")
-UTTERANCE_ID = struct.Struct(">I")
-MAX_PAYLOAD = 16 * 1024 * 1024  # 8 minutes of audio; anything larger is a broken stream
-
-SAMPLE_RATE = 16000
-BLOCK_BYTES = SAMPLE_RATE * 2 // 10  # 100 ms: fine-grained enough to notice CANCEL promptly
 
 # Telephone audio upsampled to 16 kHz has nothing at all above 4 kHz, and the bundled
 # acoustic model was trained on full-band speech: its top mel filters then see log(0)
@@ -80,47 +66,6 @@ PHONE_CMN = (
 )
 _GRAMMAR_CACHE_SIZE = 32
 _READ_SIZE = 256 * 1024
-
-
-class WireError(SpeechError):
-    """A frame that cannot be parsed: the stream is out of sync and cannot be trusted."""
-
-
-def encode_frame(kind: bytes, payload: bytes = b"") -> bytes:
-    return HEADER.pack(kind, len(payload)) + payload
-
-
-class FrameParser:
-    """Incremental frame decoder for a byte stream."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
-        self._buf += data
-        frames: list[tuple[bytes, bytes]] = []
-        while len(self._buf) >= HEADER.size:
-            kind, length = HEADER.unpack_from(self._buf)
-            if length > MAX_PAYLOAD:
-                raise WireError(f"frame of {length} bytes")
-            end = HEADER.size + length
-            if len(self._buf) < end:
-                break
-            frames.append((kind, bytes(self._buf[HEADER.size : end])))
-            del self._buf[:end]
-        return frames
-
-
-def model_paths() -> dict[str, str]:
-    """The en-us acoustic model, language model and dictionary shipped with pocketsphinx."""
-    import pocketsphinx
-
-    base = os.path.join(pocketsphinx.get_model_path(), "en-us")
-    return {
-        "hmm": os.path.join(base, "en-us"),
-        "lm": os.path.join(base, "en-us.lm.bin"),
-        "dict": os.path.join(base, "cmudict-en-us.dict"),
-    }
 
 
 @dataclass(slots=True)
@@ -359,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(0, out_fd)
     except (BrokenPipeError, WireError) as exc:
-        print(f"sphinx_worker: {exc}", file=sys.stderr)
+        print(f"sphinx worker: {exc}", file=sys.stderr)
         return 1
 
 

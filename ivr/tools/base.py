@@ -1,0 +1,144 @@
+"""What a tool is: a dotted name, a JSON Schema for its arguments and an async handler
+that gets a `ToolContext` and answers with a dict, or raises `ToolError` with words the bot
+can relay. Tool modules import only this (and `phone`); `ToolRegistry` runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiosqlite
+
+from ivr.errors import InvalidValue, IvrError, StoreError
+
+__all__ = [
+    "BUSY_TIMEOUT_S",
+    "TOOLS_SCHEMA_VERSION",
+    "TOOL_NAME",
+    "Handler",
+    "Tool",
+    "ToolContext",
+    "ToolError",
+    "ToolResult",
+    "openai_name",
+]
+
+# How long a tool's connection waits for another call's write transaction. Tools that
+# write get a longer time limit than this, so a busy database ends in a clean, rolled-back
+# "busy" error decided by SQLite rather than a cancellation racing a commit.
+BUSY_TIMEOUT_S = 5.0
+# The first schema version (ivr.store.db.MIGRATIONS) that has the tools' tables.
+TOOLS_SCHEMA_VERSION = 2
+
+# Dotted lower-case words; "__" is reserved because it stands for "." in OpenAI names.
+TOOL_NAME = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*(?:\.[a-z][a-z0-9]*(?:_[a-z0-9]+)*)*$")
+
+
+class ToolError(IvrError):
+    """A tool could not do what was asked, in words the bot can relay.
+
+    `value` carries structured detail for the model (free alternatives, candidates).
+    """
+
+    def __init__(self, message: str, value: dict[str, Any] | None = None) -> None:
+        # Both in args so the exception pickles (BaseException re-calls cls(*args)).
+        super().__init__(message, value)
+        self.message = message
+        self.value: dict[str, Any] = dict(value or {})
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(slots=True)
+class ToolContext:
+    """What a handler knows about the call it serves.
+
+    `now` is the business clock: opening hours and "today" are read in its time zone.
+    """
+
+    call_sid: str | None
+    caller: str
+    db_path: Path
+    now: datetime
+
+    def __post_init__(self) -> None:
+        # A naive `now` would silently compare in whatever zone the host runs in.
+        if self.now.tzinfo is None or self.now.utcoffset() is None:
+            raise InvalidValue("ToolContext.now must be timezone-aware")
+
+    @asynccontextmanager
+    async def db(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A short-lived connection of this tool call's own.
+
+        One connection per call (not the call store's shared one) so concurrent calls
+        really race at the database, where the constraints and locks decide. Autocommit
+        mode: writers open their own `BEGIN IMMEDIATE` transactions.
+        """
+        # mode=rw: a mistyped IVR_DB must not quietly create an empty database file.
+        uri = f"file:{quote(str(self.db_path.resolve()))}?mode=rw"
+        try:
+            conn = await aiosqlite.connect(
+                uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None
+            )
+        except sqlite3.OperationalError as e:
+            raise StoreError(f"cannot open the database {self.db_path}: {e}") from e
+        try:
+            conn.row_factory = aiosqlite.Row
+            async with conn.execute("PRAGMA user_version") as cur:
+                row = await cur.fetchone()
+            version = int(row[0]) if row else 0
+            if version < TOOLS_SCHEMA_VERSION:
+                raise StoreError(
+                    f"database {self.db_path} has schema v{version}, tools need "
+                    f"v{TOOLS_SCHEMA_VERSION}: open it with the server or `ivr db seed` first"
+                )
+            await conn.execute("PRAGMA journal_mode=WAL")
+            # FULL, not the store's NORMAL: a confirmed booking must survive a power cut,
+            # and the cost is one fsync per (rare) write.
+            await conn.execute("PRAGMA synchronous=FULL")
+            await conn.execute("PRAGMA foreign_keys=ON")
+            yield conn
+        finally:
+            await conn.close()
+
+
+Handler = Callable[[dict[str, Any], ToolContext], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    name: str  # dotted, e.g. "bookings.book"
+    description: str  # for the model: what it does and when to use it
+    parameters: dict[str, Any]  # JSON Schema of the arguments (an object schema)
+    handler: Handler
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    ok: bool
+    value: dict[str, Any]
+    error: str | None
+    duration_ms: float
+
+    def to_json(self) -> str:
+        """The result as the model should see it (a tool message's content)."""
+        body: dict[str, Any] = {**self.value, "ok": self.ok}
+        if self.error is not None:
+            body["error"] = self.error
+        return json.dumps(body, ensure_ascii=False)
+
+
+def openai_name(name: str) -> str:
+    """OpenAI function names allow [a-zA-Z0-9_-], so "bookings.book" -> "bookings__book"."""
+    return name.replace(".", "__")
