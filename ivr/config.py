@@ -31,6 +31,9 @@ _ENV: dict[str, str] = {
     "voice": "IVR_VOICE",
     "voice_rate": "IVR_VOICE_RATE",
     "lead_ms": "IVR_PLAYER_LEAD_MS",
+    "filler_after_ms": "IVR_FILLER_AFTER_MS",
+    "mark_grace_ms": "IVR_MARK_GRACE_MS",
+    "recognition_timeout_ms": "IVR_RECOGNITION_TIMEOUT_MS",
     "log_level": "IVR_LOG_LEVEL",
     "api_token": "IVR_API_TOKEN",
     "cache_dir": "IVR_CACHE_DIR",
@@ -138,6 +141,15 @@ class Settings:
     voice: str = "en-us"
     voice_rate: int = 170
     lead_ms: int = 160
+    # After this long without an answer from a tool or an engine, the caller hears a
+    # filler ("One moment, please."), and again each time it passes.
+    filler_after_ms: int = 1500
+    # How long past its expected end we wait for a prompt's mark before giving up on it:
+    # Twilio echoes marks within a few hundred ms, a lost echo must not stall the call.
+    mark_grace_ms: int = 3000
+    # A recognizer that takes longer than this (to start, or to finish after end of
+    # speech) is given up on: the answer is a no-match, not a stuck call.
+    recognition_timeout_ms: int = 10000
     log_level: str = "info"
     api_token: str = field(default="", repr=False)
     # Synthesized prompts on disk (survive restarts); empty: beside the database.
@@ -190,6 +202,9 @@ class Settings:
             raise ConfigError(f"IVR_STT_API={self.stt_api!r} must be transcriptions or chat")
         if not 20 <= self.lead_ms <= 1000:
             raise ConfigError(f"IVR_PLAYER_LEAD_MS={self.lead_ms} must be within 20..1000 ms")
+        for name in ("filler_after_ms", "mark_grace_ms", "recognition_timeout_ms"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{_ENV[name]}={getattr(self, name)} must be at least 1 ms")
 
     @property
     def speech_cache_dir(self) -> Path:

@@ -13,7 +13,8 @@ import pytest
 from ivr.audio.codec import ToUlaw8k
 from ivr.flows.library import FlowLibrary
 from ivr.flows.model import Flow
-from ivr.flows.prompts import prewarm, static_prompts
+from ivr.flows.prompts import static_prompts
+from ivr.server.prewarm import prewarm
 from ivr.speech.cache import CachedSynthesis, CacheKey, SynthesisCache
 
 ROOT = Path(__file__).resolve().parent.parent

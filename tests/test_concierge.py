@@ -1,23 +1,35 @@
-"""The concierge flow over the phone: LLM function calling against a local fake provider."""
+"""The concierge flow over the phone and typed: LLM function calling against a local
+fake provider."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
+import aiohttp
 import aiosqlite
 from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
 
 from ivr.config import ProviderConfig
+from ivr.dialog.agent_step import per_flow_model
+from ivr.dialog.conversation import TextConversation
+from ivr.flows.library import FlowLibrary
+from ivr.llm.client import ChatClient
+from ivr.providers.http import ProviderClient
 from ivr.server.app import create_app
 from ivr.sim.run import run_call
 from ivr.sim.script import Say
 from ivr.sim.transcript import CallTranscript
+from ivr.tools.registry import default_registry
 from ivr.tools.seed import seed
-from tests.conftest import make_settings
+from tests.conftest import ROOT, make_settings
 from tests.fake_openai import ChatReply, Fault, ToolCall, start_fake_openai
 
 CALLER = "+15550100088"
@@ -130,3 +142,121 @@ async def test_first_audio_leaves_before_the_llm_reply_is_complete(tmp_path: Pat
     during = [at for at, _ in t.frames if started < at < done]
     assert during, "no audio reached the caller while the reply was streaming"
     assert done - during[0] > 1.0
+
+
+def _script(day: str) -> list[ChatReply]:
+    """The model's side of one booking: two questions, an availability check, the booking."""
+    return [
+        ChatReply(content="Sure. What can I book for you?"),
+        ChatReply(content="Which day would you like?"),
+        ChatReply(tool_calls=[ToolCall("bookings__check_availability",
+                                       json.dumps({"day": day}))]),
+        ChatReply(tool_calls=[ToolCall("bookings__book", json.dumps(
+            {"service": "cleaning", "day": day, "start": "15:00", "name": "Pat"}))]),
+    ]
+
+
+def _without_ids(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A request's messages without tool-call ids (the fake numbers them per server)."""
+    out = []
+    for m in messages:
+        m = {k: v for k, v in m.items() if k != "tool_call_id"}
+        if m.get("tool_calls"):
+            m["tool_calls"] = [{k: v for k, v in c.items() if k != "id"}
+                               for c in m["tool_calls"]]
+        out.append(m)
+    return out
+
+
+async def _booked(db: Path) -> list[tuple[str, str, str, str]]:
+    async with aiosqlite.connect(db) as conn:
+        return list(await (await conn.execute(
+            "SELECT service, day, start, name FROM bookings WHERE phone = ?", (CALLER,)
+        )).fetchall())
+
+
+async def test_chat_with_an_llm_books_and_gives_the_phone_calls_transcript(
+    tmp_path: Path,
+) -> None:
+    """The concierge typed (`ivr chat`'s conversation, LLM configured) and spoken, with the
+    same model replies and the same caller words: both book, and the bot's lines, the
+    caller's lines, the tool calls and everything the model was sent are the same."""
+    day = _weekday_after_tomorrow()
+    said = ["book a cleaning", "the day after tomorrow"]
+    async with start_fake_openai() as fake:
+        llm = ProviderConfig(role="llm", base_url=fake.base_url, api_key="sk-test",
+                             model="gpt-test", timeout_read_s=3.0)
+        # The phone hears the caller through the fake's transcriptions: the words are
+        # exactly the typed ones. Fillers would be extra lines: none in this test.
+        stt = ProviderConfig(role="stt", base_url=fake.base_url, api_key="sk-test",
+                             model="whisper-test")
+        settings = make_settings(tmp_path / "phone", recognizer_workers=1, llm=llm, stt=stt,
+                                 filler_after_ms=60_000)
+        (tmp_path / "phone").mkdir()
+        await seed(settings.db)
+        fake.chat_replies.extend(_script(day))
+        fake.transcripts.extend(said)
+        server = TestServer(create_app(settings), host="127.0.0.1")
+        await server.start_server()
+        try:
+            with capture_logs() as logs:
+                t = await run_call(f"ws://127.0.0.1:{server.port}/media",
+                                   [Say(s) for s in said], flow="concierge",
+                                   from_number=CALLER, transcribe=False)
+        finally:
+            await server.close()
+        phone_sent = list(fake.bodies["chat"])
+
+        fake.chat_replies.extend(_script(day))
+        db = tmp_path / "chat.db"
+        await seed(db)
+        library = FlowLibrary(ROOT / "flows", default="main_menu")
+        library.load()
+        async with aiohttp.ClientSession() as http:
+            model = per_flow_model(ChatClient(ProviderClient(llm, http), llm.model))
+            chat = TextConversation(library.flows, "concierge", default_registry(db),
+                                    db_path=db, caller=CALLER, model=model)
+            exchanges = [await chat.start()]
+            for words in said:
+                exchanges.append(await chat.turn(words))
+        chat_sent = fake.bodies["chat"][len(phone_sent):]
+
+    assert t.server is not None, t.errors
+    turns = t.server["turns"]
+    assert t.server["outcome"] == "completed" and chat.done
+    # Bot lines, turn by turn, and the caller's lines.
+    assert [turn["prompt"] for turn in turns] == [" ".join(ex.bot) for ex in exchanges]
+    assert "You're booked" in turns[-1]["prompt"]
+    assert [turn["input_text"] for turn in turns if turn["input_kind"]] == said
+    assert [ex.caller for ex in exchanges[1:]] == said
+    # Tool calls: the same tools, in the same order, with the same results.
+    phone_tools = [(e["tool"], e["ok"]) for e in logs if e["event"] == "agent_tool"]
+    assert phone_tools == [(name, ok) for ex in exchanges for name, _args, ok in ex.tools]
+    assert phone_tools == [("bookings.check_availability", True), ("bookings.book", True)]
+    # The model saw the same conversation both times.
+    assert [_without_ids(b["messages"]) for b in phone_sent] == [
+        _without_ids(b["messages"]) for b in chat_sent]
+    assert await _booked(settings.db) == await _booked(db) == [("cleaning", day, "15:00", "Pat")]
+
+
+async def test_ivr_chat_runs_the_llm_step_when_an_llm_is_configured(tmp_path: Path) -> None:
+    """`ivr chat concierge` with `IVR_LLM_*` set (as `ivr serve` reads them) talks to the
+    model instead of taking the step's fallback, and books."""
+    day = _weekday_after_tomorrow()
+    db = tmp_path / "ivr.db"
+    async with start_fake_openai() as fake:
+        fake.chat_replies.extend(_script(day))
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "IVR_LLM_BASE_URL": fake.base_url,
+               "IVR_LLM_API_KEY": "sk-test", "IVR_LLM_MODEL": "gpt-test"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ivr", "chat", "concierge", "--flows", str(ROOT / "flows"),
+            "--db", str(db), "--caller", CALLER, env=env, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(
+            proc.communicate(b"book a cleaning\nthe day after tomorrow\n"), 60)
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()
+    assert "bot> Sure." in text and "bot> Which day would you like?" in text
+    assert "bookings.book" in text and "You're booked" in text
+    assert fake.bodies["chat"][0]["model"] == "gpt-test"
+    assert await _booked(db) == [("cleaning", day, "15:00", "Pat")]

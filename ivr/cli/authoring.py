@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ivr.config import Settings
 from ivr.errors import FlowError
@@ -14,6 +17,10 @@ from ivr.flows.library import FlowLibrary
 from ivr.flows.lint import check_paths
 from ivr.flows.loader import load_flow
 from ivr.flows.model import Flow
+
+if TYPE_CHECKING:
+    from ivr.dialog.agent_step import ModelFor
+    from ivr.dialog.conversation import TextConversation
 
 
 def main(args: argparse.Namespace) -> int:
@@ -114,6 +121,23 @@ def _seed(args: argparse.Namespace) -> int:
     return 0
 
 
+@asynccontextmanager
+async def _configured_model(settings: Settings) -> AsyncIterator[ModelFor | None]:
+    """The chat model `ivr serve` would use (`IVR_LLM_*`), for as long as the chat lasts;
+    None without one (`llm` steps then take their fallback, as on such a server)."""
+    if settings.llm is None:
+        yield None
+        return
+    import aiohttp
+
+    from ivr.dialog.agent_step import per_flow_model
+    from ivr.llm.client import ChatClient
+    from ivr.providers.http import ProviderClient
+
+    async with aiohttp.ClientSession() as http:
+        yield per_flow_model(ChatClient(ProviderClient(settings.llm, http), settings.llm.model))
+
+
 async def _chat(args: argparse.Namespace) -> int:
     from ivr.dialog.conversation import TextConversation
     from ivr.tools.registry import default_registry
@@ -122,12 +146,22 @@ async def _chat(args: argparse.Namespace) -> int:
     flows = _flows(args.flows)
     if args.flow not in flows:
         raise FlowError(f"no flow named {args.flow!r}", hint=f"one of {', '.join(sorted(flows))}")
-    db = _db_path(args.db)
+    settings = Settings.from_env()
+    db = args.db if args.db is not None else settings.db
     await seed(db)
-    conv = TextConversation(flows, args.flow, default_registry(db), db_path=db,
-                            caller=args.caller)
-    print(f"chatting with flow {args.flow!r}: type what the caller says, #12 presses keys,"
-          " an empty line is silence, Ctrl-D hangs up")
+    async with _configured_model(settings) as model:
+        conv = TextConversation(flows, args.flow, default_registry(db), db_path=db,
+                                caller=args.caller, model=model)
+        llm = f"llm steps talk to {settings.llm.name}" if settings.llm else "no LLM configured"
+        print(f"chatting with flow {args.flow!r} ({llm}): type what the caller says, "
+              "#12 presses keys, an empty line is silence, Ctrl-D hangs up")
+        try:
+            return await _converse(conv)
+        finally:
+            await conv.close()
+
+
+async def _converse(conv: TextConversation) -> int:
     ex = await conv.start()
     loop = asyncio.get_running_loop()
     while True:

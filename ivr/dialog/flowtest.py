@@ -16,6 +16,17 @@ tests:
 ```
 Every test runs on a fresh database seeded with the demo data, so tools behave the same
 every time.
+
+An `llm` step never reaches a remote provider here. Without `llm:` in the test it takes
+its fallback, as a server without `IVR_LLM_*` does; with `llm:` it runs the agent against
+the replies listed there, in order (format: `ivr/dialog/scripted_model.py`):
+```yaml
+    llm:
+      - say: Sure. What can I book for you?
+      - call: bookings.book
+        args: {service: cleaning, day: "2026-11-25", start: "15:00", name: Pat}
+```
+A test fails when the model asks for more replies than it lists, or leaves some unused.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from typing import Any
 import yaml
 
 from ivr.dialog.conversation import TextConversation
+from ivr.dialog.scripted_model import ScriptedModel, parse_script
 from ivr.errors import FlowError
 from ivr.flows.model import Flow
 from ivr.tools.registry import default_registry
@@ -86,41 +98,57 @@ async def run_case(
     now: datetime | None, caller: str,
 ) -> Outcome:
     out = Outcome(str(path), str(case.get("name", "unnamed")))
+    model = (ScriptedModel(parse_script(case["llm"], str(path), out.name))
+             if case.get("llm") is not None else None)
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "test.db"
         await seed(db, today=now.date() if now else None)
         conv = TextConversation(flows, flow, default_registry(db), db_path=db, caller=caller,
-                                now=(lambda: now) if now else None)
-        for i, turn in enumerate(case.get("turns") or []):
-            if i == 0 and "say" not in turn:
-                ex = await conv.start()
-            else:
-                if i == 0:
-                    await conv.start()
-                if conv.done:
-                    out.failures.append(f"turn {i + 1}: the call had already ended")
-                    break
-                said_by_caller = _text(turn.get("say", ""))
-                ex = await conv.turn(said_by_caller)
-                out.transcript.append(f"caller: {said_by_caller!r}")
-            said = " ".join(ex.bot)
-            out.transcript.append(f"bot: {said}")
-            for fragment in turn.get("expect") or []:
-                if not _contains(said, str(fragment)):
-                    out.failures.append(
-                        f"turn {i + 1}: expected the bot to say {fragment!r}, it said {said!r}")
-        for name, want in (case.get("slots") or {}).items():
-            got = conv.runner.slots.get(name)
-            if got is None or str(got.text) != _text(want):
-                out.failures.append(f"slot {name}: expected {want!r}, "
-                                    f"got {got.text if got else None!r}")
-        wanted = [str(t) for t in case.get("tools") or []]
-        it = iter(conv.tool_calls)
-        if not all(any(t == c for c in it) for t in wanted):
-            out.failures.append(f"tools: expected {wanted} in order, called {conv.tool_calls}")
-        ends = case.get("ends")
-        if ends:
-            ended = next((e.ended for e in reversed(conv.exchanges) if e.ended), None) or ""
-            if not _contains(ended, str(ends)):
-                out.failures.append(f"ends: expected {ends!r}, the call ended {ended!r}")
+                                now=(lambda: now) if now else None,
+                                model=(lambda _flow: model) if model is not None else None)
+        try:
+            await _play(conv, case, out)
+        finally:
+            await conv.close()
+    if model is not None and model.overrun:
+        out.failures.append(f"llm: the model was asked for {len(model.requests)} replies, "
+                            f"the test scripts {len(model.replies)}")
+    elif model is not None and model.unused:
+        out.failures.append(f"llm: {model.unused} scripted replies were never asked for")
     return out
+
+
+async def _play(conv: TextConversation, case: dict[str, Any], out: Outcome) -> None:
+    """Type the test's turns, then check slots, tools and the ending."""
+    for i, turn in enumerate(case.get("turns") or []):
+        if i == 0 and "say" not in turn:
+            ex = await conv.start()
+        else:
+            if i == 0:
+                await conv.start()
+            if conv.done:
+                out.failures.append(f"turn {i + 1}: the call had already ended")
+                break
+            said_by_caller = _text(turn.get("say", ""))
+            ex = await conv.turn(said_by_caller)
+            out.transcript.append(f"caller: {said_by_caller!r}")
+        said = " ".join(ex.bot)
+        out.transcript.append(f"bot: {said}")
+        for fragment in turn.get("expect") or []:
+            if not _contains(said, str(fragment)):
+                out.failures.append(
+                    f"turn {i + 1}: expected the bot to say {fragment!r}, it said {said!r}")
+    for name, want in (case.get("slots") or {}).items():
+        got = conv.runner.slots.get(name)
+        if got is None or str(got.text) != _text(want):
+            out.failures.append(f"slot {name}: expected {want!r}, "
+                                f"got {got.text if got else None!r}")
+    wanted = [str(t) for t in case.get("tools") or []]
+    it = iter(conv.tool_calls)
+    if not all(any(t == c for c in it) for t in wanted):
+        out.failures.append(f"tools: expected {wanted} in order, called {conv.tool_calls}")
+    ends = case.get("ends")
+    if ends:
+        ended = next((e.ended for e in reversed(conv.exchanges) if e.ended), None) or ""
+        if not _contains(ended, str(ends)):
+            out.failures.append(f"ends: expected {ends!r}, the call ended {ended!r}")

@@ -20,13 +20,13 @@ import json
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import structlog
 from jsonschema import Draft202012Validator
 
 from ivr.errors import InvalidValue
-from ivr.llm.client import ChatClient, Finish, TextDelta, ToolCallDone, Usage
+from ivr.llm.client import ChatDelta, Finish, TextDelta, ToolCallDone, Usage
 from ivr.llm.sentences import SentenceSplitter
 from ivr.providers.http import ProviderError
 from ivr.tools.base import ToolContext, ToolResult, openai_name
@@ -39,6 +39,7 @@ __all__ = [
     "Agent",
     "AgentEvent",
     "AgentStep",
+    "ChatModel",
     "Done",
     "DoneReason",
     "ExitCheck",
@@ -57,6 +58,16 @@ _BUILTINS = frozenset({SET_SLOT, END_CONVERSATION, TRANSFER_TO_HUMAN})
 
 ExitCheck = Callable[[dict[str, str], dict[str, Any], list[str]], bool]
 DoneReason = Literal["exit", "model", "transfer", "max_rounds", "error"]
+
+
+class ChatModel(Protocol):
+    """What the agent needs of a chat model: `ChatClient`, or one scripted in a flow test."""
+
+    model: str
+
+    def stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+    ) -> AsyncGenerator[ChatDelta, None]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +136,7 @@ class Agent:
 
     def __init__(
         self,
-        chat: ChatClient,
+        chat: ChatModel,
         registry: ToolRegistry,
         ctx_factory: Callable[[], ToolContext],
         step: AgentStep,

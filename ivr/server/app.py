@@ -21,9 +21,9 @@ from ivr.analytics.metrics import METRICS, metrics_handler
 from ivr.analytics.pricing import Pricing
 from ivr.config import Settings
 from ivr.flows.library import FlowLibrary
-from ivr.flows.prompts import prewarm
 from ivr.llm.client import ChatClient
 from ivr.providers.http import ProviderClient
+from ivr.server.prewarm import prewarm_flows
 from ivr.server.services import SERVICES, Services
 from ivr.speech.base import Recognizer, Synthesizer
 from ivr.speech.cache import CachedSynthesis, SynthesisCache
@@ -94,7 +94,7 @@ async def _flows_ctx(app: web.Application) -> AsyncIterator[None]:
     for tool in _webhook_tools(services):
         services.tools.register(tool)
     log.info("flows_loaded", flows=sorted(library.flows), routes=len(library.routes))
-    await _prewarm(services)
+    await prewarm_flows(services)
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[None]] = set()
 
@@ -133,20 +133,10 @@ def _webhook_tools(services: Services) -> list[Tool]:
     return tools
 
 
-async def _prewarm(services: Services) -> None:
-    """Synthesize every static prompt before a call needs it: greetings start at once."""
-    if services.speech_cache is None:
-        return
-    started = asyncio.get_running_loop().time()
-    count = await prewarm(services.flows.values(), services.speech_cache, services.voice_for)
-    log.info("prompts_prewarmed", synthesized=count,
-             ms=round((asyncio.get_running_loop().time() - started) * 1000))
-
-
 async def _reload(services: Services) -> None:
     assert services.library is not None
     if services.library.reload():
-        await _prewarm(services)
+        await prewarm_flows(services)
 
 
 async def _watch(services: Services, interval: float = 1.0) -> None:

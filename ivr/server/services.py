@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -17,11 +17,18 @@ if TYPE_CHECKING:
     from ivr.flows.library import FlowLibrary
     from ivr.flows.model import Flow
     from ivr.llm.client import ChatClient
-    from ivr.session.call import CallSession
     from ivr.speech.base import Recognizer, Synthesizer
     from ivr.speech.cache import CachedSynthesis
     from ivr.store.db import CallStore
     from ivr.tools.registry import ToolRegistry
+
+
+class LiveCall(Protocol):
+    """A call in progress, as the server sees it (a `session.call.CallSession`)."""
+
+    stream_sid: str
+
+    async def end(self, reason: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -31,10 +38,11 @@ class Services:
     recognizer: Recognizer | None = None
     synthesizer: Synthesizer | None = None
     library: FlowLibrary | None = None
-    calls: dict[str, CallSession] = field(default_factory=dict)
+    calls: dict[str, LiveCall] = field(default_factory=dict)  # by stream SID
     # Transfers waiting for Twilio to fetch <Connect action>: call SID -> number to dial.
     transfers: dict[str, str] = field(default_factory=dict)
-    # Counters until the Prometheus registry lands: protocol errors by reason, calls, ...
+    # Plain counts for /healthz (protocol errors by reason, calls by outcome, stream
+    # events); `metrics` is the Prometheus registry behind /metrics.
     counters: Counter[str] = field(default_factory=Counter)
     tools: ToolRegistry | None = None
     speech_cache: CachedSynthesis | None = None

@@ -9,12 +9,13 @@ closes the stream: Twilio then fetches `<Connect action>` and gets the `<Dial>`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 
 import structlog
 from twilio.twiml.voice_response import VoiceResponse
 
+from ivr.config import Settings
 from ivr.logging import mask_number
-from ivr.server.services import Services
 
 log = structlog.get_logger("ivr.control")
 REST_TIMEOUT_S = 10.0
@@ -26,9 +27,12 @@ def dial_twiml(number: str) -> str:
     return str(response.to_xml())
 
 
-async def transfer(services: Services, call_sid: str, number: str) -> str:
-    """Start a transfer; returns how: "rest" or "connect_action"."""
-    s = services.settings
+async def transfer(
+    settings: Settings, parked: MutableMapping[str, str], call_sid: str, number: str
+) -> str:
+    """Start a transfer; returns how: "rest" or "connect_action" (the number is then
+    parked under the call SID, for `/connect-action` to dial)."""
+    s = settings
     if s.twilio_account_sid and s.twilio_auth_token:
         from twilio.rest import Client
 
@@ -43,6 +47,6 @@ async def transfer(services: Services, call_sid: str, number: str) -> str:
             return "rest"
         except Exception as exc:  # any REST failure falls back to the TwiML path
             log.warning("transfer_rest_failed", call_sid=call_sid, error=repr(exc))
-    services.transfers[call_sid] = number
+    parked[call_sid] = number
     log.info("transfer", call_sid=call_sid, to=mask_number(number), via="connect_action")
     return "connect_action"

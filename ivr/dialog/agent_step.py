@@ -1,0 +1,140 @@
+"""An `llm` step, driven over a `DialogPort`: the model talks, calls tools, and listens.
+
+Each sentence the model completes is spoken at once (the phone starts synthesis before
+the reply is whole); tools run through the registry; between model turns the caller is
+asked for an answer, as in any other step. Slot and var updates go to the runner
+(`agent_update`, which also evaluates `exit_when`); the step ends with `AgentDone`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from ivr.dialog.port import DialogPort, ToolRun
+from ivr.flows import engine
+from ivr.flows.model import Flow
+from ivr.llm.agent import Agent, AgentEvent, AgentStep, ChatModel, Done, ToolRan
+from ivr.llm.agent import Listen as ModelListens
+from ivr.llm.agent import Say as ModelSays
+from ivr.llm.client import ChatClient
+from ivr.tools.base import ToolContext
+from ivr.tools.registry import ToolRegistry
+
+MAX_AGENT_TURNS = 20  # caller turns inside one `llm` step
+
+# The chat model an `llm` step of a flow talks to.
+ModelFor = Callable[[Flow], ChatModel]
+
+
+def per_flow_model(chat: ChatClient) -> ModelFor:
+    """The configured model (`IVR_LLM_*`), or the flow's own (`engines: llm_model`) on
+    the same provider."""
+
+    def pick(flow: Flow) -> ChatModel:
+        if flow.engines is not None and flow.engines.llm_model:
+            return ChatClient(chat.provider, flow.engines.llm_model)
+        return chat
+
+    return pick
+
+
+def _answer_for_model(answer: engine.Event) -> str:
+    if isinstance(answer, engine.Speech):
+        return answer.text
+    if isinstance(answer, engine.Digits):
+        return f"[keys pressed: {answer.digits}]"
+    return "[the caller said nothing]"
+
+
+async def run_llm_step(
+    action: engine.RunAgent,
+    runner: engine.FlowRunner,
+    chat: ChatModel,
+    tools: ToolRegistry,
+    port: DialogPort,
+    ctx: Callable[[], ToolContext],
+    *,
+    stats: Counter[str],
+    labels: dict[str, str],
+    log: structlog.typing.FilteringBoundLogger,
+) -> engine.AgentDone:
+    """Run one `llm` step until the model exits, ends or fails; never raises for the
+    provider's failures (they end the step with `AgentDone(ok=False)`: the fallback)."""
+    slots: dict[str, str] = {}
+
+    def exit_check(values: dict[str, str], found: dict[str, Any], called: list[str]) -> bool:
+        return runner.agent_update(
+            dict(values), {k.replace(".", "__"): v for k, v in found.items()})
+
+    system = action.system
+    if action.slots:
+        system += ("\nUse set_slot to record what the caller tells you: "
+                   + ", ".join(action.slots) + ".")
+    system += f"\nToday is {runner.now().date().isoformat()}; give dates as YYYY-MM-DD."
+    agent = Agent(chat, tools, ctx,
+                  AgentStep(system_prompt=system, tools=action.tools,
+                            max_rounds=action.max_rounds, exit_when=exit_check,
+                            slot_names=action.slots),
+                  slots)
+    user: str | None = None
+    try:
+        for _ in range(MAX_AGENT_TURNS):
+            said = stats["agent_sentences"]
+            done = await _model_turn(action, agent, user, port, stats, log)
+            if done is not None:
+                return done
+            if stats["agent_sentences"] == said:
+                # The model wants the caller to talk but said nothing: the caller
+                # would sit in silence. Treat it as a failed step.
+                return engine.AgentDone(False, "error", "the model replied with nothing")
+            listen = engine.Listen(step=action.step, phrases=(), dtmf=None, timeout_ms=None,
+                                   end_silence_ms=None, max_utterance_ms=None, speech=True,
+                                   barge_in=False)
+            answer = await port.ask(listen)
+            port.answered_in_llm_step(answer)
+            user = _answer_for_model(answer)
+        return engine.AgentDone(False, "max_rounds", "too many caller turns")
+    finally:
+        stats["llm_prompt_tokens"] += agent.prompt_tokens
+        stats["llm_completion_tokens"] += agent.completion_tokens
+        stats["llm_cached_tokens"] += agent.cached_tokens
+        labels["llm_model"] = chat.model
+
+
+async def _model_turn(
+    action: engine.RunAgent, agent: Agent, user: str | None, port: DialogPort,
+    stats: Counter[str], log: structlog.typing.FilteringBoundLogger,
+) -> engine.AgentDone | None:
+    """One model turn; None when the model waits for the caller."""
+    events = agent.turn(user)
+
+    async def next_event() -> AgentEvent | None:
+        try:
+            return await anext(events)
+        except StopAsyncIteration:
+            return None
+
+    try:
+        while (event := await port.with_filler(next_event())) is not None:
+            if isinstance(event, ModelSays):
+                stats["agent_sentences"] += 1
+                await port.say(engine.Play(event.text, False, action.step))
+            elif isinstance(event, ToolRan):
+                stats["tool_calls"] += 1
+                stats["tool_errors"] += not event.ok
+                log.info("agent_tool", tool=event.name, ok=event.ok, error=event.error)
+                port.tool_ran(ToolRun(action.step, event.name, dict(event.args), event.ok,
+                                      event.error, by_model=True))
+            elif isinstance(event, ModelListens):
+                return None
+            elif isinstance(event, Done):
+                log.info("agent_done", reason=event.reason, error=event.error)
+                return engine.AgentDone(event.reason in ("exit", "model"), event.reason,
+                                        event.error or "")
+    finally:
+        await events.aclose()
+    return engine.AgentDone(False, "error", "the model's turn ended without a result")

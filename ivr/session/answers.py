@@ -1,0 +1,107 @@
+"""Taking one answer on a phone line: listen, recognize, time out.
+
+Media drives every timer (the endpointer's no-input and end-of-speech decisions run on
+the caller's clock); the wall clock is only a safety net for a stream that stops sending.
+Recognition finishes after end of speech: the recognizer has had the audio all along.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import structlog
+
+from ivr.config import Settings
+from ivr.flows import engine
+from ivr.session.inbound import Inbound, KeysDone, Silence
+from ivr.session.record import CallRecord
+from ivr.session.speaker import Speaker
+from ivr.speech.base import Recognition
+
+T = TypeVar("T")
+WithFiller = Callable[[Coroutine[Any, Any, T]], Coroutine[Any, Any, T]]
+
+
+class Answers:
+    def __init__(
+        self, settings: Settings, inbound: Inbound, speaker: Speaker, record: CallRecord,
+        with_filler: WithFiller[Recognition | None], stats: Counter[str],
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        self.settings = settings
+        self.inbound = inbound
+        self.speaker = speaker
+        self.record = record
+        self.with_filler = with_filler
+        self.stats = stats
+        self.log = log
+
+    async def take(self, listen: engine.Listen) -> engine.Event:
+        """The caller's answer to `listen` (set as `inbound.listen` already)."""
+        await self.speaker.wait_heard(self.settings.mark_grace_ms / 1000)
+        config = self.inbound.arm(listen)
+        budget = (config.no_input_ms + config.max_utterance_ms) / 1000 + 10
+        try:
+            answer = await asyncio.wait_for(self._answer(), budget)
+        except TimeoutError:
+            self.stats["answer_timeouts"] += 1
+            answer = engine.NoInput()
+        finally:
+            self.inbound.disarm()
+        return answer
+
+    async def _answer(self) -> engine.Event:
+        inbound, record = self.inbound, self.record
+        step = inbound.listen.step if inbound.listen else None
+        turn = record.open_turn(step, self.speaker.take_prompts())
+        while True:
+            item = await inbound.inputs.get()
+            if isinstance(item, KeysDone):
+                await inbound.drop_utterance()
+                turn.timings["digits_done"] = record.ms()
+                return engine.Digits(item.result.digits)
+            if isinstance(item, Silence):
+                if inbound.dtmf.digits:
+                    continue  # keys are being pressed; their own timeout decides
+                return engine.NoInput()
+            # Speech ended: the recognizer has had the audio all along; ask for the result.
+            if inbound.dtmf.digits:
+                await inbound.drop_utterance()
+                continue
+            ev = item.event
+            started = inbound.speech_started
+            turn.timings.update({
+                "caller_speech_start": float(started.at_ms if started else ev.at_ms),
+                "caller_speech_end": float(ev.last_voice_ms),
+                "speech_start": record.at(inbound.speech_started_at),
+                "endpoint": record.ms(),
+            })
+            rec = await self.with_filler(self._recognize())
+            turn.timings["recognized"] = record.ms()
+            if rec is None:
+                return engine.Speech("", 0.0)
+            return engine.Speech(rec.text, rec.confidence)
+
+    async def _recognize(self) -> Recognition | None:
+        task = self.inbound.claim_utterance()
+        if task is None:
+            return None
+        timeout = self.settings.recognition_timeout_ms / 1000
+        try:
+            utt = await asyncio.wait_for(asyncio.shield(task), timeout)
+            rec = await asyncio.wait_for(utt.finish(), timeout)
+        except (TimeoutError, Exception) as exc:  # a failed engine is a no-match, not a crash
+            self.log.warning("recognition_failed", error=repr(exc))
+            self.stats["recognition_errors"] += 1
+            return None
+        finally:
+            self.inbound.utterance_finished()
+        self.stats["recognitions"] += 1
+        self.record.stt_audio_s += rec.audio_seconds
+        self.record.stt_cpu_s += rec.cpu_seconds
+        self.log.info("recognized", text=rec.text, confidence=rec.confidence,
+                      audio_s=rec.audio_seconds, cpu_s=rec.cpu_seconds)
+        return rec

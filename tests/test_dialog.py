@@ -1,0 +1,91 @@
+"""The text side of the one dialog driver: flow tests with a scripted model, typed answers."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ivr.dialog.conversation import typed_answer
+from ivr.dialog.flowtest import load_spec, run_file
+from ivr.errors import FlowError
+from ivr.flows import engine
+from ivr.flows.library import FlowLibrary
+from ivr.flows.model import Flow
+from tests.conftest import ROOT
+from tests.fake_openai import start_fake_openai
+
+BOOKING_TEST: dict[str, Any] = {
+    "name": "books",
+    "llm": [
+        {"say": "Sure. What can I book for you?"},
+        {"call": "bookings.book",
+         "args": {"service": "cleaning", "day": "2026-11-25", "start": "15:00", "name": "Pat"}},
+    ],
+    "turns": [{"expect": ["What can I book"]},
+              {"say": "a cleaning", "expect": ["You're booked"]}],
+    "tools": ["bookings.book"],
+    "ends": "hangup",
+}
+
+
+@pytest.fixture(scope="module")
+def flows() -> dict[str, Flow]:
+    library = FlowLibrary(ROOT / "flows", default="main_menu")
+    library.load()
+    return library.flows
+
+
+def _spec(*tests: dict[str, Any]) -> dict[str, Any]:
+    return {"flow": "concierge", "now": "2026-11-23T10:00:00-05:00", "tests": list(tests)}
+
+
+async def test_a_scripted_model_runs_the_llm_step_and_books(flows: dict[str, Flow]) -> None:
+    """With `llm:` the step talks to the script (tools run for real), not its fallback."""
+    [outcome] = await run_file(Path("t.yaml"), _spec(BOOKING_TEST), flows)
+    assert outcome.ok, (outcome.failures, outcome.transcript)
+
+
+async def test_a_script_too_short_or_too_long_fails_the_test(flows: dict[str, Flow]) -> None:
+    """Asking for a reply the test does not script, or leaving one unused, is a failure."""
+    short = {**BOOKING_TEST, "name": "short", "llm": BOOKING_TEST["llm"][:1]}
+    long = {**BOOKING_TEST, "name": "long", "llm": [*BOOKING_TEST["llm"], {"say": "Bye."}]}
+    outcomes = await run_file(Path("t.yaml"), _spec(short, long), flows)
+    assert [o.ok for o in outcomes] == [False, False]
+    assert any("asked for 2 replies, the test scripts 1" in f for f in outcomes[0].failures)
+    assert outcomes[1].failures == ["llm: 1 scripted replies were never asked for"]
+
+
+async def test_a_malformed_script_names_the_test_and_the_reply(flows: dict[str, Flow]) -> None:
+    bad = {**BOOKING_TEST, "llm": [{"say": "Hi."}, {"args": {"day": "2026-11-25"}}]}
+    with pytest.raises(FlowError, match="test 'books', llm reply 2: `args` without `call`"):
+        await run_file(Path("t.yaml"), _spec(bad), flows)
+
+
+async def test_flow_tests_never_call_the_configured_provider(
+    flows: dict[str, Flow], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`IVR_LLM_*` set or not, the shipped concierge tests run without a chat request."""
+    async with start_fake_openai() as fake:
+        monkeypatch.setenv("IVR_LLM_BASE_URL", fake.base_url)
+        path = ROOT / "flows" / "tests" / "concierge.yaml"
+        outcomes = await run_file(path, load_spec(path), flows)
+        assert fake.requests["chat"] == 0
+    assert len(outcomes) >= 2 and all(o.ok for o in outcomes), [o.failures for o in outcomes]
+
+
+LISTEN = engine.Listen(step="s", phrases=(), dtmf=None, timeout_ms=None, end_silence_ms=None,
+                       max_utterance_ms=None, speech=True, barge_in=True)
+
+
+def test_typed_turns_are_taken_as_a_phone_takes_them() -> None:
+    """Keys where the question takes none are ignored on a phone line: no input."""
+    keys = engine.DtmfSpec(max_digits=1, terminator="#", inter_digit_ms=3000)
+    assert typed_answer(" sales ", LISTEN) == engine.Speech("sales")
+    assert typed_answer("#12", LISTEN) == engine.NoInput()
+    with_keys = replace(LISTEN, dtmf=keys, speech=False)
+    assert typed_answer("#12", with_keys) == engine.Digits("12")
+    assert typed_answer("sales", with_keys) == engine.NoInput()
+    assert typed_answer("", LISTEN) == engine.NoInput()
