@@ -23,7 +23,7 @@ from ivr.flows.engine import (
     Trace,
     Transfer,
 )
-from ivr.flows.loader import load_flow_text
+from ivr.flows.load import load_flow_text
 from ivr.flows.model import Flow
 from ivr.grammar import Grammar
 
@@ -153,6 +153,13 @@ def test_slot_no_match_reprompts_then_falls_back() -> None:
     assert actions[-1] == Hangup("fallback")
     assert [t.result for t in run.turns] == ["no_match"] * 3
     assert all(t.slot == "day" for t in run.turns)
+
+
+def test_too_few_keys_for_a_date_are_a_no_match() -> None:
+    run = runner(BOOKING)
+    run.start()
+    assert texts(run.handle(Digits("12"))) == ["Say a day like next Friday."]
+    assert [t.result for t in run.turns] == ["no_match"]
 
 
 def test_repeated_rejections_count_as_no_match() -> None:
@@ -486,7 +493,7 @@ steps:
 
 def test_llm_step_runs_an_agent_when_one_is_configured() -> None:
     from ivr.flows.engine import AgentDone, RunAgent
-    from ivr.flows.loader import load_flow_text
+    from ivr.flows.load import load_flow_text
 
     run = FlowRunner(load_flow_text(AGENT_FLOW), agent=True)
     actions = run.start()
@@ -506,7 +513,7 @@ def test_llm_step_runs_an_agent_when_one_is_configured() -> None:
 
 def test_failed_agent_takes_the_fallback_and_no_llm_skips_it() -> None:
     from ivr.flows.engine import AgentDone, Transfer
-    from ivr.flows.loader import load_flow_text
+    from ivr.flows.load import load_flow_text
 
     flow = load_flow_text(AGENT_FLOW)
     run = FlowRunner(flow, agent=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import pickle
 import textwrap
@@ -14,6 +15,7 @@ import yaml
 
 from ivr.errors import FlowError
 from ivr.flows import model
+from ivr.flows.check import Issue, lint_flow
 from ivr.flows.engine import (
     CallerHangup,
     Digits,
@@ -26,18 +28,25 @@ from ivr.flows.engine import (
     Play,
     Speech,
 )
-from ivr.flows.lint import Issue, check_paths, lint_flow
-from ivr.flows.loader import (
+from ivr.flows.load import (
     FlowLoadError,
-    _FlowYamlLoader,
+    FlowYamlLoader,
+    check_paths,
     load_flow,
     load_flow_text,
     load_flows,
 )
-from ivr.flows.match import expected_phrases, match_choice, match_key, normalize, speakable
 from ivr.flows.model import AskStep, Choice, Flow
 from ivr.flows.schema import main as schema_main
 from ivr.flows.schema import schema_text
+from ivr.flows.text import (
+    expected_phrases,
+    match_choice,
+    match_key,
+    normalize,
+    speakable,
+    strip_terminator,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "flows" / "demo.yaml"
@@ -96,7 +105,7 @@ def test_schema_command_writes_and_checks(tmp_path: Path) -> None:
 
 
 def documented_example() -> str:
-    """The complete example flow in the docstring of ivr/flows/model.py."""
+    """The complete example flow in the docstring of ivr/flows/model/__init__.py."""
     doc = model.__doc__ or ""
     start = doc.index("    # yaml-language-server:")
     return textwrap.dedent(doc[start : doc.index("\nVerbs:")])
@@ -126,7 +135,7 @@ def test_documented_example_is_a_clean_flow(tmp_path: Path) -> None:
 def test_flows_validate_against_the_json_schema(path: str) -> None:
     schema = json.loads((ROOT / "flows" / "schema.json").read_text())
     text = DEMO.read_text() if path == "demo" else documented_example()
-    data = yaml.load(text, Loader=_FlowYamlLoader)
+    data = yaml.load(text, Loader=FlowYamlLoader)
     assert list(jsonschema.Draft202012Validator(schema).iter_errors(data)) == []
 
 
@@ -296,6 +305,35 @@ def test_match_key() -> None:
     assert match_key("#", choices()) is None
 
 
+@pytest.mark.parametrize(
+    ("keys", "terminator", "expected"),
+    [
+        ("12#", "#", "12"),
+        (" 12# ", "#", "12"),
+        ("12##", "#", "12#"),  # one terminator only
+        ("#", "#", "#"),  # alone it may be a key itself
+        ("*", "*", "*"),
+        ("12*", "*", "12"),
+        ("12#", "*", "12#"),
+        ("12#", None, "12#"),
+        ("", "#", ""),
+    ],
+)
+def test_strip_terminator(keys: str, terminator: str | None, expected: str) -> None:
+    assert strip_terminator(keys, terminator) == expected
+
+
+def test_the_checks_never_import_loading() -> None:
+    """`ivr.flows.load` calls the meaning checks; `ivr.flows.check` never calls back."""
+    for path in sorted((ROOT / "ivr" / "flows" / "check").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [alias.name for alias in node.names] if isinstance(node, ast.Import)
+                else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            )
+            assert not any(n.startswith("ivr.flows.load") for n in names), path
+
+
 def test_expected_phrases(demo: Flow) -> None:
     menu = demo.steps["menu"]
     assert isinstance(menu, AskStep)
@@ -459,7 +497,7 @@ def test_implicit_end_keys_only_ask_and_silent_hangup() -> None:
 
 def findings(text: str, known_tools: set[str] | None = None) -> list[tuple[str, str]]:
     """(severity, message) of every lint finding of a flow that passes the schema."""
-    flow = Flow.model_validate(yaml.load(text, Loader=_FlowYamlLoader))
+    flow = Flow.model_validate(yaml.load(text, Loader=FlowYamlLoader))
     return [(f.severity, f.message) for f in lint_flow(flow, known_tools)]
 
 

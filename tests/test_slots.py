@@ -20,12 +20,12 @@ import pydantic
 import pytest
 import soxr
 
-from ivr.flows.slot_grammars import grammar_for
+from ivr.flows.model import SlotDef
 from ivr.flows.slots import (
     FILTERS,
-    SlotDef,
     SlotValue,
     dtmf_max_digits,
+    grammar_for,
     parse_keys,
     parse_text,
     speak_value,
@@ -443,6 +443,8 @@ KEYS: list[tuple[str, str, str | None]] = [
     ("date", "03051980", "1980-03-05"),  # MMDDYYYY
     ("date", "1324", None),
     ("date", "0230", None),
+    ("date", "12", None),  # too short for MMDD: no answer (this used to raise)
+    ("date", "112#", None),
     ("time", "1500", "15:00"),
     ("time", "0930", "09:30"),
     ("time", "930", "09:30"),
@@ -458,6 +460,12 @@ KEYS: list[tuple[str, str, str | None]] = [
 def test_parse_keys(slot: str, keys: str, expected: str | None) -> None:
     value = parse_keys(SLOTS[slot], keys, now=NOW)
     assert (value.text if value is not None else None) == expected
+
+
+def test_parse_keys_strips_the_step_terminator_only() -> None:
+    assert parse_keys(SLOTS["number"], "120*", now=NOW, terminator="*") == SlotValue(120, "120")
+    assert parse_keys(SLOTS["number"], "120#", now=NOW, terminator="*") is None
+    assert parse_keys(SLOTS["number"], "120#", now=NOW, terminator=None) is None
 
 
 def test_dtmf_max_digits() -> None:

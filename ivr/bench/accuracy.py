@@ -16,11 +16,10 @@ from zoneinfo import ZoneInfo
 
 from ivr.audio.codec import ULAW_SILENCE, Upsampler, frames, to_ulaw8k, ulaw_to_pcm16
 from ivr.audio.endpoint import EndpointConfig, Endpointer, SpeechEnded, SpeechStarted
-from ivr.flows.loader import load_flow
-from ivr.flows.match import expected_phrases, match_choice
+from ivr.flows.load import load_flow
 from ivr.flows.model import AskStep, Flow
-from ivr.flows.slot_grammars import grammar_for
-from ivr.flows.slots import parse_text
+from ivr.flows.slots import grammar_for, parse_text
+from ivr.flows.text import expected_phrases, match_choice
 from ivr.grammar import Grammar
 from ivr.speech.espeak import EspeakSynthesizer
 from ivr.speech.sphinx.pool import RecognizerPool

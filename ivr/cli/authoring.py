@@ -14,8 +14,7 @@ from ivr.config import Settings
 from ivr.errors import FlowError
 from ivr.flows.graph import mermaid
 from ivr.flows.library import FlowLibrary
-from ivr.flows.lint import check_paths
-from ivr.flows.loader import load_flow
+from ivr.flows.load import check_paths, load_flow
 from ivr.flows.model import Flow
 
 if TYPE_CHECKING:

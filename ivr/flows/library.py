@@ -15,7 +15,7 @@ import structlog
 import yaml
 
 from ivr.errors import FlowError
-from ivr.flows.loader import load_flow
+from ivr.flows.load import flow_files_in, load_flow
 from ivr.flows.model import Flow
 
 log = structlog.get_logger("ivr.flows")
@@ -36,7 +36,7 @@ class FlowLibrary:
         self.rejected = 0
 
     def _files(self) -> list[Path]:
-        return sorted(p for p in self.directory.glob("*.yaml") if p.name != ROUTES_FILE)
+        return flow_files_in(self.directory)
 
     def load(self) -> None:
         """First load: every file must be valid (the server refuses to start otherwise)."""

@@ -35,7 +35,7 @@ def flow_schema() -> dict[str, Any]:
     return {
         "$schema": DIALECT,
         "title": "ivr call flow",
-        "description": "A YAML call flow of ivr; see ivr/flows/model.py for the format.",
+        "description": "A YAML call flow of ivr; see ivr/flows/model/__init__.py for the format.",
         **{k: v for k, v in schema.items() if k not in ("title", "description")},
     }
 

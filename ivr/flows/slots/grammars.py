@@ -1,7 +1,8 @@
 """Recognizer grammars for slot types: what the embedded recognizer listens for.
 
-Split from `slots.py` (which parses what was heard): compact phrase lists for dates and
-times by default, JSGF for digits, numbers, phone numbers and the full date/time forms.
+The other side of parsing (the rest of this package reads what was heard): compact
+phrase lists for dates and times by default, JSGF for digits, numbers, phone numbers
+and the full date/time forms. Number words come from `ivr.grammar`, as the parsers' do.
 """
 
 from __future__ import annotations
@@ -10,22 +11,22 @@ import calendar
 from collections.abc import Iterable
 from typing import Final
 
-from ivr.flows.slots import _DEFAULT_NUMBER_MAX, _GRAMMAR_NUMBER_CAP, SlotDef, _say_number
-from ivr.grammar import Grammar
+from ivr.flows.model import SlotDef
+from ivr.grammar import ONES, TENS, Grammar, number_words
 
 __all__ = ["COMPACT_DATE_PHRASES", "COMPACT_TIME_PHRASES", "grammar_for"]
 
+# The number grammar stops here when the slot gives no `max`: bigger spoken numbers are
+# rare on a phone line and every extra level multiplies the decoder's search graph.
+_DEFAULT_NUMBER_MAX: Final = 9999
+_GRAMMAR_NUMBER_CAP: Final = 999_999
+
 # -- vocabulary --------------------------------------------------------------------------------
 
-_DIGIT_RULE: Final = (
-    "<d> = zero | oh | one | two | three | four | five | six | seven | eight | nine;"
-)
-_O19: Final = "one | two | three | four | five | six | seven | eight | nine"
-_TEENS: Final = (
-    "ten | eleven | twelve | thirteen | fourteen | fifteen | sixteen | seventeen | "
-    "eighteen | nineteen"
-)
-_TENS_WORDS: Final = "twenty | thirty | forty | fifty | sixty | seventy | eighty | ninety"
+_DIGIT_RULE: Final = f"<d> = zero | oh | {' | '.join(ONES[1:10])};"
+_O19: Final = " | ".join(ONES[1:10])
+_TEENS: Final = " | ".join(ONES[10:20])
+_TENS_WORDS: Final = " | ".join(TENS[2:])
 _ORD19: Final = "first | second | third | fourth | fifth | sixth | seventh | eighth | ninth"
 _ORD_TEENS: Final = (
     "tenth | eleventh | twelfth | thirteenth | fourteenth | fifteenth | sixteenth | "
@@ -189,14 +190,13 @@ def grammar_for(slot: SlotDef) -> Grammar:
         return Grammar(phrases=_YES_NO_PHRASES)
     if kind == "digits":
         n = slot.length or slot.min_length or 4
-        example = " ".join(_O19.split(" | ")[i % 9] for i in range(n))
+        example = " ".join(ONES[1 + i % 9] for i in range(n))
         return Grammar((example,), _digits_jsgf(slot))
     if kind == "number":
         low = slot.min or 0
         high = slot.max if slot.max is not None else _DEFAULT_NUMBER_MAX
-        examples = dict.fromkeys(
-            _say_number(n) for n in (low, (low + high) // 2, high) if n <= _GRAMMAR_NUMBER_CAP
-        )
+        said = [n for n in (low, (low + high) // 2, high) if n <= _GRAMMAR_NUMBER_CAP]
+        examples = dict.fromkeys(" ".join(number_words(n)) for n in said)
         return Grammar(tuple(examples), _number_jsgf(slot))
     if kind == "phone":
         # The only 11-digit number a NANP caller says is "one" + 10 digits; an optional 11th

@@ -1,0 +1,130 @@
+"""A whole flow: its settings, slots and steps, and the walks over them (links, templates)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal, NamedTuple, TypeAlias
+
+from pydantic import Field
+
+from ivr.flows.model.base import FlowModel, Loc, Text
+from ivr.flows.model.slots import SlotDef
+from ivr.flows.model.steps import (
+    AskStep,
+    BranchStep,
+    CallStep,
+    LlmStep,
+    Reprompts,
+    SayStep,
+    SetStep,
+    Step,
+    Target,
+    TransferStep,
+)
+
+__all__ = ["DEFAULT_TIMEZONE", "Engines", "Flow", "TemplateKind", "TemplateUse", "Voice"]
+
+DEFAULT_TIMEZONE = "America/New_York"
+
+
+class Voice(FlowModel):
+    name: Text | None = Field(default=None, description="embedded (espeak-ng) voice, e.g. en-us")
+    remote: Text | None = Field(
+        default=None, description="voice for a remote synthesizer (IVR_TTS_*), e.g. alloy")
+    rate: int | None = Field(default=None, ge=80, le=450, description="words per minute")
+
+
+TemplateKind: TypeAlias = Literal["text", "condition", "value"]
+
+
+class TemplateUse(NamedTuple):
+    """One template or condition in a flow, where it is and when it is evaluated."""
+
+    step: str
+    loc: Loc
+    source: str
+    kind: TemplateKind  # text: rendered to words; condition: an expression; value: set/args
+    after: bool = False  # evaluated after the step did its work (confirm, exit_when)
+
+
+class Engines(FlowModel):
+    """Per-flow choices among the configured remote engines (the embedded ones have none)."""
+
+    llm_model: Text | None = Field(
+        default=None, description="model for this flow's llm steps (else IVR_LLM_MODEL)")
+
+
+class Flow(FlowModel):
+    name: Text
+    description: str = ""
+    voice: Voice | None = None
+    engines: Engines | None = None
+    timezone: Text = Field(default=DEFAULT_TIMEZONE, description="IANA time zone of `now`")
+    start: Text
+    on_error: Target | None = Field(
+        default=None, description="where a failed tool (without its own on_error) or template goes"
+    )
+    tools: tuple[Text, ...] = Field(default=(), description="tool names `call` steps may use")
+    slots: dict[str, SlotDef] = Field(default_factory=dict)
+    steps: dict[str, Step] = Field(min_length=1)
+
+    def links(self) -> Iterator[tuple[str, Loc, Target]]:
+        """Every edge of the step graph: (from step, location of the target, target).
+
+        The flow-level `on_error` is not an edge of any one step; see `Flow.on_error`.
+        """
+        for name, step in self.steps.items():
+            base: Loc = ("steps", name)
+            if isinstance(step, AskStep):
+                for i, choice in enumerate(step.choices):
+                    yield name, (*base, "choices", i, "goto"), choice.goto
+            if isinstance(step, BranchStep):
+                for i, case in enumerate(step.branch):
+                    yield name, (*base, "branch", i, "goto"), case.goto
+                yield name, (*base, "else"), step.else_
+            for field in ("next", "fallback", "on_error"):
+                target = getattr(step, field, None)
+                if target is not None:
+                    yield name, (*base, field), target
+
+    def targets(self) -> Iterator[tuple[Loc, Target]]:
+        """Every target written in the flow: the links of the step graph, then the
+        flow-level `on_error`."""
+        for _, loc, target in self.links():
+            yield loc, target
+        if self.on_error is not None:
+            yield ("on_error",), self.on_error
+
+    def templates(self) -> Iterator[TemplateUse]:
+        """Every template and condition, in document order within each step."""
+        for name, step in self.steps.items():
+            base: Loc = ("steps", name)
+            if isinstance(step, SayStep):
+                yield TemplateUse(name, (*base, "say"), step.say, "text")
+            elif isinstance(step, AskStep):
+                yield TemplateUse(name, (*base, "ask"), step.ask, "text")
+                for field in ("no_input", "no_match"):
+                    reprompts: Reprompts = getattr(step, field)
+                    for i, prompt in enumerate(reprompts.prompts):
+                        yield TemplateUse(name, (*base, field, "prompts", i), prompt, "text")
+                if step.confirm is not None:
+                    yield TemplateUse(name, (*base, "confirm"), step.confirm, "text", True)
+            elif isinstance(step, SetStep | CallStep):
+                field = "set" if isinstance(step, SetStep) else "args"
+                values = step.set if isinstance(step, SetStep) else step.args
+                for key, value in values.items():
+                    if isinstance(value, str):
+                        yield TemplateUse(name, (*base, field, key), value, "value")
+            elif isinstance(step, BranchStep):
+                for i, case in enumerate(step.branch):
+                    yield TemplateUse(name, (*base, "branch", i, "if"), case.if_, "condition")
+            elif isinstance(step, LlmStep):
+                yield TemplateUse(name, (*base, "llm"), step.llm, "text")
+                for i, cond in enumerate(step.exit_when):
+                    yield TemplateUse(name, (*base, "exit_when", i), cond, "condition", True)
+            elif isinstance(step, TransferStep):
+                if step.say is not None:
+                    yield TemplateUse(name, (*base, "say"), step.say, "text")
+                yield TemplateUse(name, (*base, "transfer"), step.transfer, "text")
+            elif step.hangup:
+                yield TemplateUse(name, (*base, "hangup"), step.hangup, "text")
