@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo
 
 from ivr.audio.codec import to_ulaw8k
 from ivr.bench.accuracy import endpointed
-from ivr.flows.slot_grammars import grammar_for
-from ivr.flows.slots import SlotDef, parse_text
+from ivr.flows.model import SlotDef
+from ivr.flows.slots import grammar_for, parse_text
 from ivr.speech.espeak import synthesize_blocking
 from ivr.speech.sphinx.pool import RecognizerPool
 
