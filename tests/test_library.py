@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from ivr.cli.main import main
-from ivr.flows.graph import mermaid
 from ivr.flows.library import FlowLibrary
+from ivr.flows.mermaid import mermaid
 from tests.conftest import ROOT
 
 FLOWS = ROOT / "flows"

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 from ivr.config import Settings
 from ivr.errors import FlowError
-from ivr.flows.graph import mermaid
 from ivr.flows.library import FlowLibrary
 from ivr.flows.load import check_paths, load_flow
+from ivr.flows.mermaid import mermaid
 from ivr.flows.model import Flow
 
 if TYPE_CHECKING:

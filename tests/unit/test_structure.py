@@ -162,12 +162,10 @@ def test_the_graph_sees_lazy_and_type_checking_imports() -> None:
     assert _cycles(cyclic) == [["a", "b", "c"]]
 
 
-@pytest.mark.xfail(reason="issue 8: the restructuring is in progress", strict=False)
 def test_no_import_cycle() -> None:
     assert _cycles(edges()) == []
 
 
-@pytest.mark.xfail(reason="issue 8: the restructuring is in progress", strict=False)
 def test_no_module_over_500_lines() -> None:
     long = {
         name: n
@@ -177,7 +175,6 @@ def test_no_module_over_500_lines() -> None:
     assert long == {}
 
 
-@pytest.mark.xfail(reason="issue 8: the restructuring is in progress", strict=False)
 def test_top_level_holds_only_leaves_and_packages() -> None:
     graph = edges()
     top = {name for name, path in modules().items() if _area(name) == "" and name != "ivr"}
@@ -189,7 +186,6 @@ def test_top_level_holds_only_leaves_and_packages() -> None:
     assert reaching_up == {}
 
 
-@pytest.mark.xfail(reason="issue 8: the restructuring is in progress", strict=False)
 @pytest.mark.parametrize("area", sorted(NEVER))
 def test_layers_never_import_upward(area: str) -> None:
     graph = edges()
@@ -251,7 +247,6 @@ def _package_map() -> set[str]:
     return set(re.findall(r"`([\w/]+(?:\.py|/))`", section))
 
 
-@pytest.mark.xfail(reason="issue 8: the restructuring is in progress", strict=False)
 def test_package_map_names_every_module_and_nothing_else() -> None:
     """docs/architecture.md's package map mirrors `ivr/` one to one."""
     actual = set()
