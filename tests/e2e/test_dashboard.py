@@ -16,8 +16,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from ivr.server.app import create_app
+from tests.component.test_api import _seeded
 from tests.conftest import ROOT, make_settings
-from tests.test_api import _seeded
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = ROOT / "artifacts"

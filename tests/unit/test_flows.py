@@ -47,8 +47,8 @@ from ivr.flows.text import (
     speakable,
     strip_terminator,
 )
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "flows" / "demo.yaml"
 BROKEN = Path(__file__).resolve().parent / "flows_broken"
 

@@ -16,8 +16,8 @@ from ivr.flows.model import Flow
 from ivr.flows.prompts import static_prompts
 from ivr.server.prewarm import prewarm
 from ivr.speech.cache import CachedSynthesis, CacheKey, SynthesisCache
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 RATE = 22050
 CHUNK_SAMPLES = 2205  # 100 ms, like espeak's callback granularity
 

@@ -227,7 +227,8 @@ async def test_half_open_allows_a_single_probe(
     clock.now += 6
     fake.fail("chat", Fault("slow_first_byte", delay=0.2))
     probe = asyncio.create_task(client.request_json("POST", "/chat/completions", json={}))
-    await asyncio.sleep(0.05)
+    while fake.requests["chat"] < 2:  # the half-open probe has reached the provider
+        await asyncio.sleep(0.005)
     with pytest.raises(ProviderUnavailable):
         await client.request_json("POST", "/chat/completions", json={})
     await probe

@@ -87,7 +87,8 @@ async def test_cancelled_play_is_interrupted_and_releases_waiters() -> None:
     player = Player(wire, lead=0.020)
     prompt = player.new_prompt("long")
     task = asyncio.create_task(player.play(prompt, audio(160 * 100)))
-    await asyncio.sleep(0.1)
+    while wire.events().count("media") < 10:  # well into the prompt, on the player's own clock
+        await asyncio.sleep(0.005)
     task.cancel()
     await asyncio.wait({task})
     assert prompt.state == "interrupted" and prompt.done.is_set()
