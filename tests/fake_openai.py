@@ -86,6 +86,7 @@ def tone_pcm(seconds: float, rate: int = 24000, freq: float = 440.0) -> bytes:
 class FakeOpenAI:
     def __init__(self) -> None:
         self.requests: Counter[str] = Counter()
+        self._arrived = asyncio.Condition()
         self.bodies: defaultdict[str, list[Any]] = defaultdict(list)
         self.headers: defaultdict[str, list[dict[str, str]]] = defaultdict(list)
         self.faults: defaultdict[str, deque[Fault]] = defaultdict(deque)
@@ -138,8 +139,15 @@ class FakeOpenAI:
         finally:
             self.active -= 1
 
+    async def wait_requests(self, route: str, count: int) -> None:
+        """Until `count` requests have reached `route` (no polling: a condition)."""
+        async with self._arrived:
+            await self._arrived.wait_for(lambda: self.requests[route] >= count)
+
     async def _fault(self, route: str, request: web.Request) -> web.StreamResponse | None:
         self.requests[route] += 1
+        async with self._arrived:
+            self._arrived.notify_all()
         self.headers[route].append(dict(request.headers))
         fault = self.faults[route].popleft() if self.faults[route] else self.outage.get(route)
         if fault is None:

@@ -227,8 +227,7 @@ async def test_half_open_allows_a_single_probe(
     clock.now += 6
     fake.fail("chat", Fault("slow_first_byte", delay=0.2))
     probe = asyncio.create_task(client.request_json("POST", "/chat/completions", json={}))
-    while fake.requests["chat"] < 2:  # the half-open probe has reached the provider
-        await asyncio.sleep(0.005)
+    await fake.wait_requests("chat", 2)  # the half-open probe has reached the provider
     with pytest.raises(ProviderUnavailable):
         await client.request_json("POST", "/chat/completions", json={})
     await probe

@@ -12,11 +12,15 @@ from ivr.audio.player import Player
 class Wire:
     """The player's outbound port, recording what was sent and when."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, signal_after: int = 0) -> None:
         self.sent: list[tuple[float, str, bytes | str | None]] = []
+        self.signal_after = signal_after
+        self.frames_sent = asyncio.Event()  # set once `signal_after` frames went out
 
     async def media(self, ulaw: bytes) -> None:
         self.sent.append((time.monotonic(), "media", ulaw))
+        if self.signal_after and self.events().count("media") >= self.signal_after:
+            self.frames_sent.set()
 
     async def mark(self, name: str) -> None:
         self.sent.append((time.monotonic(), "mark", name))
@@ -83,12 +87,11 @@ async def test_clear_marks_pending_prompts_interrupted_and_echoes_are_stale() ->
 
 async def test_cancelled_play_is_interrupted_and_releases_waiters() -> None:
     """Barge-in cancels the play task: the prompt is interrupted and `done` is set."""
-    wire = Wire()
+    wire = Wire(signal_after=10)
     player = Player(wire, lead=0.020)
     prompt = player.new_prompt("long")
     task = asyncio.create_task(player.play(prompt, audio(160 * 100)))
-    while wire.events().count("media") < 10:  # well into the prompt, on the player's own clock
-        await asyncio.sleep(0.005)
+    await wire.frames_sent.wait()  # well into the prompt, on the player's own clock
     task.cancel()
     await asyncio.wait({task})
     assert prompt.state == "interrupted" and prompt.done.is_set()
