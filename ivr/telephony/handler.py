@@ -17,10 +17,12 @@ from ivr.session.call import CallSession
 from ivr.store.db import DROPPED
 from ivr.telephony import twiml
 from ivr.telephony.inbound import Connected, Dtmf, Mark, Media, Start, Stop, parse_inbound
+from ivr.telephony.wire import DEFAULT_MAX_BYTES
 
 log = structlog.get_logger("ivr.media")
 
-MAX_FRAME = 64 * 1024  # Twilio's frames are < 1 KiB; anything this big is hostile
+# Twilio's frames are < 1 KiB; anything near the parser's bound is hostile.
+MAX_FRAME = DEFAULT_MAX_BYTES
 _LOGGED_ERRORS = 10  # per connection, then one in 100
 
 
