@@ -48,9 +48,10 @@ def speech(text: str, voice: str = "en-us") -> bytes:
     return np.concatenate([noise, samples.astype(np.int16), noise]).tobytes()
 
 
-async def _recognize(
+async def recognize(
     pool: RecognizerPool, pcm: bytes, grammar: Grammar | None, realtime: bool
 ) -> Recognition:
+    """One utterance: fed all at once, or in 20 ms pieces at the pace a caller speaks."""
     utterance = await pool.start(grammar)
     if realtime:
         t0 = time.perf_counter()
@@ -75,7 +76,7 @@ async def _loop_lag(pool: RecognizerPool, audio: list[bytes], realtime: bool) ->
     prober = asyncio.create_task(probe())
     start = time.perf_counter()
     try:
-        results = await asyncio.gather(*(_recognize(pool, a, None, realtime) for a in audio))
+        results = await asyncio.gather(*(recognize(pool, a, None, realtime) for a in audio))
     finally:
         done.set()
         await prober
@@ -91,7 +92,7 @@ async def _loop_lag(pool: RecognizerPool, audio: list[bytes], realtime: bool) ->
 
 async def _latency(pool: RecognizerPool, text: str, grammar: Grammar | None) -> str:
     pcm = speech(text)
-    result = await _recognize(pool, pcm, grammar, realtime=True)
+    result = await recognize(pool, pcm, grammar, realtime=True)
     latency = result.extra.get("latency_seconds")
     ms = f"{latency * 1000:.0f} ms" if isinstance(latency, float) else "n/a"
     what = "menu grammar" if grammar is not None else "language model"

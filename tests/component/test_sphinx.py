@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soxr
 
+from ivr.bench.recognizer import recognize as recognize_paced
 from ivr.errors import SpeechError
 from ivr.grammar import Grammar
 from ivr.speech.base import Recognition
@@ -379,19 +380,8 @@ async def test_event_loop_lag_while_decoding(realtime: bool) -> None:
                 await asyncio.sleep(0.005)
                 lags.append(time.perf_counter() - start - 0.005)
 
-        async def one(pcm: bytes) -> Recognition:
-            utterance = await pool.start(None)
-            if realtime:
-                t0 = time.perf_counter()
-                for n, i in enumerate(range(0, len(pcm), PIECE)):
-                    utterance.feed(pcm[i : i + PIECE])
-                    await asyncio.sleep(max(0.0, t0 + (n + 1) * 0.02 - time.perf_counter()))
-            else:
-                utterance.feed(pcm)
-            return await utterance.finish()
-
         prober = asyncio.create_task(probe())
-        results = await asyncio.gather(*(one(a) for a in audio))
+        results = await asyncio.gather(*(recognize_paced(pool, a, None, realtime) for a in audio))
         done.set()
         await prober
 
