@@ -18,12 +18,12 @@ How the session drives an `Endpointer` for one answer::
         elif isinstance(event, SpeechEnded):
             utterance.feed(upsampler.flush())
             result = await utterance.finish()
-        elif isinstance(event, NoInput):
+        elif isinstance(event, NoSpeech):
             ...
 
 That is: after `SpeechStarted` feed its `preroll` (which already contains the frame that
 triggered it), then forward every frame for which `in_speech` is still True after
-`process()` returned. After `SpeechEnded` or `NoInput` the endpointer is idle until armed
+`process()` returned. After `SpeechEnded` or `NoSpeech` the endpointer is idle until armed
 again: one arm, one answer.
 
 Barge-in: while a prompt plays, `watch_barge_in(config, now_ms)` runs the same detector
@@ -52,7 +52,7 @@ __all__ = [
     "EndpointConfig",
     "EndpointEvent",
     "Endpointer",
-    "NoInput",
+    "NoSpeech",
     "SpeechEnded",
     "SpeechStarted",
 ]
@@ -134,13 +134,13 @@ class SpeechEnded:
 
 
 @dataclass(frozen=True, slots=True)
-class NoInput:
+class NoSpeech:
     """No speech started within `no_input_ms` of arming; `at_ms` is when that was seen."""
 
     at_ms: int
 
 
-EndpointEvent: TypeAlias = SpeechStarted | SpeechEnded | NoInput
+EndpointEvent: TypeAlias = SpeechStarted | SpeechEnded | NoSpeech
 
 State: TypeAlias = Literal["idle", "listening", "barge_in", "speech"]
 
@@ -281,7 +281,7 @@ class Endpointer:
             and (not window or end >= deadline + cfg.speech_start_ms)
         ):
             self.disarm()
-            return NoInput(end)
+            return NoSpeech(end)
         return None
 
 

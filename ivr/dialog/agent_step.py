@@ -17,9 +17,16 @@ import structlog
 from ivr.dialog.port import DialogPort, ToolRun
 from ivr.flows import engine
 from ivr.flows.model import Flow
-from ivr.llm.agent import Agent, AgentEvent, AgentStep, ChatModel, Done, ToolRan
-from ivr.llm.agent import Listen as ModelListens
-from ivr.llm.agent import Say as ModelSays
+from ivr.llm.agent import (
+    Agent,
+    AgentEvent,
+    AgentStep,
+    ChatModel,
+    Done,
+    ModelListens,
+    ModelSays,
+    ToolRan,
+)
 from ivr.llm.client import ChatClient
 from ivr.tools.base import ToolContext
 from ivr.tools.registry import ToolRegistry

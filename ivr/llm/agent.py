@@ -1,9 +1,9 @@
 """The tool-calling loop of a flow's `llm` step, independent of audio and the flow engine.
 
 `Agent.turn(user_text)` runs model rounds until the model needs the caller (a text answer
-without tool calls: `Listen`), the step's exit condition holds (`Done("exit")`), the model
+without tool calls: `ModelListens`), the step's exit condition holds (`Done("exit")`), the model
 ends the conversation or asks for a human, or a bound is hit. Sentences are yielded as
-`Say` events as soon as each one is complete, so the session can start synthesis before
+`ModelSays` events as soon as each one is complete, so the session can start synthesis before
 the model has finished its reply.
 
 Safety of tool calls: the model sees only the step's allowed tools plus three built-ins
@@ -43,8 +43,8 @@ __all__ = [
     "Done",
     "DoneReason",
     "ExitCheck",
-    "Listen",
-    "Say",
+    "ModelListens",
+    "ModelSays",
     "ToolRan",
     "UsageEvent",
 ]
@@ -81,7 +81,7 @@ class AgentStep:
 
 
 @dataclass(frozen=True, slots=True)
-class Say:
+class ModelSays:
     text: str  # one complete sentence
 
 
@@ -95,7 +95,7 @@ class ToolRan:
 
 
 @dataclass(frozen=True, slots=True)
-class Listen:
+class ModelListens:
     pass
 
 
@@ -112,7 +112,7 @@ class UsageEvent:
     cached: int = 0
 
 
-AgentEvent = Say | ToolRan | Listen | Done | UsageEvent
+AgentEvent = ModelSays | ToolRan | ModelListens | Done | UsageEvent
 
 
 @dataclass(slots=True)
@@ -226,7 +226,7 @@ class Agent:
                         if isinstance(delta, TextDelta):
                             text.append(delta.text)
                             for sentence in splitter.push(delta.text):
-                                yield Say(sentence)
+                                yield ModelSays(sentence)
                         elif isinstance(delta, ToolCallDone):
                             calls.append(delta)
                         elif isinstance(delta, Usage):
@@ -255,7 +255,7 @@ class Agent:
             # Recorded before anything more is yielded: the consumer may stop at any yield.
             self.messages.append(message)
             if rest := splitter.flush():
-                yield Say(rest)
+                yield ModelSays(rest)
             if usage is not None:
                 self.prompt_tokens += usage.prompt_tokens
                 self.completion_tokens += usage.completion_tokens
@@ -263,7 +263,7 @@ class Agent:
                 yield UsageEvent(usage.prompt_tokens, usage.completion_tokens,
                                  usage.cached_tokens)
             if not calls:
-                yield Done("exit") if self._exit() else Listen()
+                yield Done("exit") if self._exit() else ModelListens()
                 return
 
             checked = [self._check(c) for c in calls]

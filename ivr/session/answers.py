@@ -16,7 +16,7 @@ import structlog
 
 from ivr.config import Settings
 from ivr.flows import engine
-from ivr.session.inbound import Inbound, KeysDone, Silence
+from ivr.session.inbound import Inbound, KeysDone, NothingHeard
 from ivr.session.record import CallRecord
 from ivr.session.speaker import Speaker
 from ivr.speech.base import Recognition
@@ -63,7 +63,7 @@ class Answers:
                 await inbound.drop_utterance()
                 turn.timings["digits_done"] = record.ms()
                 return engine.Digits(item.result.digits)
-            if isinstance(item, Silence):
+            if isinstance(item, NothingHeard):
                 if inbound.dtmf.digits:
                     continue  # keys are being pressed; their own timeout decides
                 return engine.NoInput()

@@ -26,7 +26,7 @@ from ivr.audio.endpoint import (
     DtmfCollector,
     EndpointConfig,
     Endpointer,
-    NoInput,
+    NoSpeech,
     SpeechEnded,
     SpeechStarted,
 )
@@ -48,11 +48,11 @@ class SpeechDone:
 
 
 @dataclass(frozen=True, slots=True)
-class Silence:
-    event: NoInput
+class NothingHeard:
+    event: NoSpeech
 
 
-Input = KeysDone | SpeechDone | Silence
+Input = KeysDone | SpeechDone | NothingHeard
 
 
 def endpoint_config(listen: engine.Listen) -> EndpointConfig:
@@ -102,7 +102,7 @@ class Inbound:
                 self._feed(self.upsampler.flush())
                 self.inputs.put_nowait(SpeechDone(event))
             else:
-                self.inputs.put_nowait(Silence(event))
+                self.inputs.put_nowait(NothingHeard(event))
         if self.dtmf.active:
             done = self.dtmf.poll(msg.timestamp)
             if done is not None:

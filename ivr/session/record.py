@@ -17,7 +17,7 @@ import structlog
 from ivr.audio.player import Prompt
 from ivr.flows import engine
 from ivr.server.services import Services
-from ivr.store.db import ABANDONED, COMPLETED, DROPPED, FAILED, TRANSFERRED, Turn
+from ivr.store.db import ABANDONED, COMPLETED, DROPPED, FAILED, TRANSFERRED, TurnRecord
 
 _FLOW_OUTCOMES = {
     "completed": COMPLETED, "fallback": COMPLETED, "goto_flow": COMPLETED,
@@ -49,8 +49,8 @@ class CallRecord:
         self.stt_audio_s = 0.0  # seconds of caller audio sent to recognition
         self.stt_cpu_s = 0.0  # CPU the embedded recognizer spent on them (worker processes)
         self._seq = 0
-        self.turn: Turn | None = None  # the turn awaiting its reply's first frame
-        self.pending: Turn | None = None  # the turn whose answer is being taken
+        self.turn: TurnRecord | None = None  # the turn awaiting its reply's first frame
+        self.pending: TurnRecord | None = None  # the turn whose answer is being taken
 
     def ms(self) -> float:
         """Now, in ms since the stream started."""
@@ -61,14 +61,14 @@ class CallRecord:
 
     # ------------------------------------------------------------------ turns
 
-    def open_turn(self, step: str | None, prompts: list[Prompt]) -> Turn:
+    def open_turn(self, step: str | None, prompts: list[Prompt]) -> TurnRecord:
         """The turn of the answer about to be taken, after `prompts`."""
         self._seq += 1
         first = next((p.first_frame_at for p in prompts if p.first_frame_at is not None), None)
         states = {p.state for p in prompts}
         heard = ("interrupted" if "interrupted" in states
                  else "played" if states and states <= {"played"} else "unheard")
-        turn = Turn(
+        turn = TurnRecord(
             seq=self._seq, step=step,
             prompt=" ".join(p.text for p in prompts), prompt_heard=heard,
             timings={"prompt_first_frame": self.at(first)} if first is not None else {},

@@ -111,7 +111,7 @@ def utc_now() -> str:
 
 
 @dataclass(slots=True)
-class Turn:
+class TurnRecord:
     """One exchange: what the bot said, then what the caller said or pressed.
 
     Timings are milliseconds on the server's clock since the stream started, except
@@ -196,7 +196,7 @@ class CallStore:
         )
         await self._db.commit()
 
-    async def add_turn(self, call_sid: str, turn: Turn) -> None:
+    async def add_turn(self, call_sid: str, turn: TurnRecord) -> None:
         d = asdict(turn)
         await self._db.execute(
             """INSERT OR REPLACE INTO turns (call_sid, seq, step, prompt, prompt_heard,

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from ivr.analytics.report import build_report
 from ivr.server.app import create_app
-from ivr.store.db import CallStore, Turn
+from ivr.store.db import CallStore, TurnRecord
 from ivr.tools.seed import seed
 from tests.conftest import make_settings
 
@@ -23,7 +23,7 @@ async def _seeded(tmp_path: Path) -> Path:
         sid = f"CA{i:032d}"
         await store.start_call(sid, stream_sid=f"MZ{i:032d}", account_sid=None,
                                from_masked="+1555***0001", to_masked="", flow="demo")
-        await store.add_turn(sid, Turn(seq=1, step="menu", prompt="Say sales.",
+        await store.add_turn(sid, TurnRecord(seq=1, step="menu", prompt="Say sales.",
                                        input_kind="speech", result="match",
                                        timings={"speech_start": 100.0, "endpoint": 900.0,
                                                 "recognized": 950.0,

@@ -26,8 +26,8 @@ from ivr.llm import (
     ChatDelta,
     Done,
     Finish,
-    Listen,
-    Say,
+    ModelListens,
+    ModelSays,
     SentenceSplitter,
     TextDelta,
     ToolCallDone,
@@ -241,7 +241,7 @@ async def test_agent_books_then_says_goodbye_and_ends(
     ]
     assert "09:00" in ran[0].value["available"]
     assert ran[2].value["ref"].startswith("BK-")
-    assert [e.text for e in events if isinstance(e, Say)] == [
+    assert [e.text for e in events if isinstance(e, ModelSays)] == [
         "Thursday at 9 is free.", "You're booked for Thursday at 9.", "Goodbye!"]
     assert events[-1] == Done("model")
     assert bookings_in(db) == [(day, "09:00", "Dana Scully", "cleaning")]
@@ -268,7 +268,7 @@ async def test_text_answer_listens_and_history_carries_over(
                               ChatReply(content="Thanks.")])
     agent = make_agent(chat, registry, db)
     events = await collect(agent, None)
-    assert events == [Say("Which day would you like?"), UsageEvent(10, 5), Listen()]
+    assert events == [ModelSays("Which day would you like?"), UsageEvent(10, 5), ModelListens()]
     await collect(agent, "Thursday")
     roles = [m["role"] for m in fake.bodies["chat"][1]["messages"]]
     assert roles == ["system", "assistant", "user"]
@@ -297,7 +297,7 @@ async def test_invalid_arguments_go_back_and_a_corrected_call_succeeds(
         ("bookings.book", True)]
     assert ran[0].error is not None and "start" in ran[0].error
     assert ran[1].error is not None and "not valid JSON" in ran[1].error
-    assert events[-1] == Listen()
+    assert events[-1] == ModelListens()
     assert bookings_in(db) == [(day, "09:00", "Dana", "cleaning")]
     retry = fake.bodies["chat"][1]["messages"]
     assert "invalid arguments" in json.loads(retry[-2]["content"])["error"]
@@ -373,7 +373,7 @@ async def test_max_rounds_exit_transfer(
     fake.chat_replies.append(ChatReply(content="Connecting you.", tool_calls=[
         ToolCall("transfer_to_human", '{"reason": "asked"}')]))
     events = await collect(make_agent(chat, registry, db), "a human please")
-    assert events[0] == Say("Connecting you.") and events[-1] == Done("transfer")
+    assert events[0] == ModelSays("Connecting you.") and events[-1] == Done("transfer")
 
     # A slot the flow does not have is refused.
     fake.chat_replies.extend([
@@ -426,12 +426,12 @@ async def test_first_sentence_is_said_before_the_reply_completes(
             events: list[tuple[AgentEvent, bool]] = []
             async for e in make_agent(chat, registry, db).turn("hi"):
                 events.append((e, said_first.is_set()))
-                if isinstance(e, Say):
+                if isinstance(e, ModelSays):
                     said_first.set()
     finally:
         await server.close()
-    assert events == [(Say("One moment please."), False), (Say("Here it is."), True),
-                      (Listen(), True)]
+    assert events == [(ModelSays("One moment please."), False), (ModelSays("Here it is."), True),
+                      (ModelListens(), True)]
 
 
 async def test_goodbye_is_held_back_when_a_tool_of_the_round_failed(
@@ -450,7 +450,7 @@ async def test_goodbye_is_held_back_when_a_tool_of_the_round_failed(
     ran = [e for e in events if isinstance(e, ToolRan)]
     assert [(e.name, e.ok) for e in ran] == [("bookings.book", False),
                                              ("end_conversation", False)]
-    assert events[-1] == Listen()
+    assert events[-1] == ModelListens()
     assert bookings_in(db) == []
 
 
@@ -463,7 +463,7 @@ async def test_interrupted_turn_keeps_history_valid(
     ])
     agent = make_agent(chat, registry, db)
     turn = agent.turn("hours?")
-    assert await anext(turn) == Say("Our hours are nine to five.")
+    assert await anext(turn) == ModelSays("Our hours are nine to five.")
     await turn.aclose()  # barge-in: the session stops listening mid-reply
     assert agent.messages[-1] == {"role": "assistant",
                                   "content": "Our hours are nine to five. "}

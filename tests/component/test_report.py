@@ -23,7 +23,7 @@ from ivr.analytics.report import (
     render_csv,
     render_text,
 )
-from ivr.store.db import CallStore, Turn
+from ivr.store.db import CallStore, TurnRecord
 
 # ---------------------------------------------------------------- pricing
 
@@ -151,7 +151,7 @@ async def db(tmp_path: Path) -> Path:
             await store.start_call(sid, stream_sid="MZ" + sid, account_sid="AC", from_masked="",
                                    to_masked="", flow=flow, started_at=started)
             for i, (step, result, timings) in enumerate(turns):
-                await store.add_turn(sid, Turn(seq=i, step=step, result=result,
+                await store.add_turn(sid, TurnRecord(seq=i, step=step, result=result,
                                                timings=timings))
             stats: dict[str, Any] = {"duration_ms": dur_ms}
             if cost is not None:

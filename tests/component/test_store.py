@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from ivr.errors import StoreError
-from ivr.store.db import SCHEMA_VERSION, CallStore, Turn
+from ivr.store.db import SCHEMA_VERSION, CallStore, TurnRecord
 from ivr.telephony import inbound
 
 SID = "MZ" + "d" * 32
@@ -24,7 +24,8 @@ async def test_schema_is_versioned_and_reopening_keeps_data(tmp_path: Path) -> N
     store = await CallStore.open(db)
     await store.start_call(CALL, stream_sid=SID, account_sid=ACCOUNT, from_masked="+1***",
                            to_masked="", flow="demo")
-    await store.add_turn(CALL, Turn(seq=1, step="menu", prompt="hi", timings={"endpoint": 1.5}))
+    turn = TurnRecord(seq=1, step="menu", prompt="hi", timings={"endpoint": 1.5})
+    await store.add_turn(CALL, turn)
     await store.end_call(CALL, outcome="completed", stats={"frames_in": 3})
     await store.close()
     assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

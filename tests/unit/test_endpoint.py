@@ -12,7 +12,7 @@ from ivr.audio.endpoint import (
     EndpointConfig,
     Endpointer,
     EndpointEvent,
-    NoInput,
+    NoSpeech,
     SpeechEnded,
     SpeechStarted,
 )
@@ -86,7 +86,7 @@ def test_no_input_fires_by_caller_clock_across_a_gap() -> None:
         ev = ep.process(SILENCE, ts)
         if ev is not None:
             break
-    assert ev == NoInput(at_ms=1000)
+    assert ev == NoSpeech(at_ms=1000)
     assert seen[-1] == 980 and len(seen) == 25
     assert not ep.armed
     assert ep.process(SILENCE, 1000) is None
@@ -96,7 +96,7 @@ def test_no_input_when_the_gap_jumps_past_the_deadline() -> None:
     ep = Endpointer()
     ep.arm(EndpointConfig(no_input_ms=1000), now_ms=500)
     assert ep.process(SILENCE, 500) is None
-    assert ep.process(SILENCE, 2000) == NoInput(at_ms=2020)
+    assert ep.process(SILENCE, 2000) == NoSpeech(at_ms=2020)
 
 
 @pytest.mark.parametrize("mode", [2, 3])
@@ -146,7 +146,7 @@ def test_click_neither_starts_speech_nor_holds_the_turn_open() -> None:
     ep.arm(EndpointConfig(no_input_ms=3000), now_ms=0)
     # A 20 ms burst reads as 100 ms voiced (hangover) but is not sustained voice.
     evs = events(feed(ep, silence(500) + voiced(20) + silence(2480)))
-    assert evs == [NoInput(at_ms=3000)]
+    assert evs == [NoSpeech(at_ms=3000)]
 
     ep.arm(EndpointConfig(end_silence_ms=600), now_ms=3000)
     speech = voiced(400) + silence(300)
@@ -230,7 +230,7 @@ def test_rearm_after_an_answer() -> None:
     first = events(feed(ep, voiced(300) + silence(900)))
     assert [type(e) for e in first] == [SpeechStarted, SpeechEnded]
     ep.arm(cfg, now_ms=1200)
-    assert events(feed(ep, silence(1000), start_ms=1200)) == [NoInput(at_ms=2200)]
+    assert events(feed(ep, silence(1000), start_ms=1200)) == [NoSpeech(at_ms=2200)]
 
 
 def test_odd_frame_sizes_do_not_raise() -> None:
