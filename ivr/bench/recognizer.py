@@ -4,7 +4,7 @@ the end of speech is a result ready?
 Loop lag: several free-speech utterances (language model, the heaviest search) decoded
 at once by the worker pool while a probe measures how late a 5 ms sleep wakes up; the
 audio is fed all at once, or in 20 ms pieces in real time as a call feeds it. The
-acceptance limit (p99 < 5 ms, tested in tests/component/test_sphinx.py) is what keeps outbound
+target (p99 < 5 ms, measured here on an otherwise idle machine) is what keeps outbound
 audio paced while callers speak; `--no-sched-idle` shows what SCHED_IDLE buys (see
 `ivr.speech.sphinx.worker.lower_priority`).
 
