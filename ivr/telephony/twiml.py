@@ -129,7 +129,7 @@ async def status(request: web.Request) -> web.Response:
     if stream_event:
         event = stream_event if stream_event in STREAM_EVENTS else "other"
         services.counters[f"stream_event_{event}"] += 1
-        log.info("stream_status", call_sid=call_sid, event=event,
+        log.info("stream_status", call_sid=call_sid, stream_event=event,
                  error=(form.get("StreamError") or "")[:200] or None)
         return web.Response(status=204)
     call_status = form.get("CallStatus", "")
