@@ -36,6 +36,9 @@ _ENV: dict[str, str] = {
     "recognition_timeout_ms": "IVR_RECOGNITION_TIMEOUT_MS",
     "log_level": "IVR_LOG_LEVEL",
     "api_token": "IVR_API_TOKEN",
+    "metrics_token": "IVR_METRICS_TOKEN",
+    "insecure": "IVR_INSECURE",
+    "trust_proxy": "IVR_TRUST_PROXY",
     "cache_dir": "IVR_CACHE_DIR",
     "cache_mb": "IVR_CACHE_MB",
     "tools_file": "IVR_TOOLS_FILE",
@@ -151,7 +154,17 @@ class Settings:
     # speech) is given up on: the answer is a no-match, not a stuck call.
     recognition_timeout_ms: int = 10000
     log_level: str = "info"
+    # Operators' routes (/api, /dashboard, /metrics, /healthz detail): with a token, a
+    # bearer or the dashboard's sign-in; without one, only a client on this machine.
     api_token: str = field(default="", repr=False)
+    # A bearer for /metrics alone (a scraper need not hold the API token).
+    metrics_token: str = field(default="", repr=False)
+    # `ivr serve` on a public address without TWILIO_AUTH_TOKEN (or without a way to
+    # know its public URL) refuses to start unless this is set: a test bench only.
+    insecure: bool = False
+    # Believe X-Forwarded-Proto/-Host: only when a reverse proxy in front of us sets them,
+    # since any client can send them. Ignored when public_url is set.
+    trust_proxy: bool = False
     # Synthesized prompts on disk (survive restarts); empty: beside the database.
     cache_dir: Path | None = None
     cache_mb: int = 64
@@ -215,7 +228,15 @@ class Settings:
         return self.public_url.rstrip("/")
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
 def _convert(name: str, var: str, raw: str, type_name: str) -> Any:
+    if type_name == "bool":
+        if raw.strip().lower() in _TRUE | _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise ConfigError(f"{var}={raw!r} must be 1 or 0 (or true/false)")
     if "int" in type_name:
         try:
             return int(raw)

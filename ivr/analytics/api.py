@@ -1,16 +1,13 @@
 """`/api/*`: calls, one call's detail, stats and bookings, as JSON for operators.
 
-Protected by a bearer token (`IVR_API_TOKEN`). Without one the API answers only on a
-loopback bind (with a warning at start-up); on a public bind it refuses every request,
-so an unset token never exposes call records.
+Who may ask is decided before any handler here runs, by `server.access.guard` on every
+`/api/` route: with `IVR_API_TOKEN` its bearer (or the dashboard's session cookie),
+without it only a client on this machine.
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import json
-from pathlib import Path
 from typing import Any
 
 import aiosqlite
@@ -25,38 +22,17 @@ log = structlog.get_logger("ivr.api")
 MAX_PAGE = 200
 
 
-def loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def api_guard_warning(services: Services) -> None:
     s = services.settings
-    if not s.api_token:
-        if loopback(s.host):
-            log.warning("api_token_unset", detail="/api is open on this loopback bind; "
-                                                  "set IVR_API_TOKEN before binding publicly")
-        else:
-            log.warning("api_token_unset", detail=f"/api is refused on {s.host}: "
-                                                  "set IVR_API_TOKEN to enable it")
-
-
-def _authorize(request: web.Request) -> Services:
-    services = request.app[SERVICES]
-    token = services.settings.api_token
-    if not token:
-        if not loopback(services.settings.host):
-            raise web.HTTPForbidden(text="the API is disabled: set IVR_API_TOKEN\n")
-        return services
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        raise web.HTTPUnauthorized(text="bearer token required\n",
-                                   headers={"WWW-Authenticate": "Bearer"})
-    return services
+    if s.api_token:
+        return
+    detail = ("/api, /dashboard and /metrics answer only clients on this machine (loopback "
+              "address and Host); set IVR_API_TOKEN to reach them from elsewhere")
+    if s.public_url or s.trust_proxy:
+        # A proxy on this machine that rewrites Host to 127.0.0.1 and adds no
+        # X-Forwarded-* header (nginx's default) would pass the internet through as local.
+        detail += "; behind a proxy, set IVR_API_TOKEN"
+    log.warning("api_token_unset", detail=detail)
 
 
 def _int(request: web.Request, name: str, default: int, high: int) -> int:
@@ -70,7 +46,7 @@ def _int(request: web.Request, name: str, default: int, high: int) -> int:
 
 async def calls(request: web.Request) -> web.Response:
     """Paged call list: ?limit=&offset=&flow=&outcome=&since= (newest first)."""
-    services = _authorize(request)
+    services = request.app[SERVICES]
     limit, offset = _int(request, "limit", 50, MAX_PAGE), _int(request, "offset", 0, 10**9)
     where, params = ["1=1"], []
     for column in ("flow", "outcome"):
@@ -101,7 +77,7 @@ async def calls(request: web.Request) -> web.Response:
 
 async def call(request: web.Request) -> web.Response:
     """One call: record, transcript (turns with timings), costs, and a latency waterfall."""
-    services = _authorize(request)
+    services = request.app[SERVICES]
     assert services.store is not None
     record = await services.store.get_call(request.match_info["call_sid"])
     if record is None:
@@ -123,7 +99,7 @@ def _waterfall(turn: dict[str, Any]) -> dict[str, Any]:
 
 async def stats(request: web.Request) -> web.Response:
     """The `ivr report` figures: ?since=&flow=."""
-    services = _authorize(request)
+    services = request.app[SERVICES]
     since = None
     if request.query.get("since"):
         try:
@@ -137,7 +113,7 @@ async def stats(request: web.Request) -> web.Response:
 
 async def bookings(request: web.Request) -> web.Response:
     """Bookings, newest first: ?status=booked|cancelled&limit=&offset=."""
-    services = _authorize(request)
+    services = request.app[SERVICES]
     limit, offset = _int(request, "limit", 50, MAX_PAGE), _int(request, "offset", 0, 10**9)
     status = request.query.get("status")
     sql = ("SELECT ref, service, day, start, name, status, created_at, call_sid FROM bookings "
@@ -149,16 +125,7 @@ async def bookings(request: web.Request) -> web.Response:
     return web.json_response({"bookings": rows, "limit": limit, "offset": offset})
 
 
-DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
-
-
-async def dashboard(request: web.Request) -> web.StreamResponse:
-    """One page, every asset inline (no CDN); its data comes from /api with the same rules."""
-    return web.FileResponse(DASHBOARD, headers={"Content-Type": "text/html; charset=utf-8"})
-
-
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/dashboard", dashboard)
     app.router.add_get("/api/calls", calls)
     app.router.add_get("/api/calls/{call_sid}", call)
     app.router.add_get("/api/stats", stats)

@@ -185,6 +185,9 @@ METRICS = web.AppKey("metrics", Metrics)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    """`GET /metrics`: the Prometheus text exposition of the app's `Metrics`."""
+    """`GET /metrics`: the Prometheus text exposition of the app's `Metrics`.
+
+    Who may scrape is decided before this runs (`server.access.guard`): whoever may read
+    `/api`, or a bearer of `IVR_METRICS_TOKEN`."""
     body = request.app[METRICS].exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

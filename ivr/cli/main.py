@@ -29,6 +29,9 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--voice", help=f"espeak-ng voice (env {env_var('voice')}, default en-us)")
     p.add_argument("--voice-rate", type=int, help=f"words per minute (env {env_var('voice_rate')})")
     p.add_argument("--log-level", help=f"debug|info|warning (env {env_var('log_level')})")
+    p.add_argument("--insecure", action="store_true", default=None,
+                   help="start on a public address without TWILIO_AUTH_TOKEN, IVR_PUBLIC_URL "
+                        f"or IVR_TRUST_PROXY: a test bench only (env {env_var('insecure')})")
 
 
 def _call_parser(sub: Any) -> None:
@@ -154,16 +157,27 @@ async def _bench(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> None:
+    import structlog
+
     from ivr.logging import configure
+    from ivr.server.access import startup_refusal
     from ivr.server.app import create_app
 
     settings = Settings.from_env(
         host=args.host, port=args.port, db=args.db, flows=args.flows,
         default_flow=args.default_flow, public_url=args.public_url,
         recognizer_workers=args.recognizer_workers, voice=args.voice,
-        voice_rate=args.voice_rate, log_level=args.log_level,
+        voice_rate=args.voice_rate, log_level=args.log_level, insecure=args.insecure,
     )
+    refusal = startup_refusal(settings)
+    if refusal is not None:
+        print(f"ivr: {refusal}", file=sys.stderr)
+        sys.exit(2)
     configure(settings.log_level)
+    if settings.insecure:
+        structlog.get_logger("ivr.serve").warning(
+            "insecure", detail="IVR_INSECURE / --insecure: started without the checks that "
+                               "keep strangers from starting calls; a test bench only")
     web.run_app(create_app(settings), host=settings.host, port=settings.port,
                 print=lambda m: print(m, file=sys.stderr))
 

@@ -16,13 +16,14 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from ivr.analytics import api
+from ivr.analytics import api, dashboard
 from ivr.analytics.metrics import METRICS, metrics_handler
 from ivr.analytics.pricing import Pricing
 from ivr.config import Settings
 from ivr.flows.library import FlowLibrary
 from ivr.llm.client import ChatClient
 from ivr.providers.http import ProviderClient
+from ivr.server import access
 from ivr.server.prewarm import prewarm_flows
 from ivr.server.services import SERVICES, Services
 from ivr.speech.base import Recognizer, Synthesizer
@@ -157,7 +158,8 @@ async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application()
+    # The guard decides who reads /api/* and /metrics before any of their handlers runs.
+    app = web.Application(middlewares=[access.guard])
     app[SERVICES] = services = Services(settings=settings)
     app[METRICS] = services.metrics
     services.pricing = Pricing.load()  # packaged defaults, IVR_PRICING merged over them
@@ -169,5 +171,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/media", handler.media)
     api.add_routes(app)
+    dashboard.add_routes(app)
     api.api_guard_warning(services)
     return app

@@ -98,7 +98,7 @@ class MediaConnection:
 async def media(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     if services.settings.twilio_auth_token:
-        url = twiml.media_url(twiml.public_base(services, request))
+        url = twiml.signed_url(services, request, websocket=True)
         if not twiml.signature_ok(services, url, {}, request.headers.get("X-Twilio-Signature")):
             services.counters["signature_rejected"] += 1
             log.warning("signature_rejected", path=request.path, url=url)

@@ -1,7 +1,8 @@
 """Twilio's HTTP side: the `/voice` webhook (TwiML), `/status` callbacks, signatures.
 
 Signatures are computed by Twilio over the URL *it* used, so we rebuild that URL from
-`IVR_PUBLIC_URL` rather than trusting what a reverse proxy shows us.
+`IVR_PUBLIC_URL` (or, with `IVR_TRUST_PROXY=1` only, the proxy's forwarded headers) and
+the path and query exactly as they arrived.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from ivr.logging import mask_number
+from ivr.server import access
 from ivr.server.services import SERVICES, Services
 
 log = structlog.get_logger("ivr.telephony")
@@ -23,13 +25,24 @@ log = structlog.get_logger("ivr.telephony")
 _MAX_PARAM = 500
 
 
+# Twilio's documented stream status events; any other value is counted as "other", so
+# an unsigned post cannot mint counter keys.
+STREAM_EVENTS = frozenset({"stream-started", "stream-stopped", "stream-error"})
+
+
 def public_base(services: Services, request: web.Request) -> str:
     """https://host[/prefix] as Twilio sees us."""
-    if services.settings.public_base:
-        return services.settings.public_base
-    proto = request.headers.get("X-Forwarded-Proto", request.scheme)
-    host = request.headers.get("X-Forwarded-Host", request.host)
-    return f"{proto}://{host}"
+    return access.public_base(services.settings, request)
+
+
+def signed_url(services: Services, request: web.Request, *, websocket: bool = False) -> str:
+    """The URL Twilio signed for this request: our public base, then the path and query
+    as sent (`raw_path`: a re-encoded one can differ, `%41` against `A`)."""
+    base = public_base(services, request)
+    if websocket:
+        scheme, _, rest = base.partition("://")
+        base = ("wss" if scheme == "https" else "ws") + "://" + rest
+    return base + request.raw_path
 
 
 def media_url(base: str) -> str:
@@ -67,7 +80,7 @@ def signature_ok(services: Services, url: str, params: Mapping[str, str], sig: s
 async def _signed_form(request: web.Request) -> dict[str, str]:
     services = request.app[SERVICES]
     form = {k: str(v) for k, v in (await request.post()).items()}
-    url = public_base(services, request) + request.path_qs
+    url = signed_url(services, request)
     if not signature_ok(services, url, form, request.headers.get("X-Twilio-Signature")):
         services.counters["signature_rejected"] += 1
         log.warning("signature_rejected", path=request.path, url=url)
@@ -114,9 +127,10 @@ async def status(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="CallSid is required\n")
     stream_event = form.get("StreamEvent")
     if stream_event:
-        services.counters[f"stream_event_{stream_event}"] += 1
-        log.info("stream_status", call_sid=call_sid, event=stream_event,
-                 error=form.get("StreamError"))
+        event = stream_event if stream_event in STREAM_EVENTS else "other"
+        services.counters[f"stream_event_{event}"] += 1
+        log.info("stream_status", call_sid=call_sid, stream_event=event,
+                 error=(form.get("StreamError") or "")[:200] or None)
         return web.Response(status=204)
     call_status = form.get("CallStatus", "")
     if not call_status:
@@ -136,7 +150,12 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Up or down for anyone; engines, counters and cache for a local client or an
+    operator (the counters say what attacks were seen, the flows what the service does)."""
     services = request.app[SERVICES]
+    if not (access.local_client(request)
+            or access.operator(request, also=services.settings.metrics_token)):
+        return web.json_response({"ok": True})
     body: dict[str, object] = {
         "ok": True,
         "active_calls": len(services.calls),

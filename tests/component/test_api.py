@@ -1,15 +1,23 @@
-"""/api: bearer token rules, call list and detail, stats, bookings."""
+"""/api and /dashboard: who may read them (local client, bearer, the dashboard's sign-in
+and session cookie), call list and detail, stats, bookings."""
 
 from __future__ import annotations
 
 import asyncio
+import re
+import time
+from http.cookies import Morsel, SimpleCookie
 from pathlib import Path
 
 import pytest
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.typedefs import Handler, Middleware
 
 from ivr.analytics.report import build_report
+from ivr.server.access import SESSION_TTL_S, SessionSigner
 from ivr.server.app import create_app
+from ivr.server.services import SERVICES
 from ivr.store.db import CallStore, TurnRecord
 from ivr.tools.seed import seed
 from tests.conftest import make_settings
@@ -52,14 +60,163 @@ async def test_token_is_required_when_set(tmp_path: Path) -> None:
         assert bad.status == 401
         ok = await client.get("/api/calls", headers={"Authorization": "Bearer t0ken"})
         assert ok.status == 200
+        assert ok.headers["Cache-Control"] == "no-store"
     finally:
         await client.close()
 
 
-async def test_no_token_on_a_public_bind_refuses_the_api(tmp_path: Path) -> None:
-    client = await _client(tmp_path, host="0.0.0.0")
+async def test_a_token_in_the_url_is_not_accepted(tmp_path: Path) -> None:
+    """`?token=` would land in proxy logs and browser history: it opens nothing."""
+    client = await _client(tmp_path, api_token="t0ken")
     try:
-        assert (await client.get("/api/stats")).status == 403
+        assert (await client.get("/api/calls?token=t0ken")).status == 401
+        assert (await client.get("/dashboard?token=t0ken")).status == 401
+        assert 'type="password"' in await (await client.get("/dashboard?token=t0ken")).text()
+    finally:
+        await client.close()
+
+
+EVIL = {"Host": "evil.example"}
+
+
+@pytest.mark.parametrize("path", ["/api/calls", "/api/stats", "/api/bookings",
+                                  f"/api/calls/CA{0:032d}", "/dashboard", "/metrics"])
+async def test_without_a_token_a_foreign_host_is_refused(tmp_path: Path, path: str) -> None:
+    """A loopback peer naming another host (DNS rebinding) gets 401; with 127.0.0.1, 200."""
+    client = await _client(tmp_path)
+    try:
+        refused = await client.get(path, headers=EVIL)
+        assert refused.status == 401
+        assert "IVR_API_TOKEN" in await refused.text()
+        assert (await client.get(path)).status == 200
+    finally:
+        await client.close()
+
+
+async def test_every_api_route_is_guarded(tmp_path: Path) -> None:
+    """The guard goes by the route that matched: no /api route answers a foreign host."""
+    client = await _client(tmp_path)
+    try:
+        routes = [r.canonical for r in client.server.app.router.resources()
+                  if r.canonical.startswith("/api/")]
+        assert len(routes) >= 4
+        for route in routes:
+            path = re.sub(r"\{[^}]+\}", "CA" + "0" * 32, route)
+            assert (await client.get(path, headers=EVIL)).status == 401, route
+    finally:
+        await client.close()
+
+
+def _peer(address: str) -> Middleware:
+    @web.middleware
+    async def peer(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await handler(request.clone(remote=address))
+
+    return peer
+
+
+async def test_without_a_token_a_remote_peer_is_refused(tmp_path: Path) -> None:
+    """A peer that is not loopback is refused, whatever Host or forwarded header it sends."""
+    await _seeded(tmp_path)
+    app = create_app(make_settings(tmp_path, recognizer_workers=1))
+    app.middlewares.insert(0, _peer("203.0.113.7"))
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    try:
+        for headers in ({}, {"X-Forwarded-For": "127.0.0.1"}, {"X-Real-IP": "127.0.0.1"}):
+            for path in ("/api/stats", "/dashboard", "/metrics"):
+                assert (await client.get(path, headers=headers)).status == 401, (path, headers)
+        assert await (await client.get("/healthz")).json() == {"ok": True}
+    finally:
+        await client.close()
+
+
+async def test_a_proxied_loopback_request_is_not_local(tmp_path: Path) -> None:
+    """A proxy on this machine forwards the internet from 127.0.0.1: its headers say so."""
+    client = await _client(tmp_path)
+    try:
+        proxied = {"X-Forwarded-For": "198.51.100.4"}
+        assert (await client.get("/api/stats", headers=proxied)).status == 401
+    finally:
+        await client.close()
+
+
+def _session_cookie(resp: ClientResponse) -> Morsel[str]:
+    cookies = SimpleCookie()
+    for header in resp.headers.getall("Set-Cookie"):
+        cookies.load(header)
+    return cookies["ivr_session"]
+
+
+async def test_the_dashboard_signs_in_once_and_keeps_a_cookie(tmp_path: Path) -> None:
+    """The form posts the token; the cookie it sets opens the page and /api, never a URL."""
+    client = await _client(tmp_path, api_token="t0ken")
+    try:
+        form_page = await client.get("/dashboard")
+        assert form_page.status == 401
+        html = await form_page.text()
+        assert '<form method="post"' in html and 'name="token"' in html
+        assert "frame-ancestors 'none'" in form_page.headers["Content-Security-Policy"]
+        signed = await client.post("/dashboard", data={"token": "t0ken"},
+                                   allow_redirects=False)
+        assert signed.status == 303 and signed.headers["Location"] == "dashboard"
+        morsel = _session_cookie(signed)
+        assert morsel["httponly"] and morsel["samesite"] == "Strict" and morsel["path"] == "/"
+        assert not morsel["secure"]  # served over http here
+        assert "t0ken" not in morsel.value
+        client.session.cookie_jar.clear()
+        cookie = {"Cookie": f"ivr_session={morsel.value}"}
+        page = await client.get("/dashboard", headers=cookie)
+        assert page.status == 200 and "Recent calls" in await page.text()
+        assert page.headers["Cache-Control"] == "no-store"
+        assert (await client.get("/api/stats", headers=cookie)).status == 200
+        assert (await client.get("/metrics", headers=cookie)).status == 200
+        # With a token, the token (here its cookie) is the rule, not the Host.
+        assert (await client.get("/api/stats", headers={**cookie, **EVIL})).status == 200
+        out = await client.post("/dashboard/sign-out", headers=cookie, allow_redirects=False)
+        assert out.status == 303 and _session_cookie(out).value == ""
+    finally:
+        await client.close()
+
+
+async def test_a_wrong_token_at_sign_in_sets_no_cookie_and_is_counted(tmp_path: Path) -> None:
+    client = await _client(tmp_path, api_token="t0ken")
+    try:
+        wrong = await client.post("/dashboard", data={"token": "guess"}, allow_redirects=False)
+        assert wrong.status == 401 and "Set-Cookie" not in wrong.headers
+        assert "not the API token" in await wrong.text()
+        assert client.server.app[SERVICES].counters["dashboard_sign_in_failed"] == 1
+    finally:
+        await client.close()
+
+
+async def test_an_expired_or_forged_session_cookie_is_refused(tmp_path: Path) -> None:
+    client = await _client(tmp_path, api_token="t0ken")
+    try:
+        expired = SessionSigner.for_token("t0ken").issue(time.time() - SESSION_TTL_S - 1)
+        forged = SessionSigner.for_token("not-the-token").issue(time.time())
+        for value in (expired, forged, "1.2.3"):
+            cookie = {"Cookie": f"ivr_session={value}"}
+            assert (await client.get("/api/stats", headers=cookie)).status == 401
+            assert (await client.get("/dashboard", headers=cookie)).status == 401
+    finally:
+        await client.close()
+
+
+async def test_the_cookie_is_secure_when_the_public_url_is_https(tmp_path: Path) -> None:
+    client = await _client(tmp_path, api_token="t0ken", public_url="https://ivr.example.com")
+    try:
+        signed = await client.post("/dashboard", data={"token": "t0ken"},
+                                   allow_redirects=False)
+        assert _session_cookie(signed)["secure"]
+    finally:
+        await client.close()
+
+
+async def test_without_a_token_there_is_no_sign_in(tmp_path: Path) -> None:
+    client = await _client(tmp_path)
+    try:
+        assert (await client.post("/dashboard", data={"token": ""})).status == 404
     finally:
         await client.close()
 

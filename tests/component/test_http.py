@@ -1,4 +1,5 @@
-"""Twilio's HTTP side: TwiML from /voice, status callbacks, signatures on /voice and /media."""
+"""Twilio's HTTP side: TwiML from /voice, status callbacks, signatures on /voice and /media
+(over the raw path, and the URL forwarded headers name only with IVR_TRUST_PROXY)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from twilio.request_validator import RequestValidator
+from yarl import URL
 
 from ivr.server.app import create_app
 from ivr.store.db import CallStore
@@ -134,3 +136,102 @@ async def test_healthz(signed_client: TestClient) -> None:
     assert resp.status == 200
     body = await resp.json()
     assert body["ok"] is True and {"demo", "main_menu"} <= set(body["flows"])
+
+
+async def test_healthz_tells_a_stranger_only_up_or_down(signed_client: TestClient) -> None:
+    """A client naming another host sees {"ok": true}; no engines, counters or flows."""
+    resp = await signed_client.get("/healthz", headers={"Host": "evil.example"})
+    assert resp.status == 200
+    assert await resp.json() == {"ok": True}
+
+
+async def test_unknown_stream_events_count_as_one_other_key(signed_client: TestClient) -> None:
+    """Counter keys never come from input: only Twilio's documented events get their own."""
+    from ivr.server.services import SERVICES
+
+    for event in ("stream-started", "evil-1", "evil-2", "x" * 300):
+        form = {"CallSid": FORM["CallSid"], "StreamEvent": event}
+        resp = await signed_client.post(
+            "/status", data=form, headers={"X-Twilio-Signature": sign(PUBLIC + "/status", form)})
+        assert resp.status == 204
+    counters = signed_client.server.app[SERVICES].counters
+    keys = {k for k in counters if k.startswith("stream_event_")}
+    assert keys == {"stream_event_stream-started", "stream_event_other"}
+    assert counters["stream_event_other"] == 3
+
+
+async def test_signatures_cover_the_raw_path_and_query(signed_client: TestClient) -> None:
+    """Twilio signs the URL as it sent it: `%64emo` is not re-encoded as `demo`."""
+    raw = "/voice?flow=%64emo"
+    url = URL(f"http://127.0.0.1:{signed_client.port}{raw}", encoded=True)
+    for signed_over, status in ((PUBLIC + raw, 200), (PUBLIC + "/voice?flow=demo", 403)):
+        resp = await signed_client.session.post(
+            url, data=FORM, headers={"X-Twilio-Signature": sign(signed_over, FORM)})
+        assert resp.status == status, signed_over
+    good = sign("wss://ivr.example.com/media?x=%41", {})
+    ws = await signed_client.session.ws_connect(
+        URL(f"http://127.0.0.1:{signed_client.port}/media?x=%41", encoded=True),
+        headers={"X-Twilio-Signature": good})
+    await ws.close()
+
+
+FORGED = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "forged.example"}
+
+
+async def _unpinned(tmp_path: Path, **settings: object) -> TestClient:
+    """A signed server with no IVR_PUBLIC_URL: the URL comes from the request."""
+    client = TestClient(TestServer(create_app(make_settings(
+        tmp_path, twilio_auth_token=TOKEN, recognizer_workers=1, **settings)), host="127.0.0.1"))
+    await client.start_server()
+    return client
+
+
+async def test_forwarded_headers_change_nothing_without_trust_proxy(tmp_path: Path) -> None:
+    """Signed for the real URL passes, even with forged forwarded headers; signed for
+    the URL the forged headers name fails."""
+    client = await _unpinned(tmp_path)
+    real = f"http://127.0.0.1:{client.port}/voice"
+    try:
+        for headers, signed_over, status in (
+            ({}, real, 200), (FORGED, real, 200), (FORGED, "https://forged.example/voice", 403),
+        ):
+            resp = await client.post("/voice", data=FORM, headers={
+                **headers, "X-Twilio-Signature": sign(signed_over, FORM)})
+            assert resp.status == status, (headers, signed_over)
+            if status == 200:
+                assert f'url="ws://127.0.0.1:{client.port}/media"' in await resp.text()
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await client.ws_connect("/media", headers={
+                **FORGED, "X-Twilio-Signature": sign("wss://forged.example/media", {})})
+    finally:
+        await client.close()
+
+
+async def test_with_trust_proxy_the_forwarded_url_is_used(tmp_path: Path) -> None:
+    client = await _unpinned(tmp_path, trust_proxy=True)
+    try:
+        resp = await client.post("/voice", data=FORM, headers={
+            **FORGED, "X-Twilio-Signature": sign("https://forged.example/voice", FORM)})
+        assert resp.status == 200
+        assert 'url="wss://forged.example/media"' in await resp.text()
+        real = f"http://127.0.0.1:{client.port}/voice"
+        resp = await client.post("/voice", data=FORM, headers={
+            **FORGED, "X-Twilio-Signature": sign(real, FORM)})
+        assert resp.status == 403
+        ws = await client.ws_connect("/media", headers={
+            **FORGED, "X-Twilio-Signature": sign("wss://forged.example/media", {})})
+        await ws.close()
+    finally:
+        await client.close()
+
+
+async def test_with_a_public_url_forwarded_headers_are_ignored(tmp_path: Path) -> None:
+    client = await _unpinned(tmp_path, trust_proxy=True, public_url=PUBLIC)
+    try:
+        for signed_over, status in ((PUBLIC + "/voice", 200),
+                                    ("https://forged.example/voice", 403)):
+            resp = await client.post("/voice", data=FORM, headers={
+                **FORGED, "X-Twilio-Signature": sign(signed_over, FORM)})
+            assert resp.status == status, signed_over
+    finally:
+        await client.close()

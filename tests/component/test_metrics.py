@@ -1,15 +1,21 @@
-"""Prometheus metrics: exposition format, values, independent registries, the handler."""
+"""Prometheus metrics: exposition format, values, independent registries, the handler,
+and who may scrape it."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient
 
 from ivr.analytics.metrics import METRICS, Metrics, metrics_handler
+from ivr.server.app import create_app
+from tests.conftest import make_settings
 
 
 def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -134,3 +140,30 @@ async def test_handler(aiohttp_client: AiohttpClient) -> None:
     assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     families = {f.name: f for f in text_string_to_metric_families(await resp.text())}
     assert families["ivr_active_calls"].samples[0].value == 1
+
+
+@pytest.mark.parametrize("api_token", ["", "api-t0ken"])
+async def test_the_metrics_token_opens_metrics_and_nothing_else(
+    tmp_path: Path, api_token: str
+) -> None:
+    """IVR_METRICS_TOKEN is a bearer for /metrics (and /healthz detail), not for /api."""
+    app = create_app(make_settings(tmp_path, recognizer_workers=1, metrics_token="scrape-me",
+                                   api_token=api_token))
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    foreign = {"Host": "prometheus.example"}
+    scraper = {**foreign, "Authorization": "Bearer scrape-me"}
+    try:
+        assert (await client.get("/metrics", headers=foreign)).status == 401
+        assert (await client.get("/metrics", headers=scraper)).status == 200
+        assert (await client.get("/api/stats", headers=scraper)).status == 401
+        assert "counters" in await (await client.get("/healthz", headers=scraper)).json()
+        if api_token:
+            operator = {**foreign, "Authorization": f"Bearer {api_token}"}
+            assert (await client.get("/metrics", headers=operator)).status == 200
+            # With an API token, the local shortcut is gone: the token is the rule.
+            assert (await client.get("/metrics")).status == 401
+        else:
+            assert (await client.get("/metrics")).status == 200  # a local client
+    finally:
+        await client.close()

@@ -1,4 +1,5 @@
-"""/dashboard in headless Chromium: every chart renders the seeded data, a call's detail opens.
+"""/dashboard in headless Chromium: every chart renders the seeded data, a call's detail
+opens; with a token, the sign-in form (driven over the DevTools protocol) and its cookie.
 
 Screenshots go to `artifacts/` (test artifacts). Needs Debian's `chromium` (`.ci/run`
 installs it when missing).
@@ -7,7 +8,9 @@ installs it when missing).
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +21,7 @@ from aiohttp.test_utils import TestServer
 from ivr.server.app import create_app
 from tests.component.test_api import _seeded
 from tests.conftest import ROOT, make_settings
+from tests.e2e import devtools
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = ROOT / "artifacts"
@@ -64,3 +68,48 @@ async def test_dashboard_renders_every_chart_and_opens_a_call(tmp_path: Path) ->
     assert 'id="detail" style="display: block;"' in detail
     assert "Say sales." in detail and "100 ms" in detail
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 1000
+
+
+async def test_the_dashboard_signs_in_with_a_token_that_never_enters_a_url(
+    tmp_path: Path,
+) -> None:
+    """With IVR_API_TOKEN: the page offers a form; typing the token and clicking sign-in
+    leaves an HttpOnly cookie, the page's /api calls succeed with it, a call's detail
+    opens, and no request URL the browser made ever carried the token."""
+    token = "dash-" + secrets.token_hex(12)
+    await _seeded(tmp_path)
+    server = TestServer(create_app(make_settings(tmp_path, recognizer_workers=1,
+                                                 api_token=token)), host="127.0.0.1")
+    await server.start_server()
+    base = f"http://127.0.0.1:{server.port}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        async with devtools.launch() as page:
+            await page.load(base + "/dashboard")
+            assert await page.evaluate("!!document.querySelector('form#sign-in')")
+            await page.type_into("#token", token)
+            await page.click_and_load("#sign-in button[type=submit]")
+            ready = await page.wait_for("document.body.dataset.ready")
+            assert ready == "1", await page.evaluate("document.body.innerText")
+            assert await page.evaluate("document.querySelectorAll('tr.call').length") == 3
+            sid = await page.evaluate("document.querySelector('tr.call').dataset.sid")
+            await page.evaluate("document.querySelector('tr.call').click()")
+            await page.wait_for("document.querySelectorAll('#transcript tr.turn').length")
+            cookies = (await page.send("Network.getCookies", urls=[base]))["cookies"]
+            visible_to_scripts = await page.evaluate("document.cookie")
+            shot = await page.send("Page.captureScreenshot", format="png")
+            (ARTIFACTS / "dashboard-signed-in.png").write_bytes(base64.b64decode(shot["data"]))
+            requests, responses = list(page.requests), list(page.responses)
+    finally:
+        await server.close()
+    session = next(c for c in cookies if c["name"] == "ivr_session")
+    assert session["httpOnly"] and session["sameSite"] == "Strict"
+    assert "ivr_session" not in visible_to_scripts
+    assert token not in session["value"]
+    urls = [r["url"] for r in requests]
+    assert not [u for u in urls if token in u], urls
+    sign_in = [r for r in requests if r["method"] == "POST"]
+    assert [r["url"] for r in sign_in] == [base + "/dashboard"]
+    status = {r["url"].removeprefix(base): r["status"] for r in responses}
+    assert status["/api/stats"] == 200 and status["/api/calls?limit=200"] == 200
+    assert status[f"/api/calls/{sid}"] == 200
