@@ -42,6 +42,9 @@ _ENV: dict[str, str] = {
     "stt_api": "IVR_STT_API",
     "webhook_hosts": "IVR_WEBHOOK_HOSTS",
     "webhook_secret": "IVR_WEBHOOK_SECRET",
+    # Personal data (docs/security.md)
+    "redact_digits": "IVR_REDACT_DIGITS",
+    "retention_days": "IVR_RETENTION_DAYS",
 }
 
 
@@ -167,6 +170,10 @@ class Settings:
     stt_api: str = "transcriptions"
     tts: ProviderConfig | None = None
     llm: ProviderConfig | None = None
+    # Personal data (docs/security.md): mask digit runs of 4+ (order, card, phone numbers)
+    # in stored turns and in logs; purge turns older than this many days (0: keep them).
+    redact_digits: bool = False
+    retention_days: int = 0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -202,6 +209,9 @@ class Settings:
             raise ConfigError(f"IVR_STT_API={self.stt_api!r} must be transcriptions or chat")
         if not 20 <= self.lead_ms <= 1000:
             raise ConfigError(f"IVR_PLAYER_LEAD_MS={self.lead_ms} must be within 20..1000 ms")
+        if self.retention_days < 0:
+            raise ConfigError(f"IVR_RETENTION_DAYS={self.retention_days} must be 0 (keep) "
+                              "or a number of days")
         for name in ("filler_after_ms", "mark_grace_ms", "recognition_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_ENV[name]}={getattr(self, name)} must be at least 1 ms")
@@ -215,7 +225,14 @@ class Settings:
         return self.public_url.rstrip("/")
 
 
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
 def _convert(name: str, var: str, raw: str, type_name: str) -> Any:
+    if type_name == "bool":
+        if raw.strip().lower() not in _TRUE | _FALSE:
+            raise ConfigError(f"{var}={raw!r} is not a yes/no value (use 1 or 0)")
+        return raw.strip().lower() in _TRUE
     if "int" in type_name:
         try:
             return int(raw)

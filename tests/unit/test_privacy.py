@@ -12,6 +12,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from ivr.config import Settings
+from ivr.errors import ConfigError
 from ivr.logging import RedactDigits, configure, mask_number
 from ivr.privacy import redact_digits
 
@@ -69,8 +71,18 @@ def test_mask_number_hides_all_but_two_digits_of_any_length() -> None:
         assert len(masked) == length + 1
 
 
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    saved = structlog.get_config()
+    saved = {**saved, "processors": list(saved["processors"])}
+    yield
+    structlog.configure(**saved)
+
+
+@pytest.mark.usefixtures("restore_logging")
 def test_redact_digits_processor_masks_every_string_but_identifiers() -> None:
     """Values, nested ones included, are masked; call and stream SIDs are left whole."""
+    configure("info")
     processor = RedactDigits()
     sid = "CA" + "1234567890" * 3 + "ab"
     with capture_logs(processors=[processor]) as logs:
@@ -86,16 +98,10 @@ def test_redact_digits_processor_masks_every_string_but_identifiers() -> None:
     assert event["nested"] == {"a": ["****", ("****",)]}
 
 
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    saved = structlog.get_config()
-    saved = {**saved, "processors": list(saved["processors"])}
-    yield
-    structlog.configure(**saved)
-
-
 @pytest.mark.usefixtures("restore_logging")
-def test_configure_with_redact_digits_masks_the_json_log(capsys: pytest.CaptureFixture[str]) -> None:
+def test_configure_with_redact_digits_masks_the_json_log(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """`configure(redact_digits=True)` (IVR_REDACT_DIGITS=1 for `ivr serve`) masks what is
     written; without it the text is logged as it is (at debug level)."""
     configure("debug", redact_digits=True)
@@ -126,3 +132,14 @@ def test_what_callers_say_and_prompts_log_at_debug_only() -> None:
                         and {k.arg for k in node.keywords} & SPOKEN):
                     found.append(f"{path.relative_to(root)}:{node.lineno}")
     assert found == []
+
+
+def test_personal_data_settings_from_the_environment() -> None:
+    s = Settings.from_env({"IVR_REDACT_DIGITS": "1", "IVR_RETENTION_DAYS": "30"})
+    assert s.redact_digits is True and s.retention_days == 30
+    s = Settings.from_env({"IVR_REDACT_DIGITS": "off"})
+    assert s.redact_digits is False and s.retention_days == 0  # defaults: keep everything
+    with pytest.raises(ConfigError, match="IVR_REDACT_DIGITS='maybe'"):
+        Settings.from_env({"IVR_REDACT_DIGITS": "maybe"})
+    with pytest.raises(ConfigError, match="IVR_RETENTION_DAYS=-1"):
+        Settings.from_env({"IVR_RETENTION_DAYS": "-1"})
