@@ -225,14 +225,15 @@ class Settings:
         return self.public_url.rstrip("/")
 
 
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def _convert(name: str, var: str, raw: str, type_name: str) -> Any:
     if type_name == "bool":
-        if raw.strip().lower() not in _TRUE | _FALSE:
-            raise ConfigError(f"{var}={raw!r} is not a yes/no value (use 1 or 0)")
-        return raw.strip().lower() in _TRUE
+        if raw.strip().lower() in _TRUE | _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise ConfigError(f"{var}={raw!r} must be 1 or 0 (or true/false)")
     if "int" in type_name:
         try:
             return int(raw)
