@@ -72,7 +72,7 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
         except StoreError as exc:
             log.error("retention_purge_failed", error=str(exc))
             return
-        log.info("retention_purge", turns=turns, before=before.isoformat(timespec="seconds"))
+        log.info("retention_purge", turns=turns, older_than_days=days)
 
     async def every_interval() -> None:
         while True:
