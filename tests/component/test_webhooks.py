@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import shutil
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -579,3 +582,51 @@ async def test_a_listed_address_or_metadata_name_is_allowed() -> None:
     with pytest.raises(ToolError, match="link-local or cloud metadata"):
         await checked_addresses("hooks.test", 80, listed=frozenset(), resolver=resolver,
                                 what="w")
+
+
+async def test_https_to_the_checked_address_verifies_the_certificate_by_name(
+    tmp_path: Path,
+) -> None:
+    """Over TLS the connection goes to the resolved address while SNI and the certificate
+    check use the URL's name: a certificate for hooks.test is accepted, the request needs
+    no system DNS, and a certificate for another name is refused."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+
+    def certificate(name: str) -> tuple[Path, Path]:
+        cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
+             "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True,
+        )
+        return cert, key
+
+    async def customer(request: web.Request) -> web.Response:
+        return web.json_response({"name": "Alice", "host": request.headers["Host"]})
+
+    app = web.Application()
+    app.router.add_post("/customer", customer)
+    results = {}
+    for served_name in ("hooks.test", "other.test"):
+        cert, key = certificate(served_name)
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ctx.load_cert_chain(cert, key)
+        client_ctx = ssl.create_default_context(cafile=str(cert))
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server(ssl=server_ctx)
+        try:
+            async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=client_ctx)
+            ) as https:
+                resolver, _ = fake_dns({"hooks.test": ["127.0.0.1"]})
+                registry = one_tool(f"https://hooks.test:{server.port}/customer", https,
+                                    hosts={"hooks.test"}, resolver=resolver)
+                results[served_name] = await registry.call("crm.hook", {}, ctx(tmp_path))
+        finally:
+            await server.close()
+    good, wrong = results["hooks.test"], results["other.test"]
+    assert good.ok, good.error
+    assert good.value["host"].startswith("hooks.test:")
+    assert not wrong.ok and wrong.error is not None and "request failed" in wrong.error
