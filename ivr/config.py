@@ -34,6 +34,9 @@ _ENV: dict[str, str] = {
     "filler_after_ms": "IVR_FILLER_AFTER_MS",
     "mark_grace_ms": "IVR_MARK_GRACE_MS",
     "recognition_timeout_ms": "IVR_RECOGNITION_TIMEOUT_MS",
+    # Personal data (docs/security.md)
+    "redact_digits": "IVR_REDACT_DIGITS",
+    "retention_days": "IVR_RETENTION_DAYS",
     "log_level": "IVR_LOG_LEVEL",
     "api_token": "IVR_API_TOKEN",
     "metrics_token": "IVR_METRICS_TOKEN",
@@ -153,6 +156,10 @@ class Settings:
     # A recognizer that takes longer than this (to start, or to finish after end of
     # speech) is given up on: the answer is a no-match, not a stuck call.
     recognition_timeout_ms: int = 10000
+    # Personal data (docs/security.md): mask digit runs of 4+ (order, card, phone numbers)
+    # in stored turns and in logs; purge turns older than this many days (0: keep them).
+    redact_digits: bool = False
+    retention_days: int = 0
     log_level: str = "info"
     # Operators' routes (/api, /dashboard, /metrics, /healthz detail): with a token, a
     # bearer or the dashboard's sign-in; without one, only a client on this machine.
@@ -218,6 +225,9 @@ class Settings:
         for name in ("filler_after_ms", "mark_grace_ms", "recognition_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_ENV[name]}={getattr(self, name)} must be at least 1 ms")
+        if self.retention_days < 0:
+            raise ConfigError(f"IVR_RETENTION_DAYS={self.retention_days} must be 0 (keep) "
+                              "or a number of days")
 
     @property
     def speech_cache_dir(self) -> Path:

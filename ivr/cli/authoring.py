@@ -1,4 +1,4 @@
-"""The flow author's commands: `ivr flows check|test|graph`, `ivr chat`, `ivr db seed`."""
+"""The flow author's commands: `ivr flows check|test|graph`, `ivr chat`, `ivr db seed|purge`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ivr.config import Settings
-from ivr.errors import FlowError
+from ivr.errors import ConfigError, FlowError
 from ivr.flows.library import FlowLibrary
 from ivr.flows.load import check_paths, load_flow
 from ivr.flows.mermaid import mermaid
@@ -27,7 +27,7 @@ def main(args: argparse.Namespace) -> int:
 
     configure("warning", json=False)
     if args.command == "db":
-        return _seed(args)
+        return _purge(args) if args.db_command == "purge" else _seed(args)
     if args.command == "chat":
         return asyncio.run(_chat(args))
     if args.flows_command == "check":
@@ -117,6 +117,34 @@ def _seed(args: argparse.Namespace) -> int:
     path = _db_path(args.db)
     counts = asyncio.run(seed(path))
     print(f"seeded {path}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from ivr.store.db import CallStore
+
+    try:
+        before = datetime.fromisoformat(args.before.strip())
+    except ValueError:
+        raise ConfigError(f"--before {args.before!r}: expected an ISO date such as 2026-01-31 "
+                          "or a date-time such as 2026-01-31T12:00") from None
+    if before.tzinfo is None:
+        before = before.replace(tzinfo=UTC)
+    path = _db_path(args.db)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such database (give --db or set IVR_DB)")
+
+    async def purge() -> int:
+        store = await CallStore.open(path)
+        try:
+            return await store.purge_turns(before=before)
+        finally:
+            await store.close()
+
+    turns = asyncio.run(purge())
+    print(f"purged {turns} turn(s) of calls started before {before.isoformat()} from {path}")
     return 0
 
 

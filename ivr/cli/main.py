@@ -72,6 +72,12 @@ def _authoring_parsers(sub: Any) -> None:
     dsub = db.add_subparsers(dest="db_command", required=True)
     seed = dsub.add_parser("seed", help="create the schema and insert the demo data")
     seed.add_argument("--db", type=Path, help="SQLite file (default: IVR_DB or ./ivr.db)")
+    purge = dsub.add_parser(
+        "purge", help="delete the transcripts (turns) of calls started before a date; "
+        "call rows and costs stay")
+    purge.add_argument("--before", required=True, metavar="DATE",
+                       help="ISO date or date-time, UTC unless it names a zone (2026-01-31)")
+    purge.add_argument("--db", type=Path, help="SQLite file (default: IVR_DB or ./ivr.db)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,7 +179,7 @@ def serve(args: argparse.Namespace) -> None:
     if refusal is not None:
         print(f"ivr: {refusal}", file=sys.stderr)
         sys.exit(2)
-    configure(settings.log_level)
+    configure(settings.log_level, redact_digits=settings.redact_digits)
     if settings.insecure:
         structlog.get_logger("ivr.serve").warning(
             "insecure", detail="IVR_INSECURE / --insecure: started without the checks that "

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import structlog
@@ -20,6 +21,7 @@ from ivr.analytics import api, dashboard
 from ivr.analytics.metrics import METRICS, metrics_handler
 from ivr.analytics.pricing import Pricing
 from ivr.config import Settings
+from ivr.errors import StoreError
 from ivr.flows.library import FlowLibrary
 from ivr.llm.client import ChatClient
 from ivr.providers.http import ProviderClient
@@ -45,9 +47,45 @@ log = structlog.get_logger("ivr.server.app")
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
-    services.store = await CallStore.open(services.settings.db)
+    s = services.settings
+    services.store = await CallStore.open(s.db, redact_digits=s.redact_digits)
     yield
     await services.store.close()
+
+
+RETENTION_INTERVAL_S = 3600.0
+
+
+async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    """`IVR_RETENTION_DAYS`: transcripts older than that are purged at start-up, then
+    every `RETENTION_INTERVAL_S`; the call rows and their cost stay."""
+    services = app[SERVICES]
+    days = services.settings.retention_days
+    if not days:
+        yield
+        return
+
+    async def purge() -> None:
+        assert services.store is not None
+        before = datetime.now(UTC) - timedelta(days=days)
+        try:
+            turns = await services.store.purge_turns(before=before)
+        except StoreError as exc:
+            log.error("retention_purge_failed", error=str(exc))
+            return
+        log.info("retention_purge", turns=turns, older_than_days=days)
+
+    async def every_interval() -> None:
+        while True:
+            await asyncio.sleep(RETENTION_INTERVAL_S)
+            await purge()
+
+    await purge()  # before the first call: a restart never serves an overdue transcript
+    task = asyncio.create_task(every_interval(), name="retention")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -163,7 +201,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SERVICES] = services = Services(settings=settings)
     app[METRICS] = services.metrics
     services.pricing = Pricing.load()  # packaged defaults, IVR_PRICING merged over them
-    app.cleanup_ctx.extend([_store_ctx, _engines_ctx, _flows_ctx, _calls_ctx])
+    app.cleanup_ctx.extend([_store_ctx, _retention_ctx, _engines_ctx, _flows_ctx, _calls_ctx])
     app.router.add_post("/voice", twiml.voice)
     app.router.add_post("/status", twiml.status)
     app.router.add_post("/connect-action", twiml.connect_action)

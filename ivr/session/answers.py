@@ -102,6 +102,6 @@ class Answers:
         self.stats["recognitions"] += 1
         self.record.stt_audio_s += rec.audio_seconds
         self.record.stt_cpu_s += rec.cpu_seconds
-        self.log.info("recognized", text=rec.text, confidence=rec.confidence,
-                      audio_s=rec.audio_seconds, cpu_s=rec.cpu_seconds)
+        self.log.debug("recognized", text=rec.text, confidence=rec.confidence,
+                       audio_s=rec.audio_seconds, cpu_s=rec.cpu_seconds)
         return rec

@@ -209,7 +209,7 @@ class CallSession:
                 if done:
                     break
                 self.stats["fillers"] += 1
-                self.log.info("filler", after_s=after, text=filler)
+                self.log.debug("filler", after_s=after, text=filler)
                 # A filler is not a question: speech over it answers nothing.
                 saved, self.inbound.listen = self.inbound.listen, None
                 try:
@@ -238,5 +238,5 @@ class CallSession:
             self.inbound.watch_barge_in(listen)
         prompt = await self.speaker.play(action, interruptible=interruptible)
         await self.record.replied(prompt)
-        self.log.info("prompt", step=action.step, name=prompt.name, text=action.text,
-                      frames=prompt.frames, state=prompt.state)
+        self.log.debug("prompt", step=action.step, name=prompt.name, text=action.text,
+                       frames=prompt.frames, state=prompt.state)

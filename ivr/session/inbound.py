@@ -111,7 +111,7 @@ class Inbound:
     def on_dtmf(self, msg: Dtmf) -> None:
         self.stats["dtmf"] += 1
         if self.listen is None or self.listen.dtmf is None:
-            self.log.info("dtmf_ignored", digit=msg.digit)
+            self.log.debug("dtmf_ignored", digit=msg.digit)
             return
         if not self.dtmf.active:
             spec = self.listen.dtmf

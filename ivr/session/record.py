@@ -92,8 +92,11 @@ class CallRecord:
             turn.slot, turn.slot_value = result.slot, result.value
         turn.result = result.result if result else "no_input"
         self.turn, self.pending = turn, None
+        # What the caller said or keyed is personal data: at debug level only.
         self.log.info("turn", seq=turn.seq, step=turn.step, input=turn.input_kind,
-                      text=turn.input_text, understood=turn.understood, result=turn.result)
+                      result=turn.result)
+        self.log.debug("turn_text", seq=turn.seq, text=turn.input_text,
+                       understood=turn.understood)
 
     def read_free(self, answer: engine.Event) -> None:
         """A caller turn inside an agent step (the flow runner does not see those)."""

@@ -2,11 +2,17 @@
 
 `PRAGMA user_version` holds the schema version; `MIGRATIONS[i]` upgrades from version i
 to i+1, so an old database file is upgraded in place at start-up.
+
+Personal data: with `redact_digits` every turn is stored with its digit runs masked
+(`ivr.privacy`); `purge_turns` deletes the turns (the transcript) of calls older than a
+date, keeping the call rows with their outcome and cost (`IVR_RETENTION_DAYS`,
+`ivr db purge`).
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +21,7 @@ from typing import Any
 import aiosqlite
 
 from ivr.errors import StoreError
+from ivr.privacy import redact_digits
 
 MIGRATIONS: list[str] = [
     """
@@ -133,17 +140,20 @@ class TurnRecord:
 
 
 class CallStore:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: aiosqlite.Connection, *, redact_digits: bool = False) -> None:
         self._db = conn
+        self.redact_digits = redact_digits
 
     @classmethod
-    async def open(cls, path: Path | str) -> CallStore:
+    async def open(cls, path: Path | str, *, redact_digits: bool = False) -> CallStore:
         conn = await aiosqlite.connect(str(path))
         conn.row_factory = aiosqlite.Row
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute("PRAGMA synchronous=NORMAL")
         await conn.execute("PRAGMA foreign_keys=ON")
-        store = cls(conn)
+        # A purged transcript is overwritten, not merely unlinked from the b-tree.
+        await conn.execute("PRAGMA secure_delete=ON")
+        store = cls(conn, redact_digits=redact_digits)
         try:
             await store._migrate()
         except BaseException:
@@ -198,6 +208,10 @@ class CallStore:
 
     async def add_turn(self, call_sid: str, turn: TurnRecord) -> None:
         d = asdict(turn)
+        if self.redact_digits:
+            for key in ("prompt", "input_text", "understood", "slot_value"):
+                if d[key]:
+                    d[key] = redact_digits(d[key])
         await self._db.execute(
             """INSERT OR REPLACE INTO turns (call_sid, seq, step, prompt, prompt_heard,
                  input_kind, input_text, confidence, understood, result, timings, slot,
@@ -208,6 +222,24 @@ class CallStore:
              json.dumps(d["timings"]), d["slot"], d["slot_value"]),
         )
         await self._db.commit()
+
+    async def purge_turns(self, *, before: datetime) -> int:
+        """Delete the turns of every call that started before `before` (an aware time);
+        the call rows, their outcome and their cost stay. Returns the turns deleted."""
+        cutoff = before.astimezone(UTC).isoformat(timespec="milliseconds")
+        try:
+            cur = await self._db.execute(
+                """DELETE FROM turns WHERE call_sid IN
+                     (SELECT call_sid FROM calls WHERE started_at < ?)""",
+                (cutoff,),
+            )
+            await self._db.commit()
+            # The WAL still holds earlier copies of the pages; fold it back and truncate
+            # it (best effort: a reader in another connection can keep it for now).
+            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            raise StoreError(f"purging turns before {cutoff} failed: {exc}") from exc
+        return cur.rowcount
 
     async def end_call(
         self, call_sid: str, *, outcome: str, stats: dict[str, Any] | None = None

@@ -4,7 +4,9 @@
 into registry `Tool`s whose handler calls the webhook with aiohttp. Every request is signed
 (HMAC-SHA256 over `f"{timestamp}.{body}"`, headers `X-Ivr-Timestamp` and
 `X-Ivr-Signature: v1=<hex>`); `verify_signature` is the receiver's side. Hosts must be on
-the allow-list (`IVR_WEBHOOK_HOSTS`), checked when the tools are built, not per call.
+the allow-list (`IVR_WEBHOOK_HOSTS`), checked when the tools are built; the addresses a
+host resolves to are checked on every request (`ivr.tools.egress`: no link-local or cloud
+metadata address unless listed) and the request goes to a checked address.
 
 Failures a caller can hit (HTTP error, not JSON, a response that breaks its schema, a
 timeout, a refused connection) raise `ToolError`, which the registry turns into a failed
@@ -13,6 +15,7 @@ timeout, a refused connection) raise `ToolError`, which the registry turns into 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -31,6 +34,13 @@ from yarl import URL
 
 from ivr.errors import ConfigError, InvalidValue
 from ivr.tools.base import TOOL_NAME, Tool, ToolContext, ToolError
+from ivr.tools.egress import (
+    IPAddress,
+    Resolver,
+    checked_addresses,
+    listed_addresses,
+    resolve,
+)
 
 __all__ = [
     "HOSTS_SETTING",
@@ -214,14 +224,17 @@ def webhook_tools(
     secret: str,
     session_factory: SessionFactory,
     clock: Callable[[], float] = time.time,
+    resolver: Resolver = resolve,
 ) -> list[Tool]:
     """Registry tools for `specs`. Refuses (ConfigError) a host not on `allowed_hosts`
-    (entries are host names or `host:port`) and an empty secret when there are webhooks."""
+    (entries are host names, IP addresses or `host:port`) and an empty secret when there
+    are webhooks. `resolver` turns a host name into addresses (tests pass a fake one)."""
     if not specs:
         return []
     if not secret:
         raise ConfigError(f"{SECRET_SETTING} is empty: webhook requests must be signed")
     allowed = frozenset(h.strip().lower() for h in allowed_hosts if h.strip())
+    listed = listed_addresses(allowed)
     tools = []
     for spec in specs:
         url = URL(spec.url)
@@ -236,7 +249,7 @@ def webhook_tools(
                 name=spec.name,
                 description=spec.description,
                 parameters=spec.parameters,
-                handler=_Handler(spec, secret, session_factory, clock),
+                handler=_Handler(spec, secret, session_factory, clock, listed, resolver),
                 timeout_s=spec.timeout_s + _DEADLINE_MARGIN_S,
             )
         )
@@ -250,11 +263,15 @@ class _Handler:
         secret: str,
         session_factory: SessionFactory,
         clock: Callable[[], float],
+        listed: frozenset[IPAddress],
+        resolver: Resolver,
     ) -> None:
         self.spec = spec
         self.secret = secret
         self.session_factory = session_factory
         self.clock = clock
+        self.listed = listed
+        self.resolver = resolver
         self.url = URL(spec.url)
         self.validator = (
             Draft202012Validator(spec.response) if spec.response is not None else None
@@ -285,17 +302,18 @@ class _Handler:
         headers["X-Ivr-Signature"] = sign(self.secret, timestamp, body)
         what = f"{spec.name}: webhook"
         try:
-            async with self.session_factory().request(
-                spec.method, url, data=data, headers=headers, allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
-            ) as resp:
-                raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)
-                status = resp.status
+            # One deadline for resolving, connecting and reading the whole body.
+            async with asyncio.timeout(spec.timeout_s):
+                addresses = await checked_addresses(
+                    self.url.host or "", self.url.port or 0, listed=self.listed,
+                    resolver=self.resolver, what=what,
+                )
+                status, raw = await self._send(url, data, headers, addresses)
         except TimeoutError:
             raise ToolError(f"{what} did not answer within {spec.timeout_s:g}s") from None
         except aiohttp.ClientError as e:
             raise ToolError(f"{what} request failed: {e or type(e).__name__}") from None
-        if len(raw) > MAX_RESPONSE_BYTES:
+        if raw is None:
             raise ToolError(f"{what} response is larger than {MAX_RESPONSE_BYTES} bytes")
         try:
             value: Any = json.loads(raw.decode("utf-8"))
@@ -320,6 +338,41 @@ class _Handler:
                     f"{what} response does not match its schema{at}: {first.message}"
                 )
         return value if isinstance(value, dict) else {"result": value}
+
+    async def _send(
+        self, url: URL, data: bytes | None, headers: dict[str, str], addresses: list[str],
+    ) -> tuple[int, bytes | None]:
+        """The status and whole body (None past the cap) from the first address that
+        accepts the connection. The URL names the address, so nothing resolves the host
+        again after the check; `Host` and, over TLS, SNI and the certificate check keep
+        the host name."""
+        headers = {**headers, "Host": self.url.host_port_subcomponent or ""}
+        server_hostname = self.url.host if self.url.scheme == "https" else None
+        failure: aiohttp.ClientConnectorError | None = None
+        for address in addresses:
+            try:
+                async with self.session_factory().request(
+                    self.spec.method, url.with_host(address), data=data, headers=headers,
+                    allow_redirects=False, server_hostname=server_hostname,
+                    timeout=aiohttp.ClientTimeout(total=self.spec.timeout_s),
+                ) as resp:
+                    return resp.status, await _read_capped(resp)
+            except aiohttp.ClientConnectorError as e:
+                failure = e  # refused or unreachable: the host's next address
+        assert failure is not None, "checked_addresses returns at least one address"
+        raise failure
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes | None:
+    """The whole body as it arrives, chunk after chunk; None once it passes the cap."""
+    if resp.content_length is not None and resp.content_length > MAX_RESPONSE_BYTES:
+        return None
+    body = bytearray()
+    async for chunk in resp.content.iter_any():
+        body += chunk
+        if len(body) > MAX_RESPONSE_BYTES:
+            return None
+    return bytes(body)
 
 
 _NOT_JSON = object()
