@@ -91,6 +91,9 @@ async def voice(request: web.Request) -> web.Response:
                                               form.get("To", ""), flow)
     except InvalidValue as exc:
         raise web.HTTPBadRequest(text=f"{exc}\n") from None
+    if any(len(k) + len(v) >= _MAX_PARAM for k, v in params.items()):
+        # Twilio would drop the parameter and the start would fail its token: say so now.
+        raise web.HTTPBadRequest(text="From, To or flow is too long for a <Parameter>\n")
     log.info("voice_webhook", call_sid=call_sid, flow=flow,
              caller=mask_number(params["from"]))
     xml = stream_twiml(media_url(base), params, status_url=base + "/status",

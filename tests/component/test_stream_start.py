@@ -253,3 +253,17 @@ def test_every_reason_is_exported_from_the_start(tmp_path: Path) -> None:
     for reason in REJECT_REASONS:
         assert services.metrics.registry.get_sample_value(
             "ivr_start_rejected_total", {"reason": reason}) == 0.0
+
+
+@pytest.mark.parametrize("form", [
+    {"From": CALLER, "To": CALLED},  # no CallSid
+    {"CallSid": "CA../etc", "From": CALLER, "To": CALLED},
+    {"CallSid": call_sid(11), "From": CALLER, "To": "sip:" + "x" * 500 + "@example.com"},
+])
+async def test_voice_refuses_what_no_token_could_carry(server: TestServer,
+                                                       form: dict[str, str]) -> None:
+    """A /voice post whose call could never start (no usable CallSid, or a value Twilio
+    would drop from its <Parameter>s) is a 400 at once, not a start refused later."""
+    async with aiohttp.ClientSession() as http, http.post(
+            f"http://127.0.0.1:{server.port}/voice", data=form) as resp:
+        assert resp.status == 400
