@@ -48,6 +48,8 @@ _ENV: dict[str, str] = {
     "stt_api": "IVR_STT_API",
     "webhook_hosts": "IVR_WEBHOOK_HOSTS",
     "webhook_secret": "IVR_WEBHOOK_SECRET",
+    "stream_secret": "IVR_STREAM_SECRET",
+    "stream_token_ttl_s": "IVR_STREAM_TOKEN_TTL_S",
 }
 
 
@@ -180,6 +182,12 @@ class Settings:
     tools_file: Path | None = None
     webhook_hosts: str = ""
     webhook_secret: str = field(default="", repr=False)
+    # The key /voice signs each call's stream token with (telephony/stream_token.py); empty:
+    # derived from TWILIO_AUTH_TOKEN, else drawn at random when the server starts. Every
+    # process of one service must share it. A token is good for `stream_token_ttl_s`:
+    # Twilio opens the stream within a second or two of fetching /voice.
+    stream_secret: str = field(default="", repr=False)
+    stream_token_ttl_s: int = 300
     # Remote OpenAI-compatible engines (IVR_STT_*, IVR_TTS_*, IVR_LLM_*): None = embedded.
     stt: ProviderConfig | None = None
     # How the remote recognizer is asked: /audio/transcriptions (whisper-1,
@@ -222,6 +230,12 @@ class Settings:
             raise ConfigError(f"IVR_STT_API={self.stt_api!r} must be transcriptions or chat")
         if not 20 <= self.lead_ms <= 1000:
             raise ConfigError(f"IVR_PLAYER_LEAD_MS={self.lead_ms} must be within 20..1000 ms")
+        if self.stream_secret and len(self.stream_secret) < 32:
+            raise ConfigError("IVR_STREAM_SECRET must be at least 32 characters "
+                              "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
+        if not 1 <= self.stream_token_ttl_s <= 3600:
+            raise ConfigError(f"IVR_STREAM_TOKEN_TTL_S={self.stream_token_ttl_s} must be "
+                              "within 1..3600 s")
         for name in ("filler_after_ms", "mark_grace_ms", "recognition_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_ENV[name]}={getattr(self, name)} must be at least 1 ms")

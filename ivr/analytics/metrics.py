@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ivr.telephony.stream_token import REJECT_REASONS
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 STAGES = ("response", "recognition", "tool", "llm_first_token")
@@ -120,6 +122,12 @@ class Metrics:
         self.protocol_errors = Counter(
             "ivr_protocol_errors", "Bad Media Streams frames, by reason", ["reason"], registry=r
         )
+        self.starts_rejected = Counter(
+            "ivr_start_rejected", "Stream starts refused (no valid stream token), by reason",
+            ["reason"], registry=r,
+        )
+        for reason in REJECT_REASONS:
+            self.starts_rejected.labels(reason=reason)
         self.late_frames = Counter(
             "ivr_late_frames", "Outbound audio frames sent after their deadline", registry=r
         )
@@ -172,6 +180,9 @@ class Metrics:
 
     def protocol_error(self, reason: str) -> None:
         self.protocol_errors.labels(reason=reason).inc()
+
+    def start_rejected(self, reason: str) -> None:
+        self.starts_rejected.labels(reason=reason).inc()
 
     def observe_providers(self, clients: Iterable[ProviderLike]) -> None:
         """Sample these provider clients (`.name`, `.stats`, `.breaker.state`) at scrape time."""

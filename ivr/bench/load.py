@@ -1,7 +1,8 @@
 """`ivr bench load`: many concurrent calls against a real server process.
 
-The server (`ivr serve`) runs in its own process; this process opens N Media Streams
-and drives them like Twilio: media every 20 ms (silence, so the flow's prompts play and
+The server (`ivr serve`) runs in its own process; this process places N calls like
+Twilio (`POST /voice`, then the Media Stream it names, started with its parameters) and
+drives them: media every 20 ms (silence, so the flow's prompts play and
 its no-input timers run), marks echoed when the audio before them would have played.
 It reports the server's CPU per call (from /proc), the outbound pacing the callers saw
 (frames per second, gaps inside a prompt) and the server's late-frame counter, so the
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import aiohttp
 
+from ivr.sim.dial import call_urls, dial, voice_form
 from ivr.sim.run import free_port
 from ivr.telephony import inbound, outbound
 
@@ -73,11 +75,16 @@ async def _reader(call: _Call) -> None:
 async def load_main(calls: int, seconds: float, workers: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
-        env = {**os.environ, "IVR_LOG_LEVEL": "warning", "IVR_DB": str(Path(tmp) / "load.db"),
-               "IVR_RECOGNIZER_WORKERS": str(workers)}
+        # A private loopback server: the unsigned callers here must not meet the
+        # signatures (or the public URL) a production environment may configure.
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("TWILIO_AUTH_TOKEN", "IVR_PUBLIC_URL", "IVR_HOST")}
+        env |= {"IVR_LOG_LEVEL": "warning", "IVR_DB": str(Path(tmp) / "load.db"),
+                "IVR_RECOGNIZER_WORKERS": str(workers)}
         # Popen only forks; the wait() below happens after the event loop work is done.
         server = subprocess.Popen(  # noqa: ASYNC220
-            [sys.executable, "-m", "ivr.cli.main", "serve", "--port", str(port)],
+            [sys.executable, "-m", "ivr.cli.main", "serve", "--host", "127.0.0.1",
+             "--port", str(port)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
@@ -99,12 +106,18 @@ async def _drive(server: subprocess.Popen[bytes], port: int, n: int, seconds: fl
                         break
             await asyncio.sleep(0.1)
         calls: list[_Call] = []
-        for _ in range(n):
-            ws = await http.ws_connect(base.replace("http", "ws") + "/media", max_msg_size=0)
+        urls = call_urls(base)
+        for i in range(n):
+            # As Twilio: the voice webhook first, then the stream it names, started with
+            # exactly its parameters (the signed stream token among them).
+            call_sid, account_sid = "CA" + secrets.token_hex(16), "AC" + secrets.token_hex(16)
+            dialled = await dial(http, urls.base, voice_form(
+                call_sid, account_sid, f"+1555{i:07d}", "+15550100002"))
+            ws = await http.ws_connect(urls.media, max_msg_size=0)
             sid = "MZ" + secrets.token_hex(16)
             await ws.send_str(inbound.connected_message())
             await ws.send_str(inbound.start_message(
-                1, sid, "AC" + secrets.token_hex(16), "CA" + secrets.token_hex(16), {}))
+                1, sid, account_sid, call_sid, dialled.parameters))
             calls.append(_Call(ws, sid))
         readers = [asyncio.create_task(_reader(c)) for c in calls]
         cpu0, t0 = _cpu_seconds(server.pid), time.monotonic()

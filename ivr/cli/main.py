@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,8 +37,10 @@ def _serve_parser(sub: Any) -> None:
 
 def _call_parser(sub: Any) -> None:
     p = sub.add_parser("call", help="place a simulated Twilio call against a running server")
-    p.add_argument("--url", required=True, help="ws://HOST:PORT/media")
-    p.add_argument("--flow", help="flow to run (sent as the `flow` stream parameter)")
+    p.add_argument("--url", required=True,
+                   help="the server, http://HOST:PORT (or its ws://HOST:PORT/media URL): the "
+                        "caller posts /voice there, then opens the stream it answers")
+    p.add_argument("--flow", help="flow to run (posted as /voice?flow=NAME)")
     p.add_argument("--say", action="append", dest="actions", type=lambda t: ("say", t),
                    metavar="TEXT", help="speak TEXT at the next prompt (repeatable)")
     p.add_argument("--dtmf", action="append", dest="actions", type=lambda d: ("dtmf", d),
@@ -47,6 +50,11 @@ def _call_parser(sub: Any) -> None:
     p.add_argument("--to", dest="to_number", default="+15550100002")
     p.add_argument("--no-transcribe", action="store_true",
                    help="do not recognize what the caller heard")
+    p.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN") or None,
+                   help="sign /voice and the stream as Twilio does (env TWILIO_AUTH_TOKEN)")
+    p.add_argument("--public-url", default=os.environ.get("IVR_PUBLIC_URL") or None,
+                   help="the https:// URL the server knows itself by, which signatures "
+                        "cover (env IVR_PUBLIC_URL; default: --url)")
 
 
 def _authoring_parsers(sub: Any) -> None:
@@ -197,7 +205,8 @@ async def _call(args: argparse.Namespace) -> int:
     transcript = await run_call(
         args.url, actions, flow=args.flow, voice=args.voice,
         from_number=args.from_number, to_number=args.to_number,
-        transcribe=not args.no_transcribe,
+        transcribe=not args.no_transcribe, auth_token=args.auth_token,
+        public_url=args.public_url, api_token=os.environ.get("IVR_API_TOKEN") or None,
     )
     print(format_transcript(transcript))
     return 0
@@ -224,7 +233,7 @@ async def demo() -> int:
         await runner.setup()
         site = web.TCPSite(runner, settings.host, free_port())
         await site.start()
-        url = site.name.replace("http://", "ws://") + "/media"
+        url = site.name  # the callers post /voice there, then open the stream it names
         print(f"ivr demo: server on {site.name}, flow {settings.default_flow!r}\n")
         # One pool transcribes what both callers heard, beside the server's own workers.
         ears = RecognizerPool(size=1)
@@ -235,7 +244,11 @@ async def demo() -> int:
                 "by keypad: order status": [PressKeys("2"), PressKeys("4567")],
             }
             results = await asyncio.gather(
-                *(run_call(url, actions, recognizer=ears) for actions in calls.values())
+                *(run_call(url, actions, recognizer=ears,
+                           auth_token=settings.twilio_auth_token or None,
+                           public_url=settings.public_base or None,
+                           api_token=settings.api_token or None)
+                  for actions in calls.values())
             )
             for title, transcript in zip(calls, results, strict=True):
                 print(f"=== call {title} ===")

@@ -10,6 +10,7 @@ import aiohttp
 from aiohttp import web
 
 from ivr.config import Settings
+from ivr.telephony.stream_token import StreamTokens, secret_for
 
 if TYPE_CHECKING:
     from ivr.analytics.metrics import Metrics
@@ -51,6 +52,14 @@ class Services:
     http: aiohttp.ClientSession | None = None  # shared by providers and webhook tools
     llm: ChatClient | None = None  # set when IVR_LLM_BASE_URL is: `llm` steps run agents
     _static: dict[int, tuple[Flow, frozenset[str]]] = field(default_factory=dict)
+    # The stream start's signing key and the tokens already used (see
+    # telephony/stream_token.py): /voice issues, /media accepts each token once.
+    stream_tokens: StreamTokens = field(init=False)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.stream_tokens = StreamTokens(secret_for(s.stream_secret, s.twilio_auth_token),
+                                          ttl_s=s.stream_token_ttl_s)
 
     def voice_for(self, flow: Flow) -> tuple[str, int]:
         """The voice and rate calls of `flow` speak with. A flow's `voice.name` is an

@@ -36,6 +36,7 @@ from ivr.session.speaker import Speaker
 from ivr.telephony import control
 from ivr.telephony.inbound import Dtmf, Mark, Media, Start
 from ivr.telephony.outbound import TwilioOutbound
+from ivr.telephony.stream_token import StreamClaims
 
 FILLERS = ("One moment, please.", "Still working on it.", "Thanks for waiting.",
            "Almost there.")
@@ -54,9 +55,12 @@ def outbound_player(ws: web.WebSocketResponse, stream_sid: str, settings: Settin
 
 class CallSession:
     def __init__(
-        self, services: Services, start: Start, *, ws: web.WebSocketResponse,
-        log: structlog.typing.FilteringBoundLogger,
+        self, services: Services, start: Start, claims: StreamClaims, *,
+        ws: web.WebSocketResponse, log: structlog.typing.FilteringBoundLogger,
     ) -> None:
+        """`claims` are what `/voice` signed for this call (the handler verified them):
+        the only source of the caller's number and the flow, never the start's own
+        customParameters."""
         assert services.library is not None and services.tools is not None
         assert services.recognizer is not None
         self.services = services
@@ -66,9 +70,9 @@ class CallSession:
         self.call_sid = start.call_sid
         self.ws = ws
         self.log = log
-        params = start.custom_parameters
-        flow = services.library.pick(params.get("flow"), params.get("to"))
-        self.caller = params.get("from", "")
+        self.claims = claims
+        flow = services.library.pick(claims.flow, claims.called)
+        self.caller = claims.caller
         self.stats: Counter[str] = Counter()
         self.record = CallRecord(services, self.call_sid, self.stats, log)
         self.speaker = Speaker(services, outbound_player(ws, self.stream_sid, self.settings),
@@ -91,12 +95,11 @@ class CallSession:
     # ---------------------------------------------------------------- lifecycle
 
     async def begin(self) -> None:
-        params = self.start_msg.custom_parameters
         flow = self.dialog.flow.name
         await self.record.start(
             stream_sid=self.stream_sid, account_sid=self.start_msg.account_sid,
-            from_masked=mask_number(params.get("from", "")),
-            to_masked=mask_number(params.get("to", "")), flow=flow,
+            from_masked=mask_number(self.claims.caller),
+            to_masked=mask_number(self.claims.called), flow=flow,
         )
         self.log.info("call_started", flow=flow)
         self._conductor = asyncio.create_task(self._conduct(), name=f"call-{self.call_sid}")

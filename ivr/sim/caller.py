@@ -1,9 +1,9 @@
 """The simulated caller: a phone call as Twilio would deliver it, for tests and demos.
 
-`ivr call`, `ivr demo` and the end-to-end tests use this to call the server's `/media`
-WebSocket without Twilio. The wire side (`ivr.sim.line`) behaves exactly as Twilio
-does; this module is the person on the line, working through a script
-(`ivr.sim.script`).
+`ivr call`, `ivr demo` and the end-to-end tests use this to call the server without
+Twilio: `POST /voice`, then the `/media` WebSocket its TwiML names (`ivr.sim.dial`).
+The wire side (`ivr.sim.line`) behaves exactly as Twilio does; this module is the
+person on the line, working through a script (`ivr.sim.script`).
 
 The caller takes turns like a patient person: it answers a prompt once the bot has gone
 quiet, or barges in a set time after a prompt starts. Everything the server sent is
@@ -22,6 +22,7 @@ import aiohttp
 
 from ivr.audio.codec import FRAME_SECONDS, TELEPHONY_RATE
 from ivr.errors import IvrError
+from ivr.sim.dial import call_urls, dial, voice_form
 from ivr.sim.line import CallerLine
 from ivr.sim.playback import PlaybackBuffer
 from ivr.sim.script import Barge, CallerAction, PressKeys, PutDown, Say, Silence
@@ -57,7 +58,8 @@ class _Closed(IvrError):
 
 
 class SimulatedCaller:
-    """One call to a `/media` WebSocket. Use once: `transcript = await caller.run()`."""
+    """One call to a server (`http://HOST:PORT`, or its `ws://HOST:PORT/media` URL): the
+    voice webhook first, then the stream it names. Use once: `await caller.run()`."""
 
     def __init__(
         self,
@@ -77,7 +79,7 @@ class SimulatedCaller:
         connect_timeout: float = 10.0,
         synth_timeout: float = 30.0,
         auth_token: str | None = None,
-        signed_url: str | None = None,
+        public_url: str | None = None,
         synthesizer: Synthesizer | None = None,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
@@ -91,11 +93,13 @@ class SimulatedCaller:
         self.synth_timeout = synth_timeout
         self._synth = synthesizer
         self._session = session
-        params: dict[str, str] = {}
-        if flow is not None:
-            params["flow"] = flow
-        params["from"] = from_number
-        params["to"] = to_number
+        self.urls = call_urls(url)
+        self.flow = flow
+        self.from_number = from_number
+        self.to_number = to_number
+        self.auth_token = auth_token
+        self.public_url = public_url
+        self.connect_timeout = connect_timeout
         self.transcript = CallTranscript(
             call_sid=new_sid("CA"),
             stream_sid=new_sid("MZ"),
@@ -104,13 +108,11 @@ class SimulatedCaller:
         )
         self.buffer = PlaybackBuffer(gap=segment_gap_ms / 1000)
         self.line = CallerLine(
-            url,
+            self.urls.media,
             self.transcript,
             self.buffer,
-            params,
             connect_timeout=connect_timeout,
             auth_token=auth_token,
-            signed_url=signed_url,
         )
         self._utterances: dict[str, list[bytes]] = {}
         self._caller_events: list[TranscriptEvent] = []
@@ -171,7 +173,16 @@ class SimulatedCaller:
             )
 
     async def _call(self, session: aiohttp.ClientSession) -> None:
-        await self.line.connect(session)
+        t = self.transcript
+        form = voice_form(t.call_sid, t.account_sid, self.from_number, self.to_number)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                dialled = await dial(session, self.urls.base, form, flow=self.flow,
+                                     auth_token=self.auth_token, public_url=self.public_url)
+        except TimeoutError:
+            raise IvrError(f"{self.urls.base}/voice did not answer within "
+                           f"{self.connect_timeout:g} s") from None
+        await self.line.connect(session, dialled)
         try:
             await self._converse()
         except _Closed:

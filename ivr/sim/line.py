@@ -10,9 +10,10 @@ habits rather than the server's expectations:
   is echoed only once the audio before it has played (at once if nothing is buffered),
   and `clear` drops the buffer and echoes every pending mark immediately.
 
-With an auth token the WebSocket upgrade is signed as Twilio signs it. Every frame the
-server sent is recorded in the `CallTranscript` with its arrival time; a bad frame is
-recorded as an error, never raised.
+The stream is the one `/voice` named (`ivr.sim.dial`): `start` carries exactly the
+`<Parameter>`s it answered, and with an auth token the upgrade is signed over its URL.
+Every frame the server sent is recorded in the `CallTranscript` with its arrival time;
+a bad frame is recorded as an error, never raised.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import contextlib
 import functools
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import aiohttp
 
 from ivr.audio.codec import FRAME_BYTES, FRAME_SECONDS, ULAW_SILENCE
 from ivr.errors import IvrError, ProtocolError
+from ivr.sim.dial import Dialled
 from ivr.sim.playback import MarkRecord, PlaybackBuffer
 from ivr.sim.transcript import CallTranscript
 from ivr.sim.voice import CallerSpeech, voiced
@@ -47,20 +49,18 @@ class CallerLine:
         url: str,
         transcript: CallTranscript,
         buffer: PlaybackBuffer,
-        parameters: Mapping[str, str],
         *,
         connect_timeout: float = 10.0,
         auth_token: str | None = None,
-        signed_url: str | None = None,
     ) -> None:
         self.url = url
         self.transcript = transcript
         self.buffer = buffer
-        self.parameters = dict(parameters)
-        """The `start` frame's customParameters (Twilio's `<Parameter>`s)."""
+        self.parameters: dict[str, str] = {}
+        """The `start` frame's customParameters: the `<Parameter>`s `/voice` answered."""
         self.connect_timeout = connect_timeout
         self.auth_token = auth_token
-        self.signed_url = signed_url
+        self.signed_url = url
         self.closed = asyncio.Event()
         """Set once the socket is gone: either side closed it, or a send failed."""
         self.t_closed: float | None = None
@@ -78,9 +78,12 @@ class CallerLine:
 
     # ----------------------------------------------------------------- the caller's side
 
-    async def connect(self, session: aiohttp.ClientSession) -> None:
-        """Dial: open the socket, send `connected` and `start`, start the media clock."""
+    async def connect(self, session: aiohttp.ClientSession, dialled: Dialled) -> None:
+        """Open the stream `/voice` named (the upgrade signed over its URL), send
+        `connected` and `start` with its parameters, start the media clock."""
         t = self.transcript
+        self.parameters = dict(dialled.parameters)
+        self.signed_url = dialled.stream_url
         try:
             async with asyncio.timeout(self.connect_timeout):
                 self._ws = await session.ws_connect(
@@ -158,10 +161,8 @@ class CallerLine:
             return {}
         from twilio.request_validator import RequestValidator
 
-        # Twilio signs the upgrade over the public wss:// URL with no parameters.
-        signature = RequestValidator(self.auth_token).compute_signature(
-            self.signed_url or self.url, {}
-        )
+        # Twilio signs the upgrade over the <Stream url> with no parameters.
+        signature = RequestValidator(self.auth_token).compute_signature(self.signed_url, {})
         return {"X-Twilio-Signature": str(signature)}
 
     async def _send(self, message: str | Callable[[int], str]) -> bool:

@@ -94,16 +94,19 @@ async def run_call(
     api_token: str | None = None,
     transcribe_timeout: float = 120.0,
     auth_token: str | None = None,
-    signed_url: str | None = None,
+    public_url: str | None = None,
     synthesizer: Synthesizer | None = None,
     recognizer: Recognizer | None = None,
 ) -> CallTranscript:
-    """Place one simulated call to `url` (`ws://HOST:PORT/media`) and return its record.
+    """Place one simulated call to the server at `url` and return its record.
 
+    `url` is `http://HOST:PORT` (or, as before, `ws://HOST:PORT/media`): the caller
+    posts `/voice` there (`?flow=` when `flow` is given), then opens the stream it names.
     `recognizer` overrides the embedded pocketsphinx pool used when `transcribe`;
-    `auth_token` signs the WebSocket upgrade like Twilio does (over `signed_url`, the
-    public wss:// URL the server validates against, defaulting to `url`); `api_token` is
-    the bearer token for `GET /api/calls/{call_sid}` when the server requires one.
+    `auth_token` signs `/voice` and the WebSocket upgrade like Twilio does, over
+    `public_url` (the https:// base the server validates against, default the server's
+    own URL); `api_token` is the bearer token for `GET /api/calls/{call_sid}` when the
+    server requires one.
     """
     async with contextlib.AsyncExitStack() as stack:
         session = await stack.enter_async_context(aiohttp.ClientSession())
@@ -131,7 +134,7 @@ async def run_call(
             call_timeout=call_timeout,
             connect_timeout=connect_timeout,
             auth_token=auth_token,
-            signed_url=signed_url,
+            public_url=public_url,
             synthesizer=synthesizer,
             session=session,
         )
@@ -145,6 +148,7 @@ async def run_call(
             except (TimeoutError, IvrError, OSError) as exc:
                 transcript.errors.append(f"transcription failed: {exc!r}")
         transcript.server = await fetch_server_transcript(
-            session, url, transcript.call_sid, max_wait=api_timeout, api_token=api_token
+            session, caller.urls.base, transcript.call_sid, max_wait=api_timeout,
+            api_token=api_token,
         )
     return transcript

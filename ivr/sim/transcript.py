@@ -17,10 +17,11 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import aiohttp
 
+from ivr.sim.dial import call_urls
 from ivr.sim.playback import MarkRecord
 
 __all__ = [
@@ -136,16 +137,14 @@ class CallTranscript:
 # --------------------------------------------------------------------------- the server's record
 
 
-def http_base_url(ws_url: str) -> str:
-    """`ws://host:port/media` -> `http://host:port` (wss -> https)."""
-    parts = urlsplit(ws_url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, "", "", ""))
+def http_base_url(url: str) -> str:
+    """`ws://host:port/media` -> `http://host:port` (wss -> https); an http(s) base as is."""
+    return call_urls(url).base
 
 
 async def fetch_server_transcript(
     session: aiohttp.ClientSession,
-    ws_url: str,
+    url: str,
     call_sid: str,
     *,
     max_wait: float = 3.0,
@@ -156,7 +155,7 @@ async def fetch_server_transcript(
     The server finalizes the record just after the socket closes, so a missing call or
     one without `ended_at` yet is retried for up to `max_wait` seconds.
     """
-    url = f"{http_base_url(ws_url)}/api/calls/{quote(call_sid)}"
+    api = f"{http_base_url(url)}/api/calls/{quote(call_sid)}"
     headers = {"Authorization": f"Bearer {api_token}"} if api_token else {}
     deadline = time.monotonic() + max_wait
     last: dict[str, Any] | None = None
@@ -166,7 +165,7 @@ async def fetch_server_transcript(
             return last
         try:
             async with session.get(
-                url, headers=headers, timeout=aiohttp.ClientTimeout(total=left)
+                api, headers=headers, timeout=aiohttp.ClientTimeout(total=left)
             ) as resp:
                 if resp.status == 200:
                     data = await resp.json(content_type=None)

@@ -9,7 +9,7 @@ unexpected ends this call cleanly with its record written, and never another cal
 from __future__ import annotations
 
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from ivr.errors import ProtocolError, ProtocolReason
 from ivr.server.services import SERVICES, Services
@@ -17,6 +17,7 @@ from ivr.session.call import CallSession
 from ivr.store.db import DROPPED
 from ivr.telephony import twiml
 from ivr.telephony.inbound import Connected, Dtmf, Mark, Media, Start, Stop, parse_inbound
+from ivr.telephony.stream_token import StartRejected
 from ivr.telephony.wire import DEFAULT_MAX_BYTES
 
 log = structlog.get_logger("ivr.media")
@@ -82,11 +83,25 @@ class MediaConnection:
         if msg.encoding != "audio/x-mulaw" or msg.sample_rate != 8000 or msg.channels != 1:
             self.error("bad_value", f"unsupported media format {msg.encoding}/{msg.sample_rate}/"
                                     f"{msg.channels}; expected audio/x-mulaw 8000 1")
+        try:
+            claims = self.services.stream_tokens.accept(msg.custom_parameters, msg.call_sid)
+        except StartRejected as exc:
+            await self.reject(exc, msg)
+            return
         self.log = log.bind(call_sid=msg.call_sid, stream_sid=msg.stream_sid)
-        self.session = CallSession(self.services, msg, ws=self.ws, log=self.log)
+        self.session = CallSession(self.services, msg, claims, ws=self.ws, log=self.log)
         self.services.calls[msg.stream_sid] = self.session
         self.services.counters["calls_started"] += 1
         await self.session.begin()
+
+    async def reject(self, exc: StartRejected, msg: Start) -> None:
+        """A start `/voice` did not vouch for: no call, no record, no prompt; the socket
+        closes (1008, policy violation)."""
+        self.services.counters[f"start_rejected.{exc.reason}"] += 1
+        self.services.metrics.start_rejected(exc.reason)
+        self.log.warning("start_rejected", reason=exc.reason, detail=exc.message,
+                         call_sid=msg.call_sid[:64], stream_sid=msg.stream_sid[:64])
+        await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"start rejected")
 
     async def close(self) -> None:
         if self.session is not None:

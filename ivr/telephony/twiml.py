@@ -15,6 +15,7 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
+from ivr.errors import InvalidValue
 from ivr.logging import mask_number
 from ivr.server import access
 from ivr.server.services import SERVICES, Services
@@ -93,11 +94,21 @@ async def voice(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     form = await _signed_form(request)
     base = public_base(services, request)
+    call_sid = form.get("CallSid", "")
     # Only an explicit ?flow= pins the flow; otherwise the session routes by called number.
     flow = request.query.get("flow") or form.get("flow") or ""
-    params = {"flow": flow, "from": form.get("From", ""), "to": form.get("To", "")}
-    log.info("voice_webhook", call_sid=form.get("CallSid", ""), flow=flow,
-             caller=mask_number(form.get("From", "")))
+    # The stream's `start` must carry these back, signed: the caller, the called number
+    # and the flow reach the call only through this token (telephony/stream_token.py).
+    try:
+        params = services.stream_tokens.issue(call_sid, form.get("From", ""),
+                                              form.get("To", ""), flow)
+    except InvalidValue as exc:
+        raise web.HTTPBadRequest(text=f"{exc}\n") from None
+    if any(len(k) + len(v) >= _MAX_PARAM for k, v in params.items()):
+        # Twilio would drop the parameter and the start would fail its token: say so now.
+        raise web.HTTPBadRequest(text="From, To or flow is too long for a <Parameter>\n")
+    log.info("voice_webhook", call_sid=call_sid, flow=flow,
+             caller=mask_number(params["from"]))
     xml = stream_twiml(media_url(base), params, status_url=base + "/status",
                        action_url=base + "/connect-action")
     return web.Response(text=xml, content_type="text/xml")

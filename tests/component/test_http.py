@@ -48,7 +48,9 @@ async def test_voice_returns_connect_stream_twiml(signed_client: TestClient) -> 
     assert stream.get("url") == "wss://ivr.example.com/media"
     assert stream.get("statusCallback") == PUBLIC + "/status"
     params = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
-    # No ?flow=: the flow is left to routing by the called number.
+    # No ?flow=: the flow is left to routing by the called number. The token vouches
+    # for the call's identity: the start must bring it back.
+    assert params.pop("token", "").startswith("v1." + FORM["CallSid"] + ".")
     assert params == {"from": FORM["From"], "to": FORM["To"]}
     connect = root.find("./Connect")
     assert connect is not None and connect.get("action") == PUBLIC + "/connect-action"

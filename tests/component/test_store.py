@@ -11,6 +11,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from ivr.errors import StoreError
+from ivr.sim.dial import call_urls, dial, voice_form
 from ivr.store.db import SCHEMA_VERSION, CallStore, TurnRecord
 from ivr.telephony import inbound
 
@@ -47,11 +48,13 @@ async def test_newer_schema_is_refused_with_a_clear_error(tmp_path: Path) -> Non
 
 async def test_call_dropped_mid_way_still_gets_its_record(server: TestServer) -> None:
     """A stream that closes without `stop` in the middle of a prompt lands as 'dropped'."""
-    url = f"ws://127.0.0.1:{server.port}/media"
+    urls = call_urls(f"http://127.0.0.1:{server.port}")
     async with aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(url)
+        dialled = await dial(http, urls.base, voice_form(CALL, ACCOUNT, "+15550100001",
+                                                         "+15550100002"), flow="demo")
+        ws = await http.ws_connect(urls.media)
         await ws.send_str(inbound.connected_message())
-        await ws.send_str(inbound.start_message(1, SID, ACCOUNT, CALL, {"flow": "demo"}))
+        await ws.send_str(inbound.start_message(1, SID, ACCOUNT, CALL, dialled.parameters))
         for i in range(10):
             await ws.send_str(inbound.inbound_media_message(i + 2, SID, i + 1, i * 20,
                                                              b"\xff" * 160))

@@ -23,10 +23,12 @@ import numpy as np
 import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
+from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from ivr.audio.codec import FRAME_BYTES, pcm16_to_ulaw, ulaw_to_pcm16
 from ivr.errors import IvrError
 from ivr.grammar import Grammar
+from ivr.sim.dial import CallUrls, call_urls
 from ivr.sim.playback import PlaybackBuffer
 from ivr.sim.run import run_call
 from ivr.sim.script import (
@@ -185,10 +187,30 @@ def silent_media(d: dict[str, Any]) -> bool:
 
 @asynccontextmanager
 async def fake_server(
-    script: Script, *, hang_up: bool = True, api: dict[str, Any] | None = None
+    script: Script, *, hang_up: bool = True, api: dict[str, Any] | None = None,
+    voices: list[tuple[str | None, dict[str, str]]] | None = None,
 ) -> AsyncIterator[tuple[str, list[Peer]]]:
-    """Serve `script` at ws://127.0.0.1:PORT/media; yields (url, peers)."""
+    """Serve `script` at ws://127.0.0.1:PORT/media; yields (url, peers).
+
+    `/voice` answers as ours does, a stream with `from`, `to`, `flow` (from `?flow=`)
+    and a token; each post is appended to `voices` as (?flow=, form)."""
     peers: list[Peer] = []
+
+    async def voice(request: web.Request) -> web.Response:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        flow = request.query.get("flow")
+        if voices is not None:
+            voices.append((flow, form))
+        response = VoiceResponse()
+        connect = Connect()
+        stream = connect.stream(url=str(request.url.with_scheme("ws").with_path("/media")))
+        params = {"flow": flow or "", "from": form["From"], "to": form["To"],
+                  "token": "token-for-" + form["CallSid"]}
+        for name, value in params.items():
+            if value:
+                stream.parameter(name=name, value=value)
+        response.append(connect)
+        return web.Response(text=str(response.to_xml()), content_type="text/xml")
 
     async def media(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
@@ -212,6 +234,7 @@ async def fake_server(
         return web.json_response(api)
 
     app = web.Application()
+    app.router.add_post("/voice", voice)
     app.router.add_get("/media", media)
     app.router.add_get("/api/calls/{sid}", call)
     server = TestServer(app, host="127.0.0.1")
@@ -257,7 +280,8 @@ async def test_message_sequence_and_formats() -> None:
         await peer.send_mark("bye")
         await peer.wait_for(lambda d: d["event"] == "mark" and d["mark"]["name"] == "bye")
 
-    async with fake_server(script) as (url, peers):
+    voices: list[tuple[str | None, dict[str, str]]] = []
+    async with fake_server(script, voices=voices) as (url, peers):
         t = await call(
             url,
             [Say("hello"), PressKeys("12")],
@@ -276,10 +300,19 @@ async def test_message_sequence_and_formats() -> None:
     assert body["accountSid"].startswith("AC") and SID.match(body["accountSid"])
     assert body["tracks"] == ["inbound"]
     assert body["mediaFormat"] == {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+    # Dialled as Twilio does: /voice first (the flow pinned by ?flow=), then the stream
+    # started with exactly the parameters its TwiML gave, the token among them.
+    assert voices == [("demo", {
+        "AccountSid": body["accountSid"], "ApiVersion": "2010-04-01",
+        "CallSid": body["callSid"], "CallStatus": "ringing", "Called": "+15550100002",
+        "Caller": "+15550100001", "Direction": "inbound", "From": "+15550100001",
+        "To": "+15550100002",
+    })]
     assert body["customParameters"] == {
         "flow": "demo",
         "from": "+15550100001",
         "to": "+15550100002",
+        "token": "token-for-" + body["callSid"],
     }
     assert (t.call_sid, t.stream_sid, t.account_sid) == (
         body["callSid"],
@@ -615,6 +648,15 @@ def test_sids_and_urls() -> None:
     assert new_sid("CA") != new_sid("CA")
     assert http_base_url("ws://127.0.0.1:8080/media") == "http://127.0.0.1:8080"
     assert http_base_url("wss://ivr.example.com/media") == "https://ivr.example.com"
+    assert http_base_url("http://127.0.0.1:8080") == "http://127.0.0.1:8080"
+    assert call_urls("http://127.0.0.1:8080/") == CallUrls(
+        "http://127.0.0.1:8080", "ws://127.0.0.1:8080/media")
+    assert call_urls("https://ivr.example.com/ivr") == CallUrls(
+        "https://ivr.example.com/ivr", "wss://ivr.example.com/ivr/media")
+    assert call_urls("ws://127.0.0.1:8080/media") == CallUrls(
+        "http://127.0.0.1:8080", "ws://127.0.0.1:8080/media")
+    with pytest.raises(IvrError, match="not a server URL"):
+        call_urls("127.0.0.1:8080")
 
 
 def test_action_arg_keeps_order() -> None:

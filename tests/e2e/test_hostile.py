@@ -12,6 +12,10 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ivr.errors import ProtocolError
+from ivr.logging import mask_number
+from ivr.server.services import SERVICES
+from ivr.sim.dial import call_urls, dial, voice_form
 from ivr.sim.run import run_call
 from ivr.sim.script import PressKeys
 from ivr.telephony import inbound
@@ -94,7 +98,15 @@ async def test_hostile_frames_never_escape_and_a_healthy_call_completes(
     after = [f for f in frames if f not in before]
 
     async def attack() -> dict[str, Any]:
-        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        async with aiohttp.ClientSession() as http:
+            dialled = await dial(http, call_urls(url).base,
+                                 voice_form(CALL, ACCOUNT, "+15550100009", "+15550100002"),
+                                 flow="demo")
+            return await frames_after_start(http, dialled.parameters)
+
+    async def frames_after_start(http: aiohttp.ClientSession,
+                                 parameters: dict[str, str]) -> dict[str, Any]:
+        async with http.ws_connect(url) as ws:
             # Before start: everything here is out of order or malformed (a mutated start
             # can still be a valid one, so those wait until the call has started).
             await ws.send_str(inbound.inbound_media_message(2, SID, 1, 0, b"\xff" * 160))
@@ -102,7 +114,7 @@ async def test_hostile_frames_never_escape_and_a_healthy_call_completes(
                 await ws.send_str(text)
             await ws.send_bytes(b"\x00\x01binary")
             await ws.send_str(inbound.connected_message())
-            await ws.send_str(inbound.start_message(1, SID, ACCOUNT, CALL, {"flow": "demo"}))
+            await ws.send_str(inbound.start_message(1, SID, ACCOUNT, CALL, parameters))
             for i, text in enumerate(after):
                 await ws.send_str(text)
                 await ws.send_str(inbound.inbound_media_message(i + 2, SID, i + 1, 20 * i,
@@ -129,3 +141,127 @@ async def test_hostile_frames_never_escape_and_a_healthy_call_completes(
     first = healthy.server["turns"][0]
     assert (first["input_kind"], first["understood"]) == ("dtmf", "support")
     assert healthy.server["outcome"] == "completed"
+
+
+# --------------------------------------------------------------------------- the start
+
+CALLER = "+15550100007"
+# Every field of a start as /voice's parameters fill it, and an unsigned extra parameter.
+_START_PATHS: list[tuple[str, ...]] = [
+    ("event",), ("sequenceNumber",), ("streamSid",), ("start",),
+    *[("start", key) for key in ("accountSid", "streamSid", "callSid", "tracks",
+                                 "mediaFormat", "customParameters")],
+    *[("start", "mediaFormat", key) for key in ("encoding", "sampleRate", "channels")],
+    *[("start", "customParameters", key) for key in ("flow", "from", "to", "token", "caller")],
+]
+_CORRUPT = ["", "!!!", "-1", "x" * 300, "\u0000", "9" * 40, "==", "+15550100001",
+            "main_menu", "CA" + "f" * 32, "v1.forged"]
+Mutation = tuple[tuple[str, ...], str, Any]
+# Drawn examples are mostly protocol errors; these make sure each verdict is reached.
+_KNOWN: list[Mutation] = [
+    (("start", "customParameters", "caller"), "corrupt", "+15550100001"),  # accepted
+    (("start", "accountSid"), "edit", (0.5, "f")),  # accepted
+    (("start", "customParameters", "from"), "corrupt", "+15550100001"),  # tampered
+    (("start", "customParameters", "flow"), "corrupt", "main_menu"),
+    (("start", "customParameters", "token"), "drop", None),  # missing
+    (("start", "customParameters", "token"), "edit", (0.99, "A")),
+    (("start", "callSid"), "corrupt", "CA" + "f" * 32),  # another call
+    (("start", "mediaFormat"), "retype", 5),  # a protocol error
+]
+
+
+@st.composite
+def start_mutation(draw: st.DrawFn) -> Mutation:
+    """One change to one field of a genuine start: drop, retype, corrupt, or a single
+    character replaced (position and character drawn)."""
+    path = draw(st.sampled_from(_START_PATHS))
+    how = draw(st.sampled_from(["drop", "retype", "corrupt", "edit"]))
+    if how == "retype":
+        return path, how, draw(json_values)
+    if how == "corrupt":
+        return path, how, draw(st.sampled_from(_CORRUPT))
+    return path, how, (draw(st.floats(0, 1, exclude_max=True)), draw(st.characters(codec="ascii")))
+
+
+def mutate(frame: dict[str, Any], mutation: Mutation) -> str:
+    path, how, value = mutation
+    parent = frame
+    for key in path[:-1]:
+        parent = parent[key]
+    key = path[-1]
+    if how == "drop":
+        parent.pop(key, None)
+    elif how == "edit" and isinstance(parent.get(key), str) and parent[key]:
+        text: str = parent[key]
+        i = int(value[0] * len(text))
+        parent[key] = text[:i] + value[1] + text[i + 1:]
+    elif how == "edit":
+        parent[key] = value[1]
+    else:
+        parent[key] = value
+    return json.dumps(frame)
+
+
+def expected_verdict(text: str, call_sid: str, issued: dict[str, str]) -> str:
+    """What the server must make of a start: a protocol error, the call /voice vouched
+    for (exactly its CallSid and its parameters), or a refused start."""
+    try:
+        start = inbound.parse_inbound(text)
+    except ProtocolError:
+        return "protocol_error"
+    assert isinstance(start, inbound.Start)
+    signed = {k: start.custom_parameters.get(k, "") for k in ("flow", "from", "to", "token")}
+    if start.call_sid == call_sid and signed == {k: issued.get(k, "") for k in signed}:
+        return "accepted"
+    return "rejected"
+
+
+async def test_mutated_starts_start_only_the_call_voice_vouched_for(server: TestServer) -> None:
+    """Genuine starts (parameters from /voice) with one field changed, any field, the
+    token and the identity among them, each on its own connection: a start is refused
+    (closed before any prompt, no call row, counted) unless it is exactly what /voice
+    vouched for, and a call that starts has the caller and flow /voice signed."""
+    services = server.app[SERVICES]
+    assert services.store is not None
+    mutations = _KNOWN + _examples(start_mutation(), 60)
+    urls = call_urls(f"http://127.0.0.1:{server.port}")
+    verdicts: dict[str, str] = {}
+    async with aiohttp.ClientSession() as http:
+        for n, mutation in enumerate(mutations):
+            call_sid, stream_sid = f"CA{n:032d}", f"MZ{n:032d}"
+            dialled = await dial(http, urls.base,
+                                 voice_form(call_sid, ACCOUNT, CALLER, "+15550100002"),
+                                 flow="demo")
+            frame = json.loads(inbound.start_message(1, stream_sid, ACCOUNT, call_sid,
+                                                     dialled.parameters))
+            text = mutate(frame, mutation)
+            verdict = verdicts[call_sid] = expected_verdict(text, call_sid, dialled.parameters)
+            async with http.ws_connect(urls.media) as ws:
+                await ws.send_str(inbound.connected_message())
+                await ws.send_str(text)
+                if verdict == "protocol_error":
+                    continue  # nothing to wait for: the socket stays open, we hang up
+                msg = await ws.receive(timeout=15)
+                if verdict == "rejected":
+                    assert msg.type == aiohttp.WSMsgType.CLOSE, (mutation, msg)
+                    assert ws.close_code == aiohttp.WSCloseCode.POLICY_VIOLATION
+                else:
+                    assert msg.type == aiohttp.WSMsgType.TEXT, (mutation, msg)
+                    assert json.loads(msg.data)["event"] == "media"
+    for _ in range(500):  # the last dropped calls finish their records
+        if not services.calls:
+            break
+        await asyncio.sleep(0.02)
+    assert not services.calls
+    rows = {row["call_sid"]: row for row in await services.store.list_calls(limit=1000)}
+    accepted = {sid for sid, v in verdicts.items() if v == "accepted"}
+    assert set(rows) == accepted
+    assert all(r["flow"] == "demo" and r["from_masked"] == mask_number(CALLER)
+               for r in rows.values())
+    counters = services.counters
+    assert counters.get("handler_failures", 0) == 0
+    assert counters["calls_started"] == len(accepted)
+    assert sum(v for k, v in counters.items() if k.startswith("start_rejected.")) == sum(
+        v == "rejected" for v in verdicts.values())
+    # The examples reach all three verdicts, or the property says little.
+    assert set(verdicts.values()) == {"protocol_error", "accepted", "rejected"}
