@@ -42,6 +42,10 @@ _ENV: dict[str, str] = {
     "stt_api": "IVR_STT_API",
     "webhook_hosts": "IVR_WEBHOOK_HOSTS",
     "webhook_secret": "IVR_WEBHOOK_SECRET",
+    "media_max_message_bytes": "IVR_MEDIA_MAX_MESSAGE_BYTES",
+    "media_flood_ms": "IVR_MEDIA_FLOOD_MS",
+    "media_start_timeout_ms": "IVR_MEDIA_START_TIMEOUT_MS",
+    "media_idle_timeout_ms": "IVR_MEDIA_IDLE_TIMEOUT_MS",
 }
 
 
@@ -160,6 +164,15 @@ class Settings:
     tools_file: Path | None = None
     webhook_hosts: str = ""
     webhook_secret: str = field(default="", repr=False)
+    # What one /media WebSocket may do (`telephony.limits`). Twilio's frames are under
+    # 1 KiB and its audio arrives in real time, so a bigger message or audio more than
+    # `media_flood_ms` ahead of the wall clock is not Twilio: the socket is closed.
+    media_max_message_bytes: int = 16 * 1024
+    media_flood_ms: int = 3000
+    # A socket that sends no `start` this long after opening is closed; a call with no
+    # inbound frame for `media_idle_timeout_ms` has lost its line and ends as dropped.
+    media_start_timeout_ms: int = 10_000
+    media_idle_timeout_ms: int = 30_000
     # Remote OpenAI-compatible engines (IVR_STT_*, IVR_TTS_*, IVR_LLM_*): None = embedded.
     stt: ProviderConfig | None = None
     # How the remote recognizer is asked: /audio/transcriptions (whisper-1,
@@ -202,9 +215,14 @@ class Settings:
             raise ConfigError(f"IVR_STT_API={self.stt_api!r} must be transcriptions or chat")
         if not 20 <= self.lead_ms <= 1000:
             raise ConfigError(f"IVR_PLAYER_LEAD_MS={self.lead_ms} must be within 20..1000 ms")
-        for name in ("filler_after_ms", "mark_grace_ms", "recognition_timeout_ms"):
+        for name in ("filler_after_ms", "mark_grace_ms", "recognition_timeout_ms",
+                     "media_flood_ms", "media_start_timeout_ms", "media_idle_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_ENV[name]}={getattr(self, name)} must be at least 1 ms")
+        if self.media_max_message_bytes < 1024:
+            # A `start` frame with its parameters (the stream token among them) needs this.
+            raise ConfigError(f"IVR_MEDIA_MAX_MESSAGE_BYTES={self.media_max_message_bytes} "
+                              "must be at least 1024")
 
     @property
     def speech_cache_dir(self) -> Path:
