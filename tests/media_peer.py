@@ -6,6 +6,7 @@ server to accept a `start` lives there, so the tests themselves only misbehave.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import aiohttp
@@ -14,6 +15,8 @@ from ivr.sim.transcript import CallTranscript, new_sid
 from ivr.telephony import inbound
 
 FRAME = b"\xff" * 160  # 20 ms of µ-law silence
+# Loopback and a shared 2-core machine add a little jitter to arrival times.
+JITTER_S = 0.012
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +69,9 @@ def prompt_segments(t: CallTranscript) -> list[list[float]]:
             i += 1
         segments[-1].append(arrival)
     return [s for s in segments if s]
+
+
+def max_prompt_gap(t: CallTranscript) -> float:
+    """The longest wait between two outbound frames of one prompt (0.020 s when paced)."""
+    gaps = [b - a for seg in prompt_segments(t) for a, b in itertools.pairwise(seg)]
+    return max(gaps, default=0.0)
