@@ -50,6 +50,10 @@ _ENV: dict[str, str] = {
     "webhook_secret": "IVR_WEBHOOK_SECRET",
     "stream_secret": "IVR_STREAM_SECRET",
     "stream_token_ttl_s": "IVR_STREAM_TOKEN_TTL_S",
+    "media_max_message_bytes": "IVR_MEDIA_MAX_MESSAGE_BYTES",
+    "media_flood_ms": "IVR_MEDIA_FLOOD_MS",
+    "media_start_timeout_ms": "IVR_MEDIA_START_TIMEOUT_MS",
+    "media_idle_timeout_ms": "IVR_MEDIA_IDLE_TIMEOUT_MS",
 }
 
 
@@ -188,6 +192,15 @@ class Settings:
     # Twilio opens the stream within a second or two of fetching /voice.
     stream_secret: str = field(default="", repr=False)
     stream_token_ttl_s: int = 300
+    # What one /media WebSocket may do (`telephony.limits`). Twilio's frames are under
+    # 1 KiB and its audio arrives in real time, so a bigger message or audio more than
+    # `media_flood_ms` ahead of the wall clock is not Twilio: the socket is closed.
+    media_max_message_bytes: int = 16 * 1024
+    media_flood_ms: int = 3000
+    # A socket that sends no `start` this long after opening is closed; a call with no
+    # inbound frame for `media_idle_timeout_ms` has lost its line and ends as dropped.
+    media_start_timeout_ms: int = 10_000
+    media_idle_timeout_ms: int = 30_000
     # Remote OpenAI-compatible engines (IVR_STT_*, IVR_TTS_*, IVR_LLM_*): None = embedded.
     stt: ProviderConfig | None = None
     # How the remote recognizer is asked: /audio/transcriptions (whisper-1,
@@ -236,12 +249,17 @@ class Settings:
         if not 1 <= self.stream_token_ttl_s <= 3600:
             raise ConfigError(f"IVR_STREAM_TOKEN_TTL_S={self.stream_token_ttl_s} must be "
                               "within 1..3600 s")
-        for name in ("filler_after_ms", "mark_grace_ms", "recognition_timeout_ms"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{_ENV[name]}={getattr(self, name)} must be at least 1 ms")
         if self.retention_days < 0:
             raise ConfigError(f"IVR_RETENTION_DAYS={self.retention_days} must be 0 (keep) "
                               "or a number of days")
+        for name in ("filler_after_ms", "mark_grace_ms", "recognition_timeout_ms",
+                     "media_flood_ms", "media_start_timeout_ms", "media_idle_timeout_ms"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{_ENV[name]}={getattr(self, name)} must be at least 1 ms")
+        if self.media_max_message_bytes < 1024:
+            # A `start` frame with its parameters (the stream token among them) needs this.
+            raise ConfigError(f"IVR_MEDIA_MAX_MESSAGE_BYTES={self.media_max_message_bytes} "
+                              "must be at least 1024")
 
     @property
     def speech_cache_dir(self) -> Path:

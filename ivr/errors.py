@@ -46,6 +46,8 @@ ProtocolReason = Literal[
     "binary_frame",  # raised by the WebSocket handler: Twilio only sends text frames
     "bad_stream_sid",  # empty, or inconsistent within a frame or with the call's stream
     "media_before_start",  # raised by the WebSocket handler, which knows the call state
+    "flood",  # audio arriving faster than real time (telephony.limits); the socket closes
+    "no_start",  # no `start` in time after the socket opened; the socket closes
 ]
 
 

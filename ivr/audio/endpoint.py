@@ -5,6 +5,13 @@ wall clock. Time is the caller's clock: the `timestamp_ms` Twilio puts on every 
 media frame. Packets get lost, so timers are measured between timestamps, never by
 counting frames.
 
+That clock is the caller's to write, so the endpointer never lets it run backwards: a
+frame stamped before the end of the previous one (a frozen or backwards timestamp,
+which Twilio never sends) is placed right after it (`now_ms`). Every frame then moves
+time forward by its own length, timers run out, and no buffer here holds more than its
+span of audio (nor, for frames too short to move time, more than the span in 10 ms
+frames), whatever the timestamps say.
+
 How the session drives an `Endpointer` for one answer::
 
     ep.arm(config, now_ms)                 # now_ms: caller clock (last media timestamp)
@@ -47,6 +54,7 @@ from ivr.errors import InvalidValue
 
 __all__ = [
     "DTMF_DIGITS",
+    "MAX_KEYS",
     "DigitsComplete",
     "DtmfCollector",
     "EndpointConfig",
@@ -60,6 +68,13 @@ __all__ = [
 _RATE = 8000
 _BYTES_PER_MS = _RATE * 2 // 1000  # PCM16 mono at 8 kHz
 _VAD_FRAME_BYTES = (160, 320, 480)  # the 10, 20 and 30 ms frames webrtcvad accepts
+_MIN_FRAME_MS = 10  # the shortest frame the VAD judges; what the ring is sized for
+
+
+def _ring_frames(span_ms: int) -> int:
+    """The preroll ring's length in frames: its span in the shortest frames, plus the
+    frame that triggers speech and one that straddles the horizon."""
+    return span_ms // _MIN_FRAME_MS + 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +180,12 @@ class Endpointer:
         self._vad = webrtcvad.Vad(self._config.vad_mode)
         self._vad_mode = self._config.vad_mode
         self._state: State = "idle"
-        # Recent (timestamp, pcm) frames for the preroll, kept even while idle.
-        self._ring: deque[tuple[int, bytes]] = deque()
+        # Recent (timestamp, pcm) frames for the preroll, kept even while idle: trimmed
+        # to the span by time, and by count for frames too short to move time.
         self._ring_span_ms = self._config.preroll_ms + self._config.speech_start_ms
+        self._ring: deque[tuple[int, bytes]] = deque(maxlen=_ring_frames(self._ring_span_ms))
+        self._now_ms = 0  # the start of the last frame, on a clock that never goes back
+        self._end_ms = 0  # its end: the earliest the next frame can start
         # Voiced frames in the speech-start window as (timestamp, duration).
         self._voiced: deque[tuple[int, int]] = deque()
         self._voiced_ms = 0
@@ -178,6 +196,12 @@ class Endpointer:
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def now_ms(self) -> int:
+        """The caller's clock as kept here: the last frame's `media.timestamp`, or the end
+        of the frame before it if that is later (a timestamp never runs backwards)."""
+        return self._now_ms
 
     @property
     def in_speech(self) -> bool:
@@ -213,6 +237,9 @@ class Endpointer:
             self._vad.set_mode(config.vad_mode)
             self._vad_mode = config.vad_mode
         self._ring_span_ms = config.preroll_ms + config.speech_start_ms
+        frames = _ring_frames(self._ring_span_ms)
+        if frames != self._ring.maxlen:
+            self._ring = deque(self._ring, maxlen=frames)
         self._voiced.clear()
         self._voiced_ms = 0
         self._state = state
@@ -229,7 +256,11 @@ class Endpointer:
     def process(self, pcm16_8k: bytes, timestamp_ms: int) -> EndpointEvent | None:
         """Feed one inbound frame stamped with Twilio's `media.timestamp`."""
         dur = len(pcm16_8k) // _BYTES_PER_MS
+        if timestamp_ms < self._end_ms:
+            timestamp_ms = self._end_ms  # frozen or backwards: right after the last frame
         end = timestamp_ms + dur
+        self._now_ms = timestamp_ms
+        self._end_ms = end
         ring = self._ring
         ring.append((timestamp_ms, pcm16_8k))
         horizon = end - self._ring_span_ms
@@ -286,6 +317,9 @@ class Endpointer:
 
 
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
+# No prompt asks for more keys than this; without a cap a collection with no max_digits
+# grows with every key a peer sends while the caller clock (audio) stands still.
+MAX_KEYS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,8 +333,8 @@ class DigitsComplete:
 class DtmfCollector:
     """Collects keypad digits for one answer.
 
-    Complete on `max_digits`, on the terminator (not included; alone it gives ""), or
-    when `inter_digit_ms` passes after a digit. Before the first digit only
+    Complete on `max_digits` (at most `MAX_KEYS`), on the terminator (not included;
+    alone it gives ""), or when `inter_digit_ms` passes after a digit. Before the first digit only
     `first_digit_timeout_ms` applies (None: wait indefinitely, leaving the no-input
     decision to the endpointer). Twilio's dtmf messages carry no timestamp, so `now_ms`
     is the session's caller clock (the latest media timestamp); `poll()` it on each
@@ -337,8 +371,8 @@ class DtmfCollector:
 
         `now_ms` (caller clock) is needed only to time `first_digit_timeout_ms`.
         """
-        if max_digits is not None and max_digits <= 0:
-            raise InvalidValue(f"max_digits must be positive, got {max_digits}")
+        if max_digits is not None and not 0 < max_digits <= MAX_KEYS:
+            raise InvalidValue(f"max_digits must be within 1..{MAX_KEYS}, got {max_digits}")
         if terminator is not None and terminator not in DTMF_DIGITS:
             raise InvalidValue(f"terminator must be a DTMF key, got {terminator!r}")
         if first_digit_timeout_ms is not None and now_ms is None:
@@ -377,7 +411,7 @@ class DtmfCollector:
         if digit == self._terminator:
             return self._complete("terminator")
         self._digits.append(digit)
-        if self._max_digits is not None and len(self._digits) >= self._max_digits:
+        if len(self._digits) >= (self._max_digits or MAX_KEYS):
             return self._complete("max_digits")
         self._deadline = now_ms + self._inter_digit_ms
         return None

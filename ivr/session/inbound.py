@@ -76,7 +76,7 @@ class Inbound:
         self.endpointer = Endpointer()
         self.dtmf = DtmfCollector()
         self.upsampler = Upsampler()
-        self.caller_ms = 0  # the caller's clock: last media.timestamp seen
+        self.caller_ms = 0  # the caller's clock: last media.timestamp, never backwards
         self.inputs: asyncio.Queue[Input] = asyncio.Queue()
         self.listen: engine.Listen | None = None  # the answer being (or about to be) taken
         self.barged = False  # the caller barged in on the prompts of this answer
@@ -89,10 +89,12 @@ class Inbound:
     # ------------------------------------------------------------ frames
 
     def on_media(self, msg: Media) -> None:
-        self.caller_ms = msg.timestamp
         self.stats["frames_in"] += 1
         pcm = ulaw_to_pcm16(msg.payload)
         event = self.endpointer.process(pcm, msg.timestamp)
+        # The endpointer's clock, not the raw timestamp: a frozen one must not stop the
+        # key timers (or leave them behind the endpointer's).
+        self.caller_ms = self.endpointer.now_ms
         if self.endpointer.in_speech and not isinstance(event, SpeechStarted):
             self._feed(self.upsampler.process(pcm))
         if event is not None:
@@ -104,7 +106,7 @@ class Inbound:
             else:
                 self.inputs.put_nowait(NothingHeard(event))
         if self.dtmf.active:
-            done = self.dtmf.poll(msg.timestamp)
+            done = self.dtmf.poll(self.caller_ms)
             if done is not None:
                 self.inputs.put_nowait(KeysDone(done))
 

@@ -4,12 +4,19 @@ The handler is a plain `async for msg in ws` loop. It never awaits anything slow
 frame: if we read too slowly Twilio drops inbound audio. A bad frame is logged (the
 first few per call, then sampled), counted, and skipped; the call goes on. Anything
 unexpected ends this call cleanly with its record written, and never another call.
+
+What no frame can do is cost us without bound (`telephony.limits`): a message over the
+size limit (closed: 1009), audio faster than real time (`flood`), a socket that never
+sends `start` (`no_start`, both closed: 1008), or a call that goes quiet (`idle`,
+closed: 1001) each end this connection, counted; its call, if any, ends as dropped.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from ivr.errors import ProtocolError, ProtocolReason
 from ivr.server.services import SERVICES, Services
@@ -17,25 +24,31 @@ from ivr.session.call import CallSession
 from ivr.store.db import DROPPED
 from ivr.telephony import twiml
 from ivr.telephony.inbound import Connected, Dtmf, Mark, Media, Start, Stop, parse_inbound
+from ivr.telephony.limits import MediaLimits, StreamGuard
 from ivr.telephony.stream_token import StartRejected
-from ivr.telephony.wire import DEFAULT_MAX_BYTES
 
 log = structlog.get_logger("ivr.media")
 
-# Twilio's frames are < 1 KiB; anything near the parser's bound is hostile.
-MAX_FRAME = DEFAULT_MAX_BYTES
 _LOGGED_ERRORS = 10  # per connection, then one in 100
 
 
 class MediaConnection:
     """Protocol state of one WebSocket: before start, in a call, stopped."""
 
-    def __init__(self, services: Services, ws: web.WebSocketResponse) -> None:
+    def __init__(
+        self, services: Services, ws: web.WebSocketResponse, limits: MediaLimits,
+    ) -> None:
         self.services = services
         self.ws = ws
         self.session: CallSession | None = None
         self.errors = 0
         self.log = log
+        self.limits = limits
+        self.guard = StreamGuard(limits)
+        self.end_reason = DROPPED
+        """Why the call ends if the stream goes without `stop` (the record's end_reason)."""
+        self._watchdog: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[bool] | None = None
 
     def error(self, reason: ProtocolReason, message: str) -> None:
         self.errors += 1
@@ -49,7 +62,7 @@ class MediaConnection:
 
     async def on_text(self, data: str) -> None:
         try:
-            msg = parse_inbound(data, max_bytes=MAX_FRAME)
+            msg = parse_inbound(data, max_bytes=self.limits.max_message_bytes)
         except ProtocolError as exc:
             self.error(exc.reason, exc.message)
             return
@@ -60,6 +73,10 @@ class MediaConnection:
             elif msg.stream_sid != session.stream_sid:
                 self.error("bad_stream_sid", f"streamSid {msg.stream_sid!r} is not this call's")
             elif isinstance(msg, Media):
+                if self.guard.floods(len(msg.payload)):
+                    self.refuse("flood", f"audio {self.guard.ahead_ms():.0f} ms ahead of the"
+                                         " wall clock since start")
+                    return
                 session.on_media(msg)
             elif isinstance(msg, Dtmf):
                 session.on_dtmf(msg)
@@ -67,6 +84,8 @@ class MediaConnection:
                 session.on_mark(msg)
         elif isinstance(msg, Start):
             await self.on_start(msg)
+            if self.session is not None:
+                self.guard.started()
         elif isinstance(msg, Stop):
             if session is None or msg.stream_sid != session.stream_sid:
                 self.error("bad_stream_sid", "stop for a stream that is not this call's")
@@ -102,12 +121,64 @@ class MediaConnection:
         self.log.warning("start_rejected", reason=exc.reason, detail=exc.message,
                          call_sid=msg.call_sid[:64], stream_sid=msg.stream_sid[:64])
         await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"start rejected")
+    # ------------------------------------------------------------------ limits
+
+    def refuse(self, reason: ProtocolReason, message: str) -> None:
+        """The peer broke a limit: count it and close the socket (1008)."""
+        self.error(reason, message)
+        self.shut(reason, WSCloseCode.POLICY_VIOLATION)
+
+    def shut(self, reason: str, code: WSCloseCode) -> None:
+        """Close the socket with `code`; the read loop stops and the call, if any, ends
+        as dropped with `reason`.
+
+        The close runs in a task of its own so that nothing waits on it: aiohttp's
+        close waits for the peer's answer (up to 10 s), which a hostile peer need not
+        give. It starts before the call ends, so the peer sees this code rather than
+        the plain close of a call hanging up.
+        """
+        if self._closing is None:
+            self.end_reason = reason
+            self._closing = asyncio.create_task(
+                self.ws.close(code=code, message=reason.encode()), name="media-close")
+
+    @property
+    def closing(self) -> bool:
+        """A limit closed this connection: read no more of it."""
+        return self._closing is not None
+
+    def watch(self) -> None:
+        """Start the watchdog of the start and idle timeouts."""
+        self._watchdog = asyncio.create_task(self._watch(), name="media-watchdog")
+
+    async def _watch(self) -> None:
+        # One sleep per deadline, nothing per frame: the handler only notes the time.
+        guard = self.guard
+        expiry = None
+        while expiry is None:
+            await asyncio.sleep(guard.until_deadline())
+            expiry = guard.expired()
+        if expiry == "no_start":
+            self.refuse("no_start", f"no start within {self.limits.start_timeout_ms} ms")
+        else:
+            self.services.counters["media_idle"] += 1
+            self.log.warning("media_idle", after_ms=self.limits.idle_timeout_ms)
+            self.shut("idle", WSCloseCode.GOING_AWAY)
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self.session is not None:
             # A stream that ends without `stop` is a dropped call; end() is idempotent.
-            await self.session.end(DROPPED)
+            await self.session.end(self.end_reason)
             self.services.calls.pop(self.session.stream_sid, None)
+        tasks = [t for t in (self._watchdog, self._closing) if t is not None]
+        if tasks:
+            await asyncio.wait(tasks)
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                self.log.error("media_close_failed", task=task.get_name(),
+                               exc_info=task.exception())
 
 
 async def media(request: web.Request) -> web.StreamResponse:
@@ -118,21 +189,32 @@ async def media(request: web.Request) -> web.StreamResponse:
             services.counters["signature_rejected"] += 1
             log.warning("signature_rejected", path=request.path, url=url)
             raise web.HTTPForbidden(text="invalid X-Twilio-Signature\n")
-    # aiohttp's own limit sits above ours so an oversized frame is a counted protocol
-    # error on a call that goes on, not a closed socket.
-    ws = web.WebSocketResponse(max_msg_size=4 * MAX_FRAME, autoping=True)
+    limits = MediaLimits.from_settings(services.settings)
+    # aiohttp refuses a message at its header, before buffering it, when its length is
+    # not below max_msg_size: so limit + 1 admits exactly `max_message_bytes`.
+    ws = web.WebSocketResponse(max_msg_size=limits.max_message_bytes + 1, autoping=True)
     await ws.prepare(request)
-    conn = MediaConnection(services, ws)
+    conn = MediaConnection(services, ws, limits)
+    conn.watch()
     try:
         async for msg in ws:
+            conn.guard.received()
             if msg.type == WSMsgType.TEXT:
                 await conn.on_text(msg.data)
             elif msg.type == WSMsgType.BINARY:
                 conn.error("binary_frame", f"{len(msg.data)}-byte binary frame")
             elif msg.type == WSMsgType.ERROR:
-                conn.error("oversized" if "size" in str(ws.exception()) else "bad_value",
-                           f"websocket error: {ws.exception()}")
+                # aiohttp has closed the socket already, with the code the error carries.
+                error = msg.data
+                if isinstance(error, WebSocketError) and error.code == WSCloseCode.MESSAGE_TOO_BIG:
+                    conn.error("oversized", f"a message over {limits.max_message_bytes} bytes"
+                                            " (closed: 1009)")
+                    conn.end_reason = "oversized"
+                else:
+                    conn.error("bad_value", f"websocket error: {error}")
                 break
+            if conn.closing:
+                break  # frames already buffered would be read before the close could run
     except Exception:
         # The boundary of one call: log it with the call's ids, end this call only.
         conn.log.exception("media_handler_failed")

@@ -22,6 +22,7 @@ from ivr.sim.script import Barge, CallerAction, PressKeys, Say, Silence
 from ivr.sim.transcript import CallTranscript
 from ivr.store.db import CallStore
 from tests.conftest import make_settings
+from tests.media_peer import prompt_segments
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -139,19 +140,6 @@ async def test_barge_in_is_recorded_and_understood(placed: dict[str, Placed]) ->
     assert first["understood"] == "hours", first
 
 
-def _segments(t: CallTranscript) -> list[list[float]]:
-    """Arrival times of outbound frames, split into prompts at marks and clears."""
-    cuts = sorted([m.t_received for m in t.marks] + list(t.clears))
-    segments: list[list[float]] = [[]]
-    i = 0
-    for arrival, _ in t.frames:
-        while i < len(cuts) and cuts[i] <= arrival:
-            segments.append([])
-            i += 1
-        segments[-1].append(arrival)
-    return [s for s in segments if s]
-
-
 @pytest.mark.parametrize("name", list(CALLS))
 async def test_outbound_audio_is_160_byte_frames_on_a_20_ms_clock(
     placed: dict[str, Placed], name: str
@@ -160,7 +148,7 @@ async def test_outbound_audio_is_160_byte_frames_on_a_20_ms_clock(
     t = placed[name].transcript
     assert t.frames, "no audio"
     assert {n for _, n in t.frames} == {160}
-    for seg in _segments(t):
+    for seg in prompt_segments(t):
         t0 = seg[0]
         for i, arrival in enumerate(seg):
             # Never more than the lead ahead of real time: no burst.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from typing import Any
 
 import aiohttp
@@ -19,6 +20,7 @@ from ivr.sim.dial import call_urls, dial, voice_form
 from ivr.sim.run import run_call
 from ivr.sim.script import PressKeys
 from ivr.telephony import inbound
+from tests.media_peer import JITTER_S, closed_with, max_prompt_gap, media, start_stream
 
 SID = "MZ" + "a" * 32
 CALL = "CA" + "b" * 32
@@ -64,12 +66,14 @@ def mutated_frame(draw: st.DrawFn) -> str:
     return json.dumps(frame)
 
 
+# Everything here is skipped and the call goes on; a message over the size limit closes
+# its connection instead (test_an_oversized_message_closes_only_its_own_connection).
 hostile = st.one_of(
     st.text(max_size=200),
     json_values.map(json.dumps),
     mutated_frame(),
     st.just("{" * 5000),
-    st.just(json.dumps({"event": "media", "streamSid": SID, "media": {"payload": "x" * 70000}})),
+    st.just(json.dumps({"event": "media", "streamSid": SID, "media": {"payload": "x" * 16000}})),
     st.just(inbound.stop_message(9, "MZ" + "0" * 32, ACCOUNT, CALL)),  # another call's stop
 )
 
@@ -115,10 +119,14 @@ async def test_hostile_frames_never_escape_and_a_healthy_call_completes(
             await ws.send_bytes(b"\x00\x01binary")
             await ws.send_str(inbound.connected_message())
             await ws.send_str(inbound.start_message(1, SID, ACCOUNT, CALL, parameters))
+            # A media frame after every other hostile one: at most 150 frames (3 s of
+            # audio) at once, which is within what a line may burst (no flood).
+            assert len(after) <= 300
             for i, text in enumerate(after):
                 await ws.send_str(text)
-                await ws.send_str(inbound.inbound_media_message(i + 2, SID, i + 1, 20 * i,
-                                                                 b"\xff" * 160))
+                if i % 2 == 0:
+                    await ws.send_str(inbound.inbound_media_message(
+                        i // 2 + 2, SID, i // 2 + 1, 10 * i, b"\xff" * 160))
                 await asyncio.sleep(0)
             # The call goes on: it still answers protocol-valid frames, it did not close.
             assert not ws.closed
@@ -133,7 +141,7 @@ async def test_hostile_frames_never_escape_and_a_healthy_call_completes(
     assert counters.get("handler_failures", 0) == 0
     assert counters.get("protocol_error.binary_frame") == 1
     assert counters.get("protocol_error.media_before_start", 0) >= 1
-    assert counters.get("protocol_error.oversized", 0) >= 1
+    assert counters.get("protocol_error.oversized", 0) == 0
     assert sum(v for k, v in counters.items() if k.startswith("protocol_error.")) >= 50
     # The healthy call was not disturbed.
     assert healthy.closed_by == "server"
@@ -265,3 +273,36 @@ async def test_mutated_starts_start_only_the_call_voice_vouched_for(server: Test
         v == "rejected" for v in verdicts.values())
     # The examples reach all three verdicts, or the property says little.
     assert set(verdicts.values()) == {"protocol_error", "accepted", "rejected"}
+
+
+async def test_an_oversized_message_closes_only_its_own_connection(server: TestServer) -> None:
+    """A 64 KiB message, mid-call, closes its connection with 1009 and is counted; a call
+    in progress at the time completes with its audio paced as ever."""
+    services = server.app[SERVICES]
+    base = f"http://127.0.0.1:{server.port}"
+
+    async def attack() -> tuple[int | None, float]:
+        async with aiohttp.ClientSession() as http, http.ws_connect(base + "/media") as ws:
+            stream = await start_stream(http, base, ws)
+            for seq in range(2, 12):
+                await ws.send_str(media(stream, seq, (seq - 2) * 20))
+            async with asyncio.timeout(10):
+                assert (await ws.receive()).type == aiohttp.WSMsgType.TEXT  # its greeting
+            await ws.send_str(json.dumps({"event": "media", "streamSid": stream.stream_sid,
+                                          "media": {"payload": "x" * 64 * 1024}}))
+            async with asyncio.timeout(10):
+                return await closed_with(ws), time.monotonic()
+
+    (code, t_closed), healthy = await asyncio.gather(
+        attack(),
+        run_call(base.replace("http", "ws") + "/media", [PressKeys("2")], flow="demo",
+                 transcribe=False, call_timeout=60),
+    )
+    assert code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+    assert services.counters["protocol_error.oversized"] == 1
+    assert services.counters.get("handler_failures", 0) == 0
+    assert 0 < healthy.t_start < t_closed < healthy.t_end  # it was mid-call
+    assert healthy.server is not None
+    assert healthy.server["outcome"] == "completed"
+    assert healthy.server["turns"][0]["understood"] == "support"
+    assert max_prompt_gap(healthy) <= 0.040 + JITTER_S

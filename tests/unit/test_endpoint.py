@@ -1,12 +1,14 @@
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import tracemalloc
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pytest
 import webrtcvad
 
 from ivr.audio.endpoint import (
+    MAX_KEYS,
     DigitsComplete,
     DtmfCollector,
     EndpointConfig,
@@ -245,6 +247,76 @@ def test_odd_frame_sizes_do_not_raise() -> None:
     assert any(isinstance(e, SpeechStarted) for e in evs)
 
 
+def _growth(work: Callable[[], object]) -> int:
+    """Bytes still allocated after `work()` ran (what it left behind)."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        work()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_frozen_timestamp_keeps_the_preroll_bounded() -> None:
+    """10,000 frames all stamped 0 leave no more than the preroll span behind (each a
+    fresh bytes object, as decoded frames are): not 10,000 frames' worth."""
+    ep = Endpointer()
+
+    def flood() -> None:
+        for _ in range(10_000):
+            ep.process(bytes(FRAME), 0)
+
+    assert _growth(flood) < 64 * 1024  # the span: 25 frames of 320 bytes, with overhead
+    assert ep.now_ms == 9_999 * 20  # each frame moved the clock by its own length
+    ep.arm(EndpointConfig(preroll_ms=300), now_ms=ep.now_ms)
+    (started,) = events(feed(ep, voiced(300), start_ms=0))
+    assert isinstance(started, SpeechStarted)
+    assert len(started.preroll) == (300 + 160) * 16  # the preroll, not the flood
+
+
+def test_frames_too_short_to_move_the_clock_are_bounded_by_count() -> None:
+    ep = Endpointer()
+
+    def flood() -> None:
+        for _ in range(10_000):
+            ep.process(bytes(8), 0)  # half a millisecond: no duration at 16 bytes/ms
+
+    assert _growth(flood) < 64 * 1024
+
+
+def test_voice_at_a_frozen_timestamp_is_bounded_and_ends_by_frames_received() -> None:
+    """In speech the start window and the utterance are measured on frames received, so
+    frozen-timestamp voice neither grows the window nor holds a turn open forever."""
+    audio = voiced(10_000 * 20)
+    frames = [audio[i : i + FRAME] for i in range(0, len(audio), FRAME)]
+    ep = Endpointer()
+    ep.arm(EndpointConfig(max_utterance_ms=2000), now_ms=0)
+    got: list[EndpointEvent] = []
+
+    def flood() -> None:
+        for frame in frames:
+            ev = ep.process(frame, 0)
+            if ev is not None:
+                got.append(ev)
+                if isinstance(ev, SpeechEnded):
+                    ep.watch_barge_in(EndpointConfig(max_utterance_ms=10**9), ep.now_ms)
+
+    assert _growth(flood) < 64 * 1024
+    started, ended = got[:2]
+    assert isinstance(started, SpeechStarted) and started.at_ms == 0
+    assert ended == SpeechEnded(at_ms=2000, reason="max_length", last_voice_ms=2000)
+
+
+def test_no_input_runs_on_frames_received_when_timestamps_run_backwards() -> None:
+    ep = Endpointer()
+    ep.arm(EndpointConfig(no_input_ms=1000), now_ms=5000)
+    stamps = [5000 - 20 * i for i in range(200)]  # 5000, 4980, ...: always backwards
+    evs = [(i, ep.process(SILENCE, ts)) for i, ts in enumerate(stamps)]
+    # The first frame sets the clock; every later one goes on 20 ms from there.
+    assert [(i, e) for i, e in evs if e is not None] == [(49, NoSpeech(at_ms=6000))]
+
+
 def test_config_validation() -> None:
     with pytest.raises(ValueError):
         EndpointConfig(vad_mode=4)
@@ -316,10 +388,23 @@ def test_dtmf_no_terminator_and_unknown_keys() -> None:
     assert c.press("1", 30) == DigitsComplete("#1", "max_digits")
 
 
+def test_dtmf_keys_without_max_digits_are_capped() -> None:
+    """A collection ended only by a terminator or a timeout still stops at MAX_KEYS:
+    keys from a peer whose audio (the caller clock) stands still cannot pile up."""
+    c = DtmfCollector()
+    c.start(None, terminator=None, now_ms=0)
+    results = [c.press("1", 0) for _ in range(MAX_KEYS)]
+    assert results[:-1] == [None] * (MAX_KEYS - 1)
+    assert results[-1] == DigitsComplete("1" * MAX_KEYS, "max_digits")
+    assert not c.active
+
+
 def test_dtmf_validation() -> None:
     c = DtmfCollector()
     with pytest.raises(ValueError):
         c.start(0, now_ms=0)
+    with pytest.raises(ValueError):
+        c.start(MAX_KEYS + 1, now_ms=0)
     with pytest.raises(ValueError):
         c.start(1, terminator="x", now_ms=0)
     with pytest.raises(ValueError):
