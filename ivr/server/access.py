@@ -134,7 +134,7 @@ class SessionSigner:
         expiry = body.partition(".")[0]
         if not (expiry.isascii() and expiry.isdigit()):
             return False
-        return hmac.compare_digest(mac, self._mac(body)) and now < int(expiry)
+        return hmac.compare_digest(mac.encode(), self._mac(body).encode()) and now < int(expiry)
 
     def _mac(self, body: str) -> str:
         return hmac.new(self.key, body.encode(), hashlib.sha256).hexdigest()

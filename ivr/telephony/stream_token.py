@@ -179,12 +179,12 @@ class StreamTokens:
             called=parameters.get("to", ""), flow=parameters.get("flow", ""),
             expires=int(expires), nonce=nonce,
         )
-        if not hmac.compare_digest(mac, self._mac(claims)):
+        if not hmac.compare_digest(mac.encode(), self._mac(claims).encode()):
             raise StartRejected("bad_signature", "the token does not cover these parameters")
         now = self.clock()
         if claims.expires <= now:
             raise StartRejected("expired", f"the token expired {now - claims.expires:.0f} s ago")
-        if not hmac.compare_digest(token_sid, call_sid):
+        if not hmac.compare_digest(token_sid.encode(), call_sid.encode()):
             raise StartRejected("call_sid_mismatch", "the token was issued for another call")
         self._spend(claims, now)
         return claims
