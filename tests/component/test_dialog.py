@@ -1,21 +1,28 @@
-"""The text side of the one dialog driver: flow tests with a scripted model, typed answers."""
+"""The text side of the one dialog driver: flow tests with a scripted model, typed answers,
+and an `llm` step against a fake provider: the concierge prompt."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
-from ivr.dialog.conversation import typed_answer
+from ivr.config import ProviderConfig
+from ivr.dialog.conversation import TextConversation, typed_answer
 from ivr.dialog.flowtest import load_spec, run_file
 from ivr.errors import FlowError
 from ivr.flows import engine
 from ivr.flows.library import FlowLibrary
 from ivr.flows.model import Flow
+from ivr.llm.client import ChatClient
+from ivr.providers.http import ProviderClient
+from ivr.tools import default_registry, seed
 from tests.conftest import ROOT
-from tests.fake_openai import start_fake_openai
+from tests.fake_openai import ChatReply, FakeOpenAI, start_fake_openai
 
 BOOKING_TEST: dict[str, Any] = {
     "name": "books",
@@ -39,7 +46,8 @@ def flows() -> dict[str, Flow]:
 
 
 def _spec(*tests: dict[str, Any]) -> dict[str, Any]:
-    return {"flow": "concierge", "now": "2026-11-23T10:00:00-05:00", "tests": list(tests)}
+    return {"flow": "concierge", "now": "2026-11-23T10:00:00-05:00", "caller": "+15550100009",
+            "tests": list(tests)}
 
 
 async def test_a_scripted_model_runs_the_llm_step_and_books(flows: dict[str, Flow]) -> None:
@@ -89,3 +97,35 @@ def test_typed_turns_are_taken_as_a_phone_takes_them() -> None:
     assert typed_answer("#12", with_keys) == engine.Digits("12")
     assert typed_answer("sales", with_keys) == engine.NoInput()
     assert typed_answer("", LISTEN) == engine.NoInput()
+
+
+# ------------------------------------------------------------ an llm step, a fake provider
+
+CALLER = "+15550100009"
+
+@pytest.fixture
+async def fake_chat() -> AsyncIterator[tuple[FakeOpenAI, ChatClient]]:
+    async with start_fake_openai() as fake, aiohttp.ClientSession() as http:
+        config = ProviderConfig(role="llm", base_url=fake.base_url, model="gpt-test",
+                                max_retries=0)
+        yield fake, ChatClient(ProviderClient(config, http), "gpt-test")
+
+
+@pytest.mark.parametrize("caller", [CALLER, ""])
+async def test_the_concierge_prompt_never_holds_the_callers_number(
+    fake_chat: tuple[FakeOpenAI, ChatClient], flows: dict[str, Flow], tmp_path: Path,
+    caller: str,
+) -> None:
+    """The model is told whether the tools act for a known number, never the number."""
+    fake, chat = fake_chat
+    fake.chat_replies.append(ChatReply(content="Hello."))
+    db = tmp_path / "ivr.db"
+    await seed(db)
+    conv = TextConversation(flows, "concierge", default_registry(db), db_path=db,
+                            caller=caller, model=lambda _flow: chat)
+    await conv.start()
+    await conv.close()
+    sent = str(fake.bodies["chat"][0]["messages"])
+    assert "555" not in sent and "0100009" not in sent  # in any spelling of the number
+    system = fake.bodies["chat"][0]["messages"][0]["content"]
+    assert ("calling from" in system) if caller else ("withheld" in system)

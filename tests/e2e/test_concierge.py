@@ -1,5 +1,5 @@
 """The concierge flow over the phone and typed: LLM function calling against a local
-fake provider."""
+fake provider; the tools reach only the caller's own bookings."""
 
 from __future__ import annotations
 
@@ -94,6 +94,32 @@ async def test_concierge_books_through_llm_function_calling(tmp_path: Path) -> N
         )).fetchall()
     assert rows == [("cleaning", day, "15:00", "Pat")]
     assert record["stats"]["llm_prompt_tokens"] > 0  # type: ignore[index]
+
+
+async def test_a_model_cancelling_another_numbers_booking_gets_a_tool_error(
+    tmp_path: Path,
+) -> None:
+    """On a call from CALLER the model cancels BK-SEED2 (another number's): the model is
+    told the booking is not found, the booking stays booked, and no request to the model
+    ever held the caller's number."""
+    async with start_fake_openai() as fake:
+        fake.chat_replies.extend([
+            ChatReply(content="Sure. Which booking?"),
+            ChatReply(tool_calls=[ToolCall("bookings__cancel", '{"ref": "BK-SEED2"}')]),
+            ChatReply(content="Sorry, I can't find that booking. Goodbye.",
+                      tool_calls=[ToolCall("end_conversation", "{}")]),
+        ])
+        record = await _concierge_call(tmp_path, fake.base_url)
+        sent = fake.bodies["chat"]
+    assert record["outcome"] == "completed"
+    results = [json.loads(m["content"]) for m in sent[2]["messages"] if m["role"] == "tool"]
+    assert results == [{"ok": False, "error": "no booking with reference BK-SEED2 under the "
+                                              "caller's number"}]
+    async with aiosqlite.connect(tmp_path / "ivr.db") as db:
+        status = await (await db.execute(
+            "SELECT status FROM bookings WHERE ref = 'BK-SEED2'")).fetchone()
+    assert status == ("booked",)
+    assert CALLER[-7:] not in json.dumps(sent)
 
 
 FAULTS = {
