@@ -562,3 +562,29 @@ async def test_an_anonymous_caller_cannot_book_through_the_model(
     assert not ran.ok and ran.error is not None and "withheld" in ran.error
     assert bookings_in(db) == []
 
+
+# --------------------------------------------------------------------- token budget
+
+
+async def test_the_token_bound_stops_requests_before_the_next_round(
+    fake: FakeOpenAI, chat: ChatClient, registry: ToolRegistry, db: Path
+) -> None:
+    """The bound is checked before each request: a reply under way is finished and its
+    tools run; the request after the bound is reached is never made."""
+    check = ToolCall("bookings__check_availability", json.dumps({"day": THURSDAY.isoformat()}))
+    fake.chat_replies.extend([
+        ChatReply(content="Which day?", prompt_tokens=40, completion_tokens=10),
+        ChatReply(tool_calls=[check], prompt_tokens=60, completion_tokens=10),
+        ChatReply(content="Thursday at 9 is free."),  # never asked for
+    ])
+    agent = make_agent(chat, registry, db, max_tokens=100)
+    assert (await collect(agent, None))[-1] == ModelListens()  # 50 of 100
+    events = await collect(agent, "Thursday")
+    assert [(e.name, e.ok) for e in events if isinstance(e, ToolRan)] == [
+        ("bookings.check_availability", True)]
+    assert isinstance(events[-1], Done) and events[-1].reason == "budget"
+    assert fake.requests["chat"] == 2 and agent.tokens == 120
+    # Nothing left at the start: no request at all.
+    spent = make_agent(chat, registry, db, max_tokens=0)
+    assert [type(e) for e in await collect(spent, None)] == [Done]
+    assert fake.requests["chat"] == 2
