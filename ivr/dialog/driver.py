@@ -24,6 +24,7 @@ from ivr.dialog.port import DialogPort, ToolRun
 from ivr.flows import engine
 from ivr.flows.model import Flow
 from ivr.tools.base import ToolContext
+from ivr.tools.phone import caller_identity
 from ivr.tools.registry import ToolRegistry
 
 Log = structlog.typing.FilteringBoundLogger
@@ -42,7 +43,8 @@ class Dialog:
 
     `flows` gives the flows a `goto flow` may switch to (a server's reload replaces
     them); `model` picks the chat model of an `llm` step (None: no LLM, the runner takes
-    each `llm` step's fallback). `stats` and `labels` collect usage for a call record;
+    each `llm` step's fallback). `caller` is the verified caller ID (withheld or not a
+    number: an anonymous caller). `stats` and `labels` collect usage for a call record;
     `llm_max_tokens_per_call` (0: no limit) bounds the tokens of all its `llm` steps.
     """
 
@@ -66,7 +68,9 @@ class Dialog:
         self.port = port
         self.flows = flows
         self.tools = tools
-        self.caller = caller
+        # One identity for the flow (`{{ caller }}`) and its tools: the number as tools
+        # store it, or "" when the caller ID is withheld or not a number at all.
+        self.caller = caller_identity(caller)
         self.call_sid = call_sid
         self.db_path = db_path
         self.model = model

@@ -18,6 +18,7 @@ __all__ = [
     "ANONYMOUS_CALLER",
     "OTHER_NUMBER",
     "WITHHELD_NUMBERS",
+    "caller_identity",
     "caller_number",
     "normalize_phone",
     "own_number",
@@ -59,17 +60,22 @@ def normalize_phone(text: str) -> str:
     return s
 
 
-def caller_number(ctx: ToolContext) -> str:
-    """The verified caller's number as stored, or "" for an anonymous caller.
+def caller_identity(caller_id: str) -> str:
+    """A caller ID as an identity: the number as stored, or "" for an anonymous caller.
 
     A caller ID that is not a number ("anonymous", a SIP client) or is one of the
     withheld-ID placeholders is no identity at all.
     """
     try:
-        number = normalize_phone(ctx.caller)
+        number = normalize_phone(caller_id)
     except ToolError:
         return ""
     return "" if number in WITHHELD_NUMBERS else number
+
+
+def caller_number(ctx: ToolContext) -> str:
+    """The verified caller's number as stored, or "" for an anonymous caller."""
+    return caller_identity(ctx.caller)
 
 
 def own_number(args: dict[str, Any], ctx: ToolContext, *, what: str, key: str = "phone") -> str:

@@ -195,3 +195,32 @@ async def test_the_concierge_prompt_never_holds_the_callers_number(
     assert "555" not in sent and "0100009" not in sent  # in any spelling of the number
     system = fake.bodies["chat"][0]["messages"][0]["content"]
     assert ("calling from" in system) if caller else ("withheld" in system)
+
+
+@pytest.mark.parametrize("caller", ["", "anonymous", "+266696687", "client:alice"])
+async def test_a_withheld_caller_id_is_an_anonymous_caller(
+    flows: dict[str, Flow], tmp_path: Path, caller: str
+) -> None:
+    """No number, a word, Twilio's keypad spelling of ANONYMOUS, a SIP client: the flow
+    sees no caller (`{{ caller }}` is empty) and dental_booking puts them through."""
+    db = tmp_path / "ivr.db"
+    await seed(db)
+    conv = TextConversation(flows, "dental_booking", default_registry(db), db_path=db,
+                            caller=caller)
+    ex = await conv.start()
+    assert conv.dialog.caller == "" and conv.runner.caller == ""
+    assert "Your number is withheld" in " ".join(ex.bot)
+    assert ex.ended == "transfer +15550100000"
+
+
+async def test_the_caller_id_reaches_flow_and_tools_as_one_number(
+    flows: dict[str, Flow], tmp_path: Path
+) -> None:
+    db = tmp_path / "ivr.db"
+    await seed(db)
+    conv = TextConversation(flows, "dental_booking", default_registry(db), db_path=db,
+                            caller="(555) 010-0001")
+    await conv.start()
+    assert conv.runner.caller == conv.dialog.tool_context().caller == "+15550100001"
+    assert "Your cleaning is on" in " ".join((await conv.turn("reschedule")).bot)
+    await conv.close()
