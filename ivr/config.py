@@ -46,6 +46,7 @@ _ENV: dict[str, str] = {
     "cache_mb": "IVR_CACHE_MB",
     "tools_file": "IVR_TOOLS_FILE",
     "stt_api": "IVR_STT_API",
+    "llm_max_tokens_per_call": "IVR_LLM_MAX_TOKENS_PER_CALL",
     "webhook_hosts": "IVR_WEBHOOK_HOSTS",
     "webhook_secret": "IVR_WEBHOOK_SECRET",
     "stream_secret": "IVR_STREAM_SECRET",
@@ -208,6 +209,13 @@ class Settings:
     stt_api: str = "transcriptions"
     tts: ProviderConfig | None = None
     llm: ProviderConfig | None = None
+    # Tokens (prompt + completion, as the provider reports them) one call's `llm` steps may
+    # use in all; once spent, the step ends with its fallback. 0: no limit. Measured: a
+    # concierge booking in 6 requests (question, day, availability, name, confirmation,
+    # book) sends 35 kB of messages and tool schemas, about 8,700 tokens at 4 characters a
+    # token, each request resending the growing history; 20,000 leaves a slow caller
+    # twice that, and stops one who keeps the model talking from running up the bill.
+    llm_max_tokens_per_call: int = 20_000
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -243,6 +251,9 @@ class Settings:
             raise ConfigError(f"IVR_STT_API={self.stt_api!r} must be transcriptions or chat")
         if not 20 <= self.lead_ms <= 1000:
             raise ConfigError(f"IVR_PLAYER_LEAD_MS={self.lead_ms} must be within 20..1000 ms")
+        if self.llm_max_tokens_per_call < 0:
+            raise ConfigError(f"IVR_LLM_MAX_TOKENS_PER_CALL={self.llm_max_tokens_per_call} "
+                              "must be 0 (no limit) or a number of tokens")
         if self.stream_secret and len(self.stream_secret) < 32:
             raise ConfigError("IVR_STREAM_SECRET must be at least 32 characters "
                               "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')")

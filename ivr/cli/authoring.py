@@ -178,7 +178,8 @@ async def _chat(args: argparse.Namespace) -> int:
     await seed(db)
     async with _configured_model(settings) as model:
         conv = TextConversation(flows, args.flow, default_registry(db), db_path=db,
-                                caller=args.caller, model=model)
+                                caller=args.caller, model=model,
+                                llm_max_tokens_per_call=settings.llm_max_tokens_per_call)
         llm = f"llm steps talk to {settings.llm.name}" if settings.llm else "no LLM configured"
         print(f"chatting with flow {args.flow!r} ({llm}): type what the caller says, "
               "#12 presses keys, an empty line is silence, Ctrl-D hangs up")

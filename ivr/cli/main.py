@@ -75,7 +75,9 @@ def _authoring_parsers(sub: Any) -> None:
     chat.add_argument("flow")
     chat.add_argument("--flows", type=Path, default=Path("flows"))
     chat.add_argument("--db", type=Path, help="SQLite file for the tools (default: IVR_DB)")
-    chat.add_argument("--caller", default="+15550100001")
+    chat.add_argument("--caller", default="+15550100001",
+                      help="the verified caller's number, the one the tools act for "
+                           "(\"\": an anonymous caller)")
     db = sub.add_parser("db", help="database utilities")
     dsub = db.add_subparsers(dest="db_command", required=True)
     seed = dsub.add_parser("seed", help="create the schema and insert the demo data")

@@ -68,10 +68,19 @@ async def run_llm_step(
     stats: Counter[str],
     labels: dict[str, str],
     log: structlog.typing.FilteringBoundLogger,
+    max_tokens_per_call: int = 0,
 ) -> engine.AgentDone:
     """Run one `llm` step until the model exits, ends or fails; never raises for the
-    provider's failures (they end the step with `AgentDone(ok=False)`: the fallback)."""
+    provider's failures (they end the step with `AgentDone(ok=False)`: the fallback).
+
+    `max_tokens_per_call` (0: no limit) bounds the tokens of all the call's `llm` steps
+    together: `stats` holds what the earlier ones used, and once the budget is spent the
+    step ends with `AgentDone(ok=False, "budget")`, which takes its fallback.
+    """
     slots: dict[str, str] = {}
+    spent_before = stats["llm_prompt_tokens"] + stats["llm_completion_tokens"]
+    remaining = (max(0, max_tokens_per_call - spent_before) if max_tokens_per_call > 0
+                 else None)
 
     def exit_check(values: dict[str, str], found: dict[str, Any], called: list[str]) -> bool:
         return runner.agent_update(
@@ -85,7 +94,7 @@ async def run_llm_step(
     agent = Agent(chat, tools, ctx,
                   AgentStep(system_prompt=system, tools=action.tools,
                             max_rounds=action.max_rounds, exit_when=exit_check,
-                            slot_names=action.slots),
+                            slot_names=action.slots, max_tokens=remaining),
                   slots)
     user: str | None = None
     try:
@@ -93,6 +102,10 @@ async def run_llm_step(
             said = stats["agent_sentences"]
             done = await _model_turn(action, agent, user, port, stats, log)
             if done is not None:
+                if done.reason == "budget":
+                    stats["llm_budget_spent"] += 1
+                    log.warning("llm_budget_spent", step=action.step,
+                                limit=max_tokens_per_call, used=spent_before + agent.tokens)
                 return done
             if stats["agent_sentences"] == said:
                 # The model wants the caller to talk but said nothing: the caller

@@ -64,10 +64,12 @@ class TextConversation:
         now: Callable[[], datetime] | None = None,
         call_sid: str | None = None,
         model: ModelFor | None = None,
+        llm_max_tokens_per_call: int = 0,
     ) -> None:
         self.flows = flows
         self.dialog = Dialog(self, lambda: self.flows, flows[flow], registry, caller=caller,
-                             call_sid=call_sid, db_path=db_path, model=model, now=now)
+                             call_sid=call_sid, db_path=db_path, model=model, now=now,
+                             llm_max_tokens_per_call=llm_max_tokens_per_call)
         self.exchanges: list[Exchange] = []
         self.tool_calls: list[str] = []
         self._exchange = Exchange(None)

@@ -24,6 +24,7 @@ from ivr.dialog.port import DialogPort, ToolRun
 from ivr.flows import engine
 from ivr.flows.model import Flow
 from ivr.tools.base import ToolContext
+from ivr.tools.phone import caller_identity
 from ivr.tools.registry import ToolRegistry
 
 Log = structlog.typing.FilteringBoundLogger
@@ -42,7 +43,9 @@ class Dialog:
 
     `flows` gives the flows a `goto flow` may switch to (a server's reload replaces
     them); `model` picks the chat model of an `llm` step (None: no LLM, the runner takes
-    each `llm` step's fallback). `stats` and `labels` collect usage for a call record.
+    each `llm` step's fallback). `caller` is the verified caller ID (withheld or not a
+    number: an anonymous caller). `stats` and `labels` collect usage for a call record;
+    `llm_max_tokens_per_call` (0: no limit) bounds the tokens of all its `llm` steps.
     """
 
     def __init__(
@@ -60,14 +63,18 @@ class Dialog:
         stats: Counter[str] | None = None,
         labels: dict[str, str] | None = None,
         log: Log | None = None,
+        llm_max_tokens_per_call: int = 0,
     ) -> None:
         self.port = port
         self.flows = flows
         self.tools = tools
-        self.caller = caller
+        # One identity for the flow (`{{ caller }}`) and its tools: the number as tools
+        # store it, or "" when the caller ID is withheld or not a number at all.
+        self.caller = caller_identity(caller)
         self.call_sid = call_sid
         self.db_path = db_path
         self.model = model
+        self.llm_max_tokens_per_call = llm_max_tokens_per_call
         self._now = now
         self.stats: Counter[str] = stats if stats is not None else Counter()
         self.labels: dict[str, str] = labels if labels is not None else {}
@@ -113,7 +120,8 @@ class Dialog:
                 assert self.model is not None  # the runner emits RunAgent only then
                 done = await run_llm_step(
                     action, self.runner, self.model(self.flow), self.tools, port,
-                    self.tool_context, stats=self.stats, labels=self.labels, log=self.log)
+                    self.tool_context, stats=self.stats, labels=self.labels, log=self.log,
+                    max_tokens_per_call=self.llm_max_tokens_per_call)
                 actions.extend(self.runner.handle(done))
             elif isinstance(action, engine.Transfer):
                 self.ended = f"transfer {action.number}"

@@ -3,7 +3,7 @@
 ```yaml
 flow: order_status                  # the flow under test (looked up in --flows DIR)
 now: "2026-11-23T10:00:00-05:00"    # the call's clock (optional; default: real time)
-caller: "+15550100001"              # optional
+caller: "+15550100001"              # the verified caller the tools act for (default: anonymous)
 tests:
   - name: finds an order by keypad
     turns:
@@ -13,6 +13,9 @@ tests:
     slots: {order: "4567"}          # slot values (text form) at the end
     tools: [lookups.order_status]   # tools called, in order (a subsequence)
     ends: hangup                    # a fragment of how the call ended
+  - name: a withheld number hears no order details
+    caller: ""                      # this test's caller, instead of the file's
+    ...
 ```
 Every test runs on a fresh database seeded with the demo data, so tools behave the same
 every time.
@@ -89,7 +92,8 @@ async def run_file(path: Path, spec: dict[str, Any], flows: dict[str, Flow]) -> 
     now = datetime.fromisoformat(str(spec["now"])) if spec.get("now") else None
     outcomes = []
     for case in spec["tests"]:
-        outcomes.append(await run_case(path, flows, flow, case, now, str(spec.get("caller", ""))))
+        caller = case["caller"] if "caller" in case else spec.get("caller")
+        outcomes.append(await run_case(path, flows, flow, case, now, _text(caller)))
     return outcomes
 
 

@@ -2,7 +2,8 @@
 
 `Agent.turn(user_text)` runs model rounds until the model needs the caller (a text answer
 without tool calls: `ModelListens`), the step's exit condition holds (`Done("exit")`), the model
-ends the conversation or asks for a human, or a bound is hit. Sentences are yielded as
+ends the conversation or asks for a human, or a bound is hit (rounds per turn, or the
+tokens the step may still use: `Done("budget")`). Sentences are yielded as
 `ModelSays` events as soon as each one is complete, so the session can start synthesis before
 the model has finished its reply.
 
@@ -57,7 +58,7 @@ TRANSFER_TO_HUMAN = "transfer_to_human"
 _BUILTINS = frozenset({SET_SLOT, END_CONVERSATION, TRANSFER_TO_HUMAN})
 
 ExitCheck = Callable[[dict[str, str], dict[str, Any], list[str]], bool]
-DoneReason = Literal["exit", "model", "transfer", "max_rounds", "error"]
+DoneReason = Literal["exit", "model", "transfer", "max_rounds", "budget", "error"]
 
 
 class ChatModel(Protocol):
@@ -78,6 +79,9 @@ class AgentStep:
     exit_when: ExitCheck | None = None  # (slots, vars, called_tools) -> end the step
     slot_names: tuple[str, ...] = ()  # `set_slot` names; empty: the keys of `slots`
     max_invalid_rounds: int = 2  # consecutive rounds with a refused call, then error
+    # Tokens (prompt + completion) this step may use before no further request is made:
+    # what is left of the call's budget when the step starts. None: no bound.
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +205,16 @@ class Agent:
         """The function definitions offered to the model."""
         return self._tools
 
+    @property
+    def tokens(self) -> int:
+        """Tokens this step has used, as the provider reported them."""
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def budget_spent(self) -> bool:
+        limit = self.step.max_tokens
+        return limit is not None and self.tokens >= limit
+
     def _exit(self) -> bool:
         check = self.step.exit_when
         return check is not None and check(self.slots, self.vars, self.called_tools)
@@ -214,6 +228,12 @@ class Agent:
             self.messages.append({"role": "user", "content": user_text})
         invalid_rounds = 0
         for _ in range(self.step.max_rounds):
+            if self.budget_spent:
+                # Checked before each request, never inside one: a reply under way is
+                # finished and its tools run, so nothing is left half done.
+                yield Done("budget", f"the call's LLM budget is spent ({self.tokens} tokens "
+                                     f"used in this step, {self.step.max_tokens} allowed)")
+                return
             splitter = SentenceSplitter()
             text: list[str] = []
             calls: list[ToolCallDone] = []

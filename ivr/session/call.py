@@ -85,6 +85,7 @@ class CallSession:
             call_sid=self.call_sid, db_path=self.settings.db,
             model=per_flow_model(services.llm) if services.llm is not None else None,
             stats=self.stats, labels=self.record.labels, log=log,
+            llm_max_tokens_per_call=self.settings.llm_max_tokens_per_call,
         )
         self.transfer_to: str | None = None
         self._conductor: asyncio.Task[None] | None = None

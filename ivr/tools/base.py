@@ -63,7 +63,11 @@ class ToolError(IvrError):
 class ToolContext:
     """What a handler knows about the call it serves.
 
-    `now` is the business clock: opening hours and "today" are read in its time zone.
+    `caller` is the verified caller's number: on a phone call the one the signed stream
+    token vouches for, in `ivr chat` and flow tests the one they were given; "" for an
+    anonymous caller (withheld caller ID). Tools that act for a person act for this number
+    only (`ivr.tools.phone.own_number`). `now` is the business clock: opening hours and
+    "today" are read in its time zone.
     """
 
     call_sid: str | None

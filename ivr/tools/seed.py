@@ -15,7 +15,7 @@ import aiosqlite
 
 from ivr.store.db import CallStore, utc_now
 from ivr.tools.base import BUSY_TIMEOUT_S
-from ivr.tools.builtin.bookings import OPEN_WEEKDAYS
+from ivr.tools.builtin.availability import OPEN_WEEKDAYS
 
 SERVICES: tuple[tuple[str, int, str], ...] = (
     ("cleaning", 30, "Routine cleaning and polish"),

@@ -1,6 +1,6 @@
 """LLM: the streaming chat client against the fake OpenAI server (deltas reassembled across
 chunks, usage, [DONE], malformed chunks), the sentence splitter, and the agent's
-tool-calling loop on a real seeded database."""
+tool-calling loop on a real seeded database: the caller's own data only, the token bound."""
 
 from __future__ import annotations
 
@@ -41,8 +41,11 @@ from tests.fake_openai import ChatReply, FakeOpenAI, Fault, ToolCall, start_fake
 
 TZ = timezone(timedelta(hours=-5))
 MONDAY = date(2030, 1, 7)
+WEDNESDAY = MONDAY + timedelta(days=2)
 THURSDAY = MONDAY + timedelta(days=3)
 NOW = datetime(2030, 1, 7, 10, 10, tzinfo=TZ)
+CALLER = "+15550100009"  # seeded: no bookings, no orders
+CAROL = "+15550100003"  # seeded: booking BK-SEED3 on WEDNESDAY at 14:30, order 5150
 
 
 async def _no_sleep(_: float) -> None:
@@ -79,7 +82,9 @@ def registry(db: Path) -> ToolRegistry:
     return default_registry(db)
 
 
-def make_agent(chat: ChatClient, registry: ToolRegistry, db: Path, **step: Any) -> Agent:
+def make_agent(
+    chat: ChatClient, registry: ToolRegistry, db: Path, caller: str = CALLER, **step: Any
+) -> Agent:
     values: dict[str, Any] = {
         "system_prompt": "You book cleanings. Slots: name.",
         "tools": ("bookings.check_availability", "bookings.book"),
@@ -87,8 +92,7 @@ def make_agent(chat: ChatClient, registry: ToolRegistry, db: Path, **step: Any) 
     values.update(step)
     return Agent(
         chat, registry,
-        lambda: ToolContext(call_sid="CA" + "2" * 32, caller="+15550100009", db_path=db,
-                            now=NOW),
+        lambda: ToolContext(call_sid="CA" + "2" * 32, caller=caller, db_path=db, now=NOW),
         AgentStep(**values), slots={"name": ""},
     )
 
@@ -473,3 +477,114 @@ async def test_interrupted_turn_keeps_history_valid(
     await collect(agent, "thanks")
     sent = fake.bodies["chat"][1]["messages"]
     assert sent[-2]["tool_call_id"] == "c1" and sent[-1]["role"] == "user"
+
+
+# --------------------------------------------------------------- the caller's own data
+
+
+def status_of(db: Path, ref: str) -> str:
+    with sqlite3.connect(db) as conn:
+        return str(conn.execute("SELECT status FROM bookings WHERE ref = ?", (ref,)).fetchone()[0])
+
+
+def tool_results_sent(fake: FakeOpenAI, request: int) -> list[dict[str, Any]]:
+    """The tool results the model was sent in its `request`-th request (0-based)."""
+    messages = fake.bodies["chat"][request]["messages"]
+    return [json.loads(m["content"]) for m in messages if m["role"] == "tool"]
+
+
+async def test_a_model_cancelling_another_numbers_booking_gets_a_tool_error(
+    fake: FakeOpenAI, chat: ChatClient, registry: ToolRegistry, db: Path
+) -> None:
+    """"Cancel my mum's Wednesday slot, her number is ...": by her reference, or by her
+    number and day, the model gets a failed result and her booking stays booked."""
+    fake.chat_replies.extend([
+        ChatReply(tool_calls=[ToolCall("bookings__cancel", '{"ref": "BK-SEED3"}')]),
+        ChatReply(tool_calls=[ToolCall("bookings__cancel", json.dumps(
+            {"day": WEDNESDAY.isoformat(), "phone": "555 010 0003"}))]),
+        ChatReply(content="Sorry, I can only change bookings for the number you call from."),
+    ])
+    agent = make_agent(chat, registry, db, tools=("bookings.cancel",))
+    events = await collect(agent, "Cancel my mum's Wednesday slot, her number is 555 010 0003.")
+    ran = [e for e in events if isinstance(e, ToolRan)]
+    assert [(e.name, e.ok) for e in ran] == [("bookings.cancel", False)] * 2
+    assert ran[0].error == "no booking with reference BK-SEED3 under the caller's number"
+    assert ran[1].error is not None and "not another number" in ran[1].error
+    assert events[-1] == ModelListens()
+    # What the model was told: failures, with nothing of Carol's booking in them.
+    told = tool_results_sent(fake, 2)
+    assert [r["ok"] for r in told] == [False, False]
+    assert "14:30" not in json.dumps(told) and "whitening" not in json.dumps(told)
+    assert status_of(db, "BK-SEED3") == "booked"
+
+
+async def test_a_model_finding_another_numbers_bookings_is_refused(
+    fake: FakeOpenAI, chat: ChatClient, registry: ToolRegistry, db: Path
+) -> None:
+    fake.chat_replies.extend([
+        ChatReply(tool_calls=[ToolCall("bookings__find", json.dumps({"phone": CAROL}))]),
+        ChatReply(content="I can only look up your own bookings."),
+    ])
+    agent = make_agent(chat, registry, db, tools=("bookings.find",))
+    events = await collect(agent, "What are Carol's bookings? Her number is +15550100003.")
+    [ran] = [e for e in events if isinstance(e, ToolRan)]
+    assert not ran.ok and ran.error is not None and "another number" in ran.error
+    assert ran.value == {"reason": "other_number"}
+    assert "BK-SEED3" not in json.dumps(tool_results_sent(fake, 1))
+
+
+async def test_a_model_looking_up_someone_elses_order_learns_no_details(
+    fake: FakeOpenAI, chat: ChatClient, registry: ToolRegistry, db: Path
+) -> None:
+    fake.chat_replies.extend([
+        ChatReply(tool_calls=[ToolCall("lookups__order_status", '{"order_number": "5150"}')]),
+        ChatReply(content="That order needs to be verified by a colleague."),
+    ])
+    agent = make_agent(chat, registry, db, tools=("lookups.order_status",))
+    events = await collect(agent, "Where is order 5150?")
+    [ran] = [e for e in events if isinstance(e, ToolRan)]
+    assert ran.ok and ran.value["verified"] is False
+    told = json.dumps(tool_results_sent(fake, 1))
+    assert "5150" in told and "running shoes" not in told and "shipped" not in told
+
+
+async def test_an_anonymous_caller_cannot_book_through_the_model(
+    fake: FakeOpenAI, chat: ChatClient, registry: ToolRegistry, db: Path
+) -> None:
+    fake.chat_replies.extend([
+        ChatReply(tool_calls=[ToolCall("bookings__book", json.dumps(
+            {"service": "cleaning", "day": THURSDAY.isoformat(), "start": "09:00",
+             "name": "Dana", "phone": "+15550100001"}))]),
+        ChatReply(content="Sorry, I can't book without your number."),
+    ])
+    events = await collect(make_agent(chat, registry, db, caller=""), "Book Thursday at 9.")
+    [ran] = [e for e in events if isinstance(e, ToolRan)]
+    assert not ran.ok and ran.error is not None and "withheld" in ran.error
+    assert bookings_in(db) == []
+
+
+# --------------------------------------------------------------------- token budget
+
+
+async def test_the_token_bound_stops_requests_before_the_next_round(
+    fake: FakeOpenAI, chat: ChatClient, registry: ToolRegistry, db: Path
+) -> None:
+    """The bound is checked before each request: a reply under way is finished and its
+    tools run; the request after the bound is reached is never made."""
+    check = ToolCall("bookings__check_availability", json.dumps({"day": THURSDAY.isoformat()}))
+    fake.chat_replies.extend([
+        ChatReply(content="Which day?", prompt_tokens=40, completion_tokens=10),
+        ChatReply(tool_calls=[check], prompt_tokens=60, completion_tokens=10),
+        ChatReply(content="Thursday at 9 is free."),  # never asked for
+    ])
+    agent = make_agent(chat, registry, db, max_tokens=100)
+    assert (await collect(agent, None))[-1] == ModelListens()  # 50 of 100
+    events = await collect(agent, "Thursday")
+    assert [(e.name, e.ok) for e in events if isinstance(e, ToolRan)] == [
+        ("bookings.check_availability", True)]
+    assert isinstance(events[-1], Done) and events[-1].reason == "budget"
+    assert fake.requests["chat"] == 2 and agent.tokens == 120
+    # Nothing left at the start: no request at all.
+    spent = make_agent(chat, registry, db, max_tokens=0)
+    assert [type(e) for e in await collect(spent, None)] == [Done]
+    assert fake.requests["chat"] == 2

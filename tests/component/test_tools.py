@@ -1,6 +1,7 @@
 """Tools: the registry's contract (validation, timeouts, contained failures), bookings on a
 real SQLite file (availability, book, cancel, reschedule, concurrent callers racing for one
-slot), lookups and the demo seed."""
+slot), each caller reaching only their own bookings, orders and account, lookups and the
+demo seed."""
 
 from __future__ import annotations
 
@@ -24,9 +25,9 @@ from ivr.tools import (
     seed,
 )
 from ivr.tools.builtin import bookings
-from ivr.tools.builtin.bookings import SLOTS
+from ivr.tools.builtin.availability import SLOTS
 from ivr.tools.builtin.lookups import spoken_money
-from ivr.tools.phone import normalize_phone
+from ivr.tools.phone import ANONYMOUS_CALLER, OTHER_NUMBER, normalize_phone
 
 # The business clock: a fixed Monday morning in a non-UTC zone, so "today" and "past"
 # are read in the context's zone, not the host's.
@@ -34,8 +35,10 @@ TZ = timezone(timedelta(hours=-5))
 MONDAY = date(2030, 1, 7)
 TUESDAY, WEDNESDAY, THURSDAY, FRIDAY, SATURDAY = (MONDAY + timedelta(days=i) for i in range(1, 6))
 NOW = datetime(2030, 1, 7, 10, 10, tzinfo=TZ)
-ALICE = "+15550100001"  # seeded: booking BK-SEED2 on TUESDAY at 10:00
+ALICE = "+15550100001"  # seeded: booking BK-SEED2 on TUESDAY at 10:00, order 4567
+BOB = "+15550100002"  # seeded: order 3141
 CAROL = "+15550100003"  # seeded: booking BK-SEED3 on WEDNESDAY at 14:30
+DAVID = "+15550100004"  # seeded: an account
 
 
 @pytest.fixture
@@ -284,13 +287,13 @@ async def test_book_then_find_then_cancel(registry: ToolRegistry, db: Path) -> N
     assert "09:30" in free.value["available"]
     # The slot is free again, so it can be booked again (the cancelled row stays).
     rebooked = await registry.call("bookings.book", book_args(THURSDAY, "09:30", "Fox"),
-                                   ctx_for(db, caller=""))
+                                   ctx_for(db, caller=CAROL))
     assert rebooked.ok
 
 
 async def test_cancel_by_phone_and_day(registry: ToolRegistry, db: Path) -> None:
     none = await registry.call("bookings.cancel", {"day": FRIDAY.isoformat()}, ctx_for(db))
-    assert none.error == f"no booking for that number on Friday {FRIDAY.isoformat()}"
+    assert none.error == f"no booking for the caller's number on Friday {FRIDAY.isoformat()}"
     for start in ("09:00", "15:00"):
         assert (await registry.call("bookings.book", book_args(FRIDAY, start),
                                     ctx_for(db))).ok
@@ -298,17 +301,14 @@ async def test_cancel_by_phone_and_day(registry: ToolRegistry, db: Path) -> None
                                     ctx_for(db))
     assert not ambiguous.ok and "at 09:00, 15:00; which one?" in (ambiguous.error or "")
     assert len(ambiguous.value["bookings"]) == 2
-    # Another phone (given, formatted as a person would say it) on the same day.
+    # The caller's own number given, formatted as a person would say it.
     cancel = await registry.call("bookings.cancel",
                                  {"day": WEDNESDAY.isoformat(), "phone": "(555) 010-0003"},
-                                 ctx_for(db))
+                                 ctx_for(db, caller=CAROL))
     assert cancel.ok and cancel.value["ref"] == "BK-SEED3"
     one = await registry.call("bookings.cancel",
                               {"day": FRIDAY.isoformat(), "start": "15:00"}, ctx_for(db))
     assert one.ok and one.value["start"] == "15:00"
-    anonymous = await registry.call("bookings.cancel", {"day": FRIDAY.isoformat()},
-                                    ctx_for(db, caller="anonymous"))
-    assert "I need the booking reference" in (anonymous.error or "")
 
 
 @pytest.mark.parametrize(
@@ -387,7 +387,7 @@ async def test_reschedule_onto_a_taken_slot_changes_nothing(
     unknown = await registry.call("bookings.reschedule",
                                   {"ref": "BK-ZZZZZ", "day": WEDNESDAY.isoformat(),
                                    "start": "09:00"}, ctx_for(db))
-    assert unknown.error == "no booking with reference BK-ZZZZZ"
+    assert unknown.error == "no booking with reference BK-ZZZZZ under the caller's number"
 
 
 async def test_the_database_refuses_a_double_booking_the_tools_did_not_check(db: Path) -> None:
@@ -409,7 +409,7 @@ async def test_fifty_callers_racing_for_one_slot_get_exactly_one_booking(
         async def never_taken(*args: Any) -> bool:
             return False
 
-        monkeypatch.setattr(bookings, "_slot_taken", never_taken)
+        monkeypatch.setattr(bookings, "slot_taken", never_taken)
     connects = 0
     real_connect = aiosqlite.connect
 
@@ -446,8 +446,9 @@ async def test_concurrent_reschedules_and_bookings_for_one_slot(
 ) -> None:
     """Two moves and ten bookings race for one slot: one wins, the movers who lose stay put."""
     target = {"day": FRIDAY.isoformat(), "start": "12:00"}
-    moves = [registry.call("bookings.reschedule", {"ref": ref, **target}, ctx_for(db))
-             for ref in ("BK-SEED2", "BK-SEED3")]
+    moves = [registry.call("bookings.reschedule", {"ref": ref, **target},
+                           ctx_for(db, caller=owner))
+             for ref, owner in (("BK-SEED2", ALICE), ("BK-SEED3", CAROL))]
     books = [registry.call("bookings.book", book_args(FRIDAY, "12:00", f"N{i}"), ctx_for(db))
              for i in range(10)]
     results = await asyncio.gather(*moves, *books)
@@ -468,14 +469,14 @@ async def test_order_status(registry: ToolRegistry, db: Path) -> None:
     for number in ("4567", "#4567", 4567, "45 67"):
         result = await registry.call("lookups.order_status", {"order_number": number},
                                      ctx_for(db))
-        assert result.value == {"number": "4567", "status": "shipped",
+        assert result.value == {"number": "4567", "verified": True, "status": "shipped",
                                 "item": "wireless headphones",
                                 "eta": (MONDAY + timedelta(days=2)).isoformat()}
     missing = await registry.call("lookups.order_status", {"order_number": "0000"},
                                   ctx_for(db))
     assert not missing.ok and missing.error == "no order with number 0000"
     cancelled = await registry.call("lookups.order_status", {"order_number": "3141"},
-                                    ctx_for(db))
+                                    ctx_for(db, caller=BOB))
     assert cancelled.value["status"] == "cancelled" and cancelled.value["eta"] is None
 
 
@@ -484,16 +485,110 @@ async def test_account_by_phone(registry: ToolRegistry, db: Path) -> None:
     assert mine.value == {"name": "Alice Johnson", "plan": "Gold",
                           "balance": "12 dollars and 50 cents", "balance_cents": 1250}
     keyed = await registry.call("lookups.account_by_phone", {"phone": "555-010-0004"},
-                                ctx_for(db, caller=""))
+                                ctx_for(db, caller=DAVID))
     assert keyed.value["name"] == "David Lee"
     assert keyed.value["balance"] == "1 dollar and 1 cent"
     stranger = await registry.call("lookups.account_by_phone", {}, ctx_for(db, caller=CAROL[:-1]
                                                                             + "9"))
-    assert stranger.error == "no account with that phone number"
-    nobody = await registry.call("lookups.account_by_phone", {}, ctx_for(db, caller=""))
-    assert nobody.error == "I need a phone number to find the account"
+    assert stranger.error == "no account under the caller's number"
     junk = await registry.call("lookups.account_by_phone", {"phone": "call me"}, ctx_for(db))
     assert junk.error == "'call me' is not a phone number"
+
+
+# ------------------------------------------------------------------ the caller's own
+
+
+async def test_someone_elses_booking_is_not_found_and_stays_booked(
+    registry: ToolRegistry, db: Path
+) -> None:
+    """Alice names Carol's reference or Carol's day: "not found", worded exactly as for a
+    reference that does not exist, and Carol's booking is untouched."""
+    before = booked_rows(db)
+    for name, args in (
+        ("bookings.cancel", {"ref": "BK-SEED3"}),
+        ("bookings.reschedule", {"ref": "BK-SEED3", "day": FRIDAY.isoformat(),
+                                 "start": "09:00"}),
+    ):
+        result = await registry.call(name, args, ctx_for(db))
+        assert result.error == "no booking with reference BK-SEED3 under the caller's number"
+        assert result.value == {}
+    by_day = await registry.call("bookings.cancel", {"day": WEDNESDAY.isoformat()},
+                                 ctx_for(db))
+    assert by_day.error == (f"no booking for the caller's number on Wednesday "
+                            f"{WEDNESDAY.isoformat()}")
+    assert booked_rows(db) == before
+    # Carol herself still can.
+    assert (await registry.call("bookings.cancel", {"ref": "BK-SEED3"},
+                                ctx_for(db, caller=CAROL))).ok
+
+
+async def test_a_phone_argument_naming_another_number_is_refused(
+    registry: ToolRegistry, db: Path
+) -> None:
+    """"Her number is 555 010 0003": every tool refuses, says why, and reveals nothing."""
+    before = booked_rows(db)
+    carol = "(555) 010-0003"
+    for name, args in (
+        ("bookings.find", {"phone": carol}),
+        ("bookings.cancel", {"day": WEDNESDAY.isoformat(), "phone": carol}),
+        ("bookings.cancel", {"ref": "BK-SEED3", "phone": carol}),
+        ("bookings.book", book_args(FRIDAY, "09:00", phone=carol)),
+        ("lookups.account_by_phone", {"phone": carol}),
+    ):
+        result = await registry.call(name, args, ctx_for(db))
+        assert not result.ok and result.value == {"reason": OTHER_NUMBER}, name
+        assert "only" in (result.error or "") and "another number" in (result.error or "")
+        for secret in ("BK-SEED3", "whitening", "Carol", "45.99", "4599"):
+            assert secret not in result.to_json(), (name, secret)
+    assert booked_rows(db) == before
+    # The caller's own number, however it is written, is no other number.
+    mine = await registry.call("bookings.find", {"phone": "555-010-0001"}, ctx_for(db))
+    assert mine.ok and [b["ref"] for b in mine.value["bookings"]] == ["BK-SEED2"]
+    assert ALICE not in mine.to_json()  # the number does not travel back to a model
+
+
+@pytest.mark.parametrize("caller", ["", "anonymous", "+266696687", "client:alice"])
+async def test_an_anonymous_caller_gets_nothing_that_needs_an_identity(
+    registry: ToolRegistry, db: Path, caller: str
+) -> None:
+    """No caller ID (or Twilio's keypad spelling of ANONYMOUS, shared by every withheld
+    caller): no booking, no lookup of bookings or accounts, whatever number is named."""
+    before = booked_rows(db)
+    ctx = ctx_for(db, caller=caller)
+    for name, args in (
+        ("bookings.book", book_args(FRIDAY, "09:00")),
+        ("bookings.book", book_args(FRIDAY, "09:00", phone=ALICE)),
+        ("bookings.find", {}),
+        ("bookings.cancel", {"ref": "BK-SEED2"}),
+        ("bookings.cancel", {"day": TUESDAY.isoformat(), "phone": ALICE}),
+        ("bookings.reschedule", {"ref": "BK-SEED2", "day": FRIDAY.isoformat(),
+                                 "start": "09:00"}),
+        ("lookups.account_by_phone", {}),
+        ("lookups.account_by_phone", {"phone": ALICE}),
+    ):
+        result = await registry.call(name, args, ctx)
+        assert not result.ok and result.value == {"reason": ANONYMOUS_CALLER}, name
+        assert "the caller's number is withheld" in (result.error or ""), name
+    assert booked_rows(db) == before
+    # What is nobody's in particular stays open to everyone.
+    free = await registry.call("bookings.check_availability", {"day": FRIDAY.isoformat()}, ctx)
+    assert free.ok and "09:00" in free.value["available"]
+    assert (await registry.call("bookings.list_services", {}, ctx)).ok
+
+
+@pytest.mark.parametrize("caller", [CAROL, ""])
+async def test_someone_elses_order_is_found_but_reveals_no_details(
+    registry: ToolRegistry, db: Path, caller: str
+) -> None:
+    """Order 4567 is Alice's: Carol (or an anonymous caller) learns it exists, no more."""
+    result = await registry.call("lookups.order_status", {"order_number": "4567"},
+                                 ctx_for(db, caller=caller))
+    assert result.ok and set(result.value) == {"number", "verified", "note"}
+    assert result.value["number"] == "4567" and result.value["verified"] is False
+    text = result.to_json()
+    eta = (MONDAY + timedelta(days=2)).isoformat()
+    for detail in ("shipped", "headphones", eta):
+        assert detail not in text
 
 
 @pytest.mark.parametrize(

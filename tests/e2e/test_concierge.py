@@ -1,5 +1,5 @@
 """The concierge flow over the phone and typed: LLM function calling against a local
-fake provider."""
+fake provider; the tools reach only the caller's own bookings; the call's token budget."""
 
 from __future__ import annotations
 
@@ -43,17 +43,18 @@ def _weekday_after_tomorrow() -> str:
 
 
 async def _concierge_call(
-    tmp_path: Path, base_url: str, hangup_timeout: float = 20.0
+    tmp_path: Path, base_url: str, hangup_timeout: float = 20.0, **settings: object
 ) -> dict[str, object]:
-    return (await _concierge_transcript(tmp_path, base_url, hangup_timeout)).server or {}
+    return (await _concierge_transcript(tmp_path, base_url, hangup_timeout,
+                                        **settings)).server or {}
 
 
 async def _concierge_transcript(
-    tmp_path: Path, base_url: str, hangup_timeout: float = 20.0
+    tmp_path: Path, base_url: str, hangup_timeout: float = 20.0, **overrides: object
 ) -> CallTranscript:
     llm = ProviderConfig(role="llm", base_url=base_url, api_key="sk-test", model="gpt-test",
                          timeout_read_s=3.0, max_retries=1, backoff_base_s=0.05)
-    settings = make_settings(tmp_path, recognizer_workers=1, llm=llm)
+    settings = make_settings(tmp_path, recognizer_workers=1, llm=llm, **overrides)
     await seed(settings.db)
     server = TestServer(create_app(settings), host="127.0.0.1")
     await server.start_server()
@@ -94,6 +95,54 @@ async def test_concierge_books_through_llm_function_calling(tmp_path: Path) -> N
         )).fetchall()
     assert rows == [("cleaning", day, "15:00", "Pat")]
     assert record["stats"]["llm_prompt_tokens"] > 0  # type: ignore[index]
+
+
+async def test_a_model_cancelling_another_numbers_booking_gets_a_tool_error(
+    tmp_path: Path,
+) -> None:
+    """On a call from CALLER the model cancels BK-SEED2 (another number's): the model is
+    told the booking is not found, the booking stays booked, and no request to the model
+    ever held the caller's number."""
+    async with start_fake_openai() as fake:
+        fake.chat_replies.extend([
+            ChatReply(content="Sure. Which booking?"),
+            ChatReply(tool_calls=[ToolCall("bookings__cancel", '{"ref": "BK-SEED2"}')]),
+            ChatReply(content="Sorry, I can't find that booking. Goodbye.",
+                      tool_calls=[ToolCall("end_conversation", "{}")]),
+        ])
+        record = await _concierge_call(tmp_path, fake.base_url)
+        sent = fake.bodies["chat"]
+    assert record["outcome"] == "completed"
+    results = [json.loads(m["content"]) for m in sent[2]["messages"] if m["role"] == "tool"]
+    assert results == [{"ok": False, "error": "no booking with reference BK-SEED2 under the "
+                                              "caller's number"}]
+    async with aiosqlite.connect(tmp_path / "ivr.db") as db:
+        status = await (await db.execute(
+            "SELECT status FROM bookings WHERE ref = 'BK-SEED2'")).fetchone()
+    assert status == ("booked",)
+    assert CALLER[-7:] not in json.dumps(sent)
+
+
+async def test_the_llm_budget_ends_the_agent_step_with_its_fallback(tmp_path: Path) -> None:
+    """`IVR_LLM_MAX_TOKENS_PER_CALL=100`: the model's first reply reports 110 tokens, so
+    after the caller's answer no request is made: the caller gets the scripted menu (the
+    step's fallback) and the call record counts the spent budget."""
+    async with start_fake_openai() as fake:
+        fake.chat_replies.extend([
+            ChatReply(content="Sure. What can I book for you?", prompt_tokens=90,
+                      completion_tokens=20),
+            ChatReply(content="Never sent."),
+        ])
+        record = await _concierge_call(tmp_path, fake.base_url, hangup_timeout=12.0,
+                                       llm_max_tokens_per_call=100)
+        requests = fake.requests["chat"]
+    prompts = " ".join(t["prompt"] for t in record["turns"])  # type: ignore[attr-defined]
+    assert "What can I book for you?" in prompts
+    assert "Say appointments, orders, or agent" in prompts
+    assert "Never sent" not in prompts and requests == 1
+    stats = record["stats"]
+    assert stats["llm_budget_spent"] == 1  # type: ignore[index]
+    assert stats["llm_prompt_tokens"] + stats["llm_completion_tokens"] == 110  # type: ignore[index]
 
 
 FAULTS = {

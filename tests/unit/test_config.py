@@ -48,3 +48,13 @@ def test_bad_environment_values_are_clear() -> None:
         Settings.from_env({"IVR_PORT": "x"})
     with pytest.raises(ConfigError, match="IVR_LLM_BASE_URL must be an http"):
         Settings.from_env({"IVR_LLM_BASE_URL": "ftp://x"})
+
+
+def test_llm_budget_per_call_defaults_and_bounds() -> None:
+    """IVR_LLM_MAX_TOKENS_PER_CALL: 20,000 by default, 0 for no limit, never negative."""
+    assert Settings.from_env({}).llm_max_tokens_per_call == 20_000
+    assert Settings.from_env({"IVR_LLM_MAX_TOKENS_PER_CALL": "0"}).llm_max_tokens_per_call == 0
+    with pytest.raises(ConfigError, match="IVR_LLM_MAX_TOKENS_PER_CALL=-1 must be 0"):
+        Settings.from_env({"IVR_LLM_MAX_TOKENS_PER_CALL": "-1"})
+    with pytest.raises(ConfigError, match="is not an integer"):
+        Settings.from_env({"IVR_LLM_MAX_TOKENS_PER_CALL": "lots"})

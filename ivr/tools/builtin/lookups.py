@@ -1,8 +1,10 @@
-"""Read-only lookups: an order's status, an account by phone number.
+"""Read-only lookups: an order's status, the caller's account.
 
 Values come back in forms the bot can say as they are ("12 dollars and 50 cents").
-Anyone who knows an order number or a phone number can look it up: these are demo
-lookups with no caller verification, so they return nothing more sensitive than that.
+Details are the verified caller's own only (`ivr.tools.phone`): an order placed under
+another number (or looked up by an anonymous caller) comes back as found but needing
+verification, with nothing more than its number; the account is always the caller's own,
+a `phone` argument naming another number is refused, and an anonymous caller has none.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import re
 from typing import Any
 
 from ivr.tools.base import BUSY_TIMEOUT_S, Tool, ToolContext, ToolError
-from ivr.tools.phone import phone_arg
+from ivr.tools.phone import caller_number, own_number
 
 _ORDER_RE = re.compile(r"^[A-Z0-9]{1,20}$")
 
@@ -39,25 +41,28 @@ async def order_status(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]
     number = normalize_order_number(args["order_number"])
     async with ctx.db() as conn:
         rows = list(await conn.execute_fetchall(
-            "SELECT number, status, item, eta FROM orders WHERE number = ?", (number,)
+            "SELECT number, status, item, eta, phone FROM orders WHERE number = ?", (number,)
         ))
     if not rows:
         raise ToolError(f"no order with number {number}")
     row = rows[0]
-    return {"number": row["number"], "status": row["status"], "item": row["item"],
-            "eta": row["eta"]}
+    mine = caller_number(ctx)
+    if not mine or row["phone"] != mine:
+        return {"number": row["number"], "verified": False,
+                "note": ("this order is not under the number the caller is calling from; "
+                         "its details can only be given once a person has verified them")}
+    return {"number": row["number"], "verified": True, "status": row["status"],
+            "item": row["item"], "eta": row["eta"]}
 
 
 async def account_by_phone(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
-    phone = phone_arg(args, ctx)
-    if not phone:
-        raise ToolError("I need a phone number to find the account")
+    phone = own_number(args, ctx, what="look up an account")
     async with ctx.db() as conn:
         rows = list(await conn.execute_fetchall(
             "SELECT name, plan, balance_cents FROM accounts WHERE phone = ?", (phone,)
         ))
     if not rows:
-        raise ToolError("no account with that phone number")
+        raise ToolError("no account under the caller's number")
     row = rows[0]
     cents = int(row["balance_cents"])
     return {"name": row["name"], "plan": row["plan"], "balance": spoken_money(cents),
@@ -67,7 +72,9 @@ async def account_by_phone(args: dict[str, Any], ctx: ToolContext) -> dict[str, 
 TOOLS: tuple[Tool, ...] = (
     Tool(
         name="lookups.order_status",
-        description="Status, item and expected delivery date (eta) of an order by its number.",
+        description=("Status, item and expected delivery date (eta) of an order by its "
+                     "number; only for the caller's own orders (`verified`), otherwise the "
+                     "order is found but its details need verification by a person."),
         parameters={
             "type": "object",
             "properties": {
@@ -84,14 +91,15 @@ TOOLS: tuple[Tool, ...] = (
     ),
     Tool(
         name="lookups.account_by_phone",
-        description=("The account holder's name, plan and balance for a phone number "
-                     "(default: the caller's own number)."),
+        description=("The caller's own account (found by the number they call from): the "
+                     "holder's name, plan and balance."),
         parameters={
             "type": "object",
             "properties": {
                 "phone": {
                     "type": "string", "maxLength": 32,
-                    "description": "phone number; omit to use the caller's own number",
+                    "description": "leave out: always the caller's own number "
+                                   "(another is refused)",
                 },
             },
             "required": [],
