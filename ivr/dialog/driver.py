@@ -23,8 +23,8 @@ from ivr.dialog.agent_step import ModelFor, run_llm_step
 from ivr.dialog.port import DialogPort, ToolRun
 from ivr.flows import engine
 from ivr.flows.model import Flow
+from ivr.phone import caller_identity
 from ivr.tools.base import ToolContext
-from ivr.tools.phone import caller_identity
 from ivr.tools.registry import ToolRegistry
 
 Log = structlog.typing.FilteringBoundLogger

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Final, Literal, get_args
 
 from ivr.errors import InvalidValue, IvrError
+from ivr.phone import caller_identity
 
 __all__ = [
     "REJECT_REASONS",
@@ -43,7 +44,6 @@ __all__ = [
     "StartRejected",
     "StreamClaims",
     "StreamTokens",
-    "caller_identity",
     "secret_for",
 ]
 
@@ -67,27 +67,6 @@ _TOKEN_RE = re.compile(
 )
 _MAX_TOKEN = 200
 _CALL_SID_RE = re.compile(r"[A-Za-z0-9]{1,64}")
-# Twilio's stand-ins for a withheld caller ID: the words, and the numbers that spell
-# them on a keypad (ANONYMOUS, RESTRICTED, BLOCKED, UNKNOWN, UNAVAILABLE).
-_WITHHELD: Final = frozenset({
-    "anonymous", "restricted", "blocked", "unknown", "unavailable", "private",
-    "+266696687", "+7378742833", "+2562533", "+8656696", "+86282452253",
-})
-_NUMBER_RE = re.compile(r"\+?[0-9]{3,15}")
-
-
-def caller_identity(from_: str) -> str:
-    """The caller's number as an identity, or "" for an anonymous caller.
-
-    A withheld caller ID, and anything that is not a phone number (a SIP URI, a
-    `client:` name), identifies nobody: tools that need a caller must not act on it.
-    """
-    number = from_.strip()
-    if number.lower() in _WITHHELD or "+" + number.lstrip("+") in _WITHHELD:
-        return ""
-    return number if _NUMBER_RE.fullmatch(number) else ""
-
-
 def secret_for(stream_secret: str, twilio_auth_token: str) -> bytes:
     """The key tokens are signed with: the configured one, else one derived from the auth
     token (so every process of a Twilio-signed service agrees), else a fresh random one."""

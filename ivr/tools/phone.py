@@ -9,31 +9,22 @@ else, and a caller without a number (withheld caller ID) gets a refusal that say
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from ivr import phone
+from ivr.errors import InvalidValue
+from ivr.phone import caller_identity
 from ivr.tools.base import ToolContext, ToolError
 
 __all__ = [
     "ANONYMOUS_CALLER",
     "OTHER_NUMBER",
-    "WITHHELD_NUMBERS",
-    "caller_identity",
+
+
     "caller_number",
     "normalize_phone",
     "own_number",
 ]
-
-_PHONE_JUNK_RE = re.compile(r"[\s().\-/]")
-_PHONE_RE = re.compile(r"^\+?[0-9]{3,15}$")
-
-_KEYPAD = {c: d for d, letters in (("2", "ABC"), ("3", "DEF"), ("4", "GHI"), ("5", "JKL"),
-                                   ("6", "MNO"), ("7", "PQRS"), ("8", "TUV"), ("9", "WXYZ"))
-           for c in letters}
-# A withheld caller ID reaches us as a word or, from Twilio, as the word spelt on a keypad
-# ("+266696687" is ANONYMOUS): a number every withheld caller shares, so never an identity.
-_WITHHELD_WORDS = ("ANONYMOUS", "RESTRICTED", "UNAVAILABLE", "UNKNOWN", "PRIVATE", "BLOCKED")
-WITHHELD_NUMBERS = frozenset("+" + "".join(_KEYPAD[c] for c in w) for w in _WITHHELD_WORDS)
 
 # Refusals a flow's on_error or a model can act on; `value["reason"]` tells them apart.
 ANONYMOUS_CALLER = "anonymous_caller"
@@ -41,36 +32,12 @@ OTHER_NUMBER = "other_number"
 
 
 def normalize_phone(text: str) -> str:
-    """A phone number as stored: E.164 when we can tell, else its digits.
-
-    Ten digits are read as a North American number (+1), as Twilio numbers here are; that
-    makes a number the caller keys in match the caller ID Twilio reports.
-    """
-    s = _PHONE_JUNK_RE.sub("", text.strip())
-    if not s:
-        return ""
-    if not _PHONE_RE.match(s):
-        raise ToolError(f"{text!r} is not a phone number")
-    if s.startswith("+"):
-        return s
-    if len(s) == 10:
-        return "+1" + s
-    if len(s) == 11 and s.startswith("1"):
-        return "+" + s
-    return s
-
-
-def caller_identity(caller_id: str) -> str:
-    """A caller ID as an identity: the number as stored, or "" for an anonymous caller.
-
-    A caller ID that is not a number ("anonymous", a SIP client) or is one of the
-    withheld-ID placeholders is no identity at all.
-    """
+    """A phone number as stored (see `ivr.phone.normalize_phone`); a tool error if it is
+    not one."""
     try:
-        number = normalize_phone(caller_id)
-    except ToolError:
-        return ""
-    return "" if number in WITHHELD_NUMBERS else number
+        return phone.normalize_phone(text)
+    except InvalidValue as exc:
+        raise ToolError(str(exc)) from None
 
 
 def caller_number(ctx: ToolContext) -> str:

@@ -11,13 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ivr.errors import InvalidValue, ProtocolError
+from ivr.phone import caller_identity
 from ivr.telephony.inbound import Start, parse_inbound, start_message
 from ivr.telephony.stream_token import (
     REJECT_REASONS,
     StartRejected,
     StreamClaims,
     StreamTokens,
-    caller_identity,
     secret_for,
 )
 
@@ -151,7 +151,7 @@ def test_used_tokens_are_forgotten_once_expired_and_bounded() -> None:
 @pytest.mark.parametrize("withheld", [
     "", "anonymous", "Anonymous", "RESTRICTED", "unknown", "unavailable", "private",
     "blocked", "+266696687", "266696687", "+7378742833", "+2562533", "+8656696",
-    "+86282452253", "sip:alice@example.com", "client:alice", "+1 415 555", "12",
+    "+86282452253", "sip:alice@example.com", "client:alice", "+1 415 555 ext 9", "12",
 ])
 def test_a_withheld_caller_id_is_an_anonymous_caller(withheld: str) -> None:
     t = tokens()
@@ -163,7 +163,8 @@ def test_a_withheld_caller_id_is_an_anonymous_caller(withheld: str) -> None:
 
 def test_caller_identity_keeps_a_number() -> None:
     assert caller_identity(" +14155550123 ") == "+14155550123"
-    assert caller_identity("4155550123") == "4155550123"
+    assert caller_identity("4155550123") == "+14155550123"  # as tools store it
+    assert caller_identity("+1 (415) 555-0123") == "+14155550123"
 
 
 def test_call_sid_shape_is_checked_when_issuing() -> None:
