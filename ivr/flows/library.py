@@ -4,6 +4,11 @@ A flow file that fails to load never replaces one that works: on reload each fil
 loaded on its own, a broken file's error is logged and its previous version kept. Live
 calls hold the `Flow` object they started with, so a reload never changes a call in
 progress.
+
+A reload never leaves the server with nothing to run: when the directory is emptied,
+removed, replaced by a file or cannot be listed, the last good set stays (logged once per
+change of state), and any other error in one poll is logged and the next poll tries again.
+A reload after the directory is fixed picks up its flows.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class FlowLibrary:
         self._routes_mtime: float | None = None
         self.reloads = 0
         self.rejected = 0
+        self.reload_errors = 0
+        self._degraded: str | None = None  # why the last poll kept the last good set
 
     def _files(self) -> list[Path]:
         return flow_files_in(self.directory)
@@ -52,14 +59,34 @@ class FlowLibrary:
         self._load_routes()
 
     def reload(self) -> bool:
-        """Pick up changed, new and removed files; returns whether anything changed."""
+        """Pick up changed, new and removed files; returns whether anything changed.
+
+        Never raises: the watcher calls this every second for the life of the process,
+        and one bad poll (a file mid-write, a permission flip) must not end the watching.
+        """
+        try:
+            return self._reload()
+        except Exception as exc:  # a task root: log it and let the next poll retry
+            self.reload_errors += 1
+            log.exception("flows_reload_failed", directory=str(self.directory), error=repr(exc))
+            return False
+
+    def _reload(self) -> bool:
+        try:
+            files = self._files()
+        except OSError as exc:  # exists but cannot be listed (permissions, I/O error)
+            return self._keep_last_good(f"cannot list: {exc.strerror or exc}")
+        if not files:
+            what = "empty" if self.directory.is_dir() else "not a directory"
+            return self._keep_last_good(what)
+        by_file = dict(self._by_file)
         changed = False
         seen: set[Path] = set()
-        for path in self._files():
+        for path in files:
             seen.add(path)
             with contextlib.suppress(FileNotFoundError):
                 mtime = path.stat().st_mtime
-                old = self._by_file.get(path)
+                old = by_file.get(path)
                 if old is not None and old[0] == mtime:
                     continue
                 try:
@@ -68,21 +95,37 @@ class FlowLibrary:
                     self.rejected += 1
                     # Remember the mtime so a broken file is reported once, not every poll.
                     if old is not None:
-                        self._by_file[path] = (mtime, old[1])
+                        by_file[path] = (mtime, old[1])
                     log.error("flow_rejected", file=str(path), error=str(exc),
                               kept="previous version" if old else "nothing")
                     continue
-                self._by_file[path] = (mtime, flow)
+                by_file[path] = (mtime, flow)
                 changed = True
-        for path in set(self._by_file) - seen:
-            del self._by_file[path]
+        for path in set(by_file) - seen:
+            del by_file[path]
             changed = True
+        if not by_file and self.flows:
+            return self._keep_last_good("no loadable flow file")
+        self._by_file = by_file
+        if self._degraded is not None:
+            log.info("flows_directory_recovered", directory=str(self.directory))
+            self._degraded = None
         changed = self._load_routes() or changed
         if changed:
             self._publish()
             self.reloads += 1
             log.info("flows_reloaded", flows=sorted(self.flows))
         return changed
+
+    def _keep_last_good(self, why: str) -> bool:
+        """Keep serving the flows loaded last: a call answered by yesterday's flow beats
+        every call failing because a deploy emptied the directory for a moment."""
+        if why != self._degraded:
+            self.reload_errors += 1
+            log.error("flows_directory_unusable", directory=str(self.directory), why=why,
+                      kept=sorted(self.flows))
+            self._degraded = why
+        return False
 
     def _publish(self) -> None:
         flows: dict[str, Flow] = {}
@@ -97,15 +140,15 @@ class FlowLibrary:
         path = self.routes_path
         try:
             mtime = path.stat().st_mtime
-        except FileNotFoundError:
+        except OSError:  # absent (or unreadable): the routes loaded last stay
             return False
         if mtime == self._routes_mtime:
             return False
         self._routes_mtime = mtime
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
             routes = {str(k): str(v) for k, v in (data.get("numbers") or {}).items()}
-        except (yaml.YAMLError, AttributeError) as exc:
+        except (yaml.YAMLError, AttributeError, UnicodeDecodeError, OSError) as exc:
             log.error("routes_rejected", file=str(path), error=str(exc))
             return False
         self.routes = routes

@@ -90,3 +90,94 @@ def test_flows_check_passes_on_shipped_flows(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit) as exit_:
         main(["flows", "check", *map(str, sorted(FLOWS.glob("*.yaml")))])
     assert exit_.value.code == 0, capsys.readouterr().out
+
+
+def test_a_routes_file_that_is_not_utf8_is_rejected_and_reloading_goes_on(
+    library_dir: Path,
+) -> None:
+    """A non-UTF-8 routes file keeps the routes loaded last; later changes still load."""
+    lib = FlowLibrary(library_dir, default="demo")
+    lib.load()
+    routes = dict(lib.routes)
+    (library_dir / "routes.yaml").write_bytes(b'numbers:\n  "+15550100002": d\xe9mo\n')
+    assert lib.reload() is False
+    assert lib.routes == routes
+    demo = library_dir / "demo.yaml"
+    demo.write_text(demo.read_text().replace("Thanks for calling Acme.", "Hello again."))
+    (library_dir / "routes.yaml").write_text('numbers:\n  "+15550100002": demo\n')
+    assert lib.reload() is True
+    assert lib.flows["demo"].steps["greet"].say == "Hello again."  # type: ignore[union-attr]
+    assert lib.pick(None, "+15550100002").name == "demo"
+
+
+def test_every_flow_file_deleted_keeps_the_last_good_set(library_dir: Path) -> None:
+    """Deleting every flow file leaves the flows loaded last in service, and new files
+    written afterwards are picked up."""
+    lib = FlowLibrary(library_dir, default="demo")
+    lib.load()
+    before = dict(lib.flows)
+    for path in library_dir.glob("*.yaml"):
+        if path.name != "routes.yaml":
+            path.unlink()
+    assert lib.reload() is False
+    assert lib.flows == before
+    assert lib.pick(None, None).name == "demo"
+    assert lib.reload_errors == 1
+    shutil.copy(FLOWS / "demo.yaml", library_dir / "demo.yaml")
+    assert lib.reload() is True
+    assert sorted(lib.flows) == ["demo"]
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced by a file", "unlistable"])
+def test_an_unusable_directory_keeps_the_last_good_set_until_it_is_fixed(
+    library_dir: Path, how: str, monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A flow directory removed, replaced by a file or that cannot be listed keeps the
+    flows loaded last; once it is back, a reload picks up its flows."""
+    lib = FlowLibrary(library_dir, default="demo")
+    lib.load()
+    before = dict(lib.flows)
+    saved = tmp_path_factory.mktemp("saved") / "flows"
+    shutil.copytree(library_dir, saved)
+    if how == "unlistable":
+        # chmod 000 has no effect for root (the tests may run as root): fail the listing.
+        def refuse(self: Path) -> object:
+            raise PermissionError(13, "Permission denied", str(self))
+        monkeypatch.setattr(Path, "iterdir", refuse)
+    else:
+        shutil.rmtree(library_dir)
+        if how == "replaced by a file":
+            library_dir.write_text("not a directory\n")
+    assert lib.reload() is False
+    assert lib.reload() is False  # still degraded: reported once
+    assert lib.flows == before
+    assert lib.reload_errors == 1
+    monkeypatch.undo()
+    if library_dir.is_file():
+        library_dir.unlink()
+    if not library_dir.exists():
+        shutil.copytree(saved, library_dir)
+    demo = library_dir / "demo.yaml"
+    demo.write_text(demo.read_text().replace("Thanks for calling Acme.", "Back again."))
+    assert lib.reload() is True
+    assert lib.flows["demo"].steps["greet"].say == "Back again."  # type: ignore[union-attr]
+
+
+def test_an_unexpected_error_in_a_poll_is_logged_and_the_next_poll_works(
+    library_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any exception inside one reload is counted, never raised to the watcher."""
+    lib = FlowLibrary(library_dir, default="demo")
+    lib.load()
+
+    def boom(path: Path) -> object:
+        raise KeyError("surprise")
+    monkeypatch.setattr("ivr.flows.library.load_flow", boom)
+    demo = library_dir / "demo.yaml"
+    demo.write_text(demo.read_text().replace("Thanks for calling Acme.", "Hello again."))
+    assert lib.reload() is False
+    assert lib.reload_errors == 1
+    monkeypatch.undo()
+    assert lib.reload() is True
+    assert lib.flows["demo"].steps["greet"].say == "Hello again."  # type: ignore[union-attr]
