@@ -126,7 +126,25 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--utterances", type=int, default=4, help="decoded at the same time")
     rec.add_argument("--no-sched-idle", dest="sched_idle", action="store_false",
                      help="workers at nice 10 only, without SCHED_IDLE")
+    _bench_fault_parsers(bench_sub)
     return parser
+
+
+def _bench_fault_parsers(bench_sub: Any) -> None:
+    soak = bench_sub.add_parser(
+        "soak", help="many short calls through a server process: memory, fds, tasks, "
+                     "threads before and after; records without an outcome")
+    soak.add_argument("--calls", type=int, default=5000, help="measured calls")
+    soak.add_argument("--concurrency", type=int, default=50, help="calls live at once")
+    soak.add_argument("--warmup", type=int,
+                      help="calls before the baseline (default: a tenth, at most 200)")
+    soak.add_argument("--workers", type=int, default=1, help="server recognizer workers")
+    chaos = bench_sub.add_parser(
+        "chaos", help="faults against a server process (worker killed, provider hung and "
+                      "flapping, SIGTERM, kill -9 and restart); every call's outcome")
+    chaos.add_argument("--calls", type=int, default=3, help="calls live during each fault")
+    chaos.add_argument("--drain", type=float, default=8.0,
+                       help="IVR_DRAIN_S for the server (seconds)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -159,6 +177,15 @@ async def _bench(args: argparse.Namespace) -> int:
         from ivr.bench.load import load_main
 
         return await load_main(args.calls, args.seconds, args.workers)
+    if args.bench == "soak":
+        from ivr.bench.soak import soak_main
+
+        return await soak_main(args.calls, args.concurrency, warmup=args.warmup,
+                               workers=args.workers)
+    if args.bench == "chaos":
+        from ivr.bench.chaos import chaos_main
+
+        return await chaos_main(calls=args.calls, drain_s=args.drain)
     if args.bench == "slots":
         from ivr.bench.slots import slots_main
 

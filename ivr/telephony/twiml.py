@@ -7,7 +7,10 @@ the path and query exactly as they arrived.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
+import threading
 from collections.abc import Mapping
 
 import structlog
@@ -160,6 +163,13 @@ async def status(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+def _open_fds() -> int | None:
+    try:
+        return len(os.listdir("/proc/self/fd"))  # Linux; a few microseconds
+    except OSError:
+        return None
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Up or down for anyone; engines, counters and cache for a local client or an
     operator (the counters say what attacks were seen, the flows what the service does)."""
@@ -177,6 +187,9 @@ async def healthz(request: web.Request) -> web.Response:
             "synthesizer": getattr(services.synthesizer, "name", None),
             "llm": services.settings.llm.name if services.settings.llm else None,
         },
+        # What `ivr bench soak` watches for leaks across thousands of calls.
+        "process": {"tasks": len(asyncio.all_tasks()), "threads": threading.active_count(),
+                    "fds": _open_fds()},
     }
     if services.speech_cache is not None:
         cache = services.speech_cache.cache
