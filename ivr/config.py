@@ -55,7 +55,14 @@ _ENV: dict[str, str] = {
     "media_flood_ms": "IVR_MEDIA_FLOOD_MS",
     "media_start_timeout_ms": "IVR_MEDIA_START_TIMEOUT_MS",
     "media_idle_timeout_ms": "IVR_MEDIA_IDLE_TIMEOUT_MS",
+    "max_calls": "IVR_MAX_CALLS",
+    "max_loop_lag_ms": "IVR_MAX_LOOP_LAG_MS",
+    "busy": "IVR_BUSY",
+    "busy_message": "IVR_BUSY_MESSAGE",
 }
+
+BUSY_MODES = ("message", "reject")
+
 
 
 ProviderRole = Literal["llm", "stt", "tts"]
@@ -202,6 +209,19 @@ class Settings:
     # inbound frame for `media_idle_timeout_ms` has lost its line and ends as dropped.
     media_start_timeout_ms: int = 10_000
     media_idle_timeout_ms: int = 30_000
+    # Admission (server/admission.py). Live calls per process; 0: no cap. `ivr bench load`
+    # measured 3.6-4.2 ms of CPU per second per call (~240 calls per core) and no gap
+    # between outbound frames past 37 ms at 150 calls: 200 keeps one process below a
+    # core's worth of calls with headroom for speech turns; more calls take more processes.
+    max_calls: int = 200
+    # New calls are also refused while the event loop's p99 lateness over 5 s is above
+    # this (0: never): past ~50 ms outbound frames are late for every call at once.
+    max_loop_lag_ms: int = 50
+    # What a caller turned away hears: "message" (the call is answered, `busy_message`
+    # is spoken, then hang-up) or "reject" (<Reject reason="busy">: a busy tone, never
+    # answered, never billed). A stream refused after /voice always hears the message.
+    busy: str = "message"
+    busy_message: str = "All our lines are busy right now. Please call back in a few minutes."
     # Remote OpenAI-compatible engines (IVR_STT_*, IVR_TTS_*, IVR_LLM_*): None = embedded.
     stt: ProviderConfig | None = None
     # How the remote recognizer is asked: /audio/transcriptions (whisper-1,
@@ -267,6 +287,16 @@ class Settings:
                      "media_flood_ms", "media_start_timeout_ms", "media_idle_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_ENV[name]}={getattr(self, name)} must be at least 1 ms")
+        if self.max_calls < 0:
+            raise ConfigError(f"IVR_MAX_CALLS={self.max_calls} must be 0 (no cap) or a "
+                              "number of calls")
+        if self.max_loop_lag_ms < 0:
+            raise ConfigError(f"IVR_MAX_LOOP_LAG_MS={self.max_loop_lag_ms} must be 0 (off) "
+                              "or a number of ms")
+        if self.busy not in BUSY_MODES:
+            raise ConfigError(f"IVR_BUSY={self.busy!r} must be message or reject")
+        if not self.busy_message.strip() or len(self.busy_message) > 1000:
+            raise ConfigError("IVR_BUSY_MESSAGE must be a sentence (1..1000 characters)")
         if self.media_max_message_bytes < 1024:
             # A `start` frame with its parameters (the stream token among them) needs this.
             raise ConfigError(f"IVR_MEDIA_MAX_MESSAGE_BYTES={self.media_max_message_bytes} "

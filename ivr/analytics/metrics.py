@@ -9,7 +9,7 @@ clients are sampled at scrape time by a custom collector (`observe_providers`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -25,6 +25,9 @@ STAGES = ("response", "recognition", "tool", "llm_first_token")
 # Voice-to-voice latencies of interest run from ~50 ms to ~10 s.
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0)
 BREAKER_STATES: dict[str, int] = {"closed": 0, "half_open": 1, "open": 2}
+# Calls turned away (server/admission.py): where, and why. Fixed sets: bounded labels.
+REFUSAL_DOORS = ("voice", "media")
+REFUSAL_REASONS = ("cap", "lag", "draining")
 # Provider `stats` keys exported as ivr_provider_requests_total{result=...}; each is
 # monotonic on its own (a difference such as requests - failures would not be).
 REQUEST_RESULTS: dict[str, str] = {"requests": "sent", "failures": "failed", "rejected": "rejected"}
@@ -135,6 +138,18 @@ class Metrics:
             "ivr_cost_usd", "Provider cost in US dollars", ["provider"], registry=r
         )
         self.fillers = Counter("ivr_fillers", "'One moment, please' fillers played", registry=r)
+        self.refused = Counter(
+            "ivr_calls_refused", "New calls turned away, by door (voice: busy TwiML, media: "
+            "503 before the upgrade) and reason (cap, lag, draining)",
+            ["door", "reason"], registry=r,
+        )
+        for door in REFUSAL_DOORS:
+            for why in REFUSAL_REASONS:
+                self.refused.labels(door=door, reason=why)
+        self.loop_lag = Gauge(
+            "ivr_event_loop_lag_p99_seconds",
+            "How late the event loop wakes a 20 ms probe: p99 over the last 5 s", registry=r,
+        )
         self._providers = _ProviderCollector()
         r.register(self._providers)
 
@@ -183,6 +198,14 @@ class Metrics:
 
     def start_rejected(self, reason: str) -> None:
         self.starts_rejected.labels(reason=reason).inc()
+
+    def call_refused(self, door: str, reason: str) -> None:
+        if door in REFUSAL_DOORS and reason in REFUSAL_REASONS:
+            self.refused.labels(door=door, reason=reason).inc()
+
+    def observe_loop_lag(self, p99_ms: Callable[[], float]) -> None:
+        """Sample the loop-lag probe (`p99_ms()`, in ms) at scrape time."""
+        self.loop_lag.set_function(lambda: p99_ms() / 1000)
 
     def observe_providers(self, clients: Iterable[ProviderLike]) -> None:
         """Sample these provider clients (`.name`, `.stats`, `.breaker.state`) at scrape time."""

@@ -80,7 +80,9 @@ async def load_main(calls: int, seconds: float, workers: int) -> int:
         env = {k: v for k, v in os.environ.items()
                if k not in ("TWILIO_AUTH_TOKEN", "IVR_PUBLIC_URL", "IVR_HOST")}
         env |= {"IVR_LOG_LEVEL": "warning", "IVR_DB": str(Path(tmp) / "load.db"),
-                "IVR_RECOGNIZER_WORKERS": str(workers)}
+                "IVR_RECOGNIZER_WORKERS": str(workers),
+                # It measures what lies past capacity: admission control would refuse it.
+                "IVR_MAX_CALLS": "0", "IVR_MAX_LOOP_LAG_MS": "0"}
         # Popen only forks; the wait() below happens after the event loop work is done.
         server = subprocess.Popen(  # noqa: ASYNC220
             [sys.executable, "-m", "ivr.cli.main", "serve", "--host", "127.0.0.1",

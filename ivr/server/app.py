@@ -26,6 +26,7 @@ from ivr.flows.library import FlowLibrary
 from ivr.llm.client import ChatClient
 from ivr.providers.http import ProviderClient
 from ivr.server import access
+from ivr.server.admission import ADMISSION, Admission, lag_ctx
 from ivr.server.prewarm import prewarm_flows
 from ivr.server.services import SERVICES, Services
 from ivr.speech.base import Recognizer, Synthesizer
@@ -200,8 +201,11 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[access.guard])
     app[SERVICES] = services = Services(settings=settings)
     app[METRICS] = services.metrics
+    app[ADMISSION] = Admission(services)
     services.pricing = Pricing.load()  # packaged defaults, IVR_PRICING merged over them
-    app.cleanup_ctx.extend([_store_ctx, _retention_ctx, _engines_ctx, _flows_ctx, _calls_ctx])
+    # The lag probe starts once start-up's own work is done: that is not a call's lag.
+    app.cleanup_ctx.extend([_store_ctx, _retention_ctx, _engines_ctx, _flows_ctx, lag_ctx,
+                            _calls_ctx])
     app.router.add_post("/voice", twiml.voice)
     app.router.add_post("/status", twiml.status)
     app.router.add_post("/connect-action", twiml.connect_action)

@@ -40,6 +40,8 @@ class Services:
     synthesizer: Synthesizer | None = None
     library: FlowLibrary | None = None
     calls: dict[str, LiveCall] = field(default_factory=dict)  # by stream SID
+    # Going away (SIGTERM): new calls are refused (server/admission.py), live ones go on.
+    draining: bool = False
     # Transfers waiting for Twilio to fetch <Connect action>: call SID -> number to dial.
     transfers: dict[str, str] = field(default_factory=dict)
     # Plain counts for /healthz (protocol errors by reason, calls by outcome, stream

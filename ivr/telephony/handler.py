@@ -19,6 +19,7 @@ import structlog
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from ivr.errors import ProtocolError, ProtocolReason
+from ivr.server.admission import ADMISSION, StreamSlot
 from ivr.server.services import SERVICES, Services
 from ivr.session.call import CallSession
 from ivr.store.db import DROPPED
@@ -37,8 +38,10 @@ class MediaConnection:
 
     def __init__(
         self, services: Services, ws: web.WebSocketResponse, limits: MediaLimits,
+        slot: StreamSlot,
     ) -> None:
         self.services = services
+        self.slot = slot
         self.ws = ws
         self.session: CallSession | None = None
         self.errors = 0
@@ -110,6 +113,7 @@ class MediaConnection:
         self.log = log.bind(call_sid=msg.call_sid, stream_sid=msg.stream_sid)
         self.session = CallSession(self.services, msg, claims, ws=self.ws, log=self.log)
         self.services.calls[msg.stream_sid] = self.session
+        self.slot.opened()  # counted in the live set from here
         self.services.counters["calls_started"] += 1
         await self.session.begin()
 
@@ -172,6 +176,7 @@ class MediaConnection:
             # A stream that ends without `stop` is a dropped call; end() is idempotent.
             await self.session.end(self.end_reason)
             self.services.calls.pop(self.session.stream_sid, None)
+        self.slot.opened()  # a stream that never started gives its place back
         tasks = [t for t in (self._watchdog, self._closing) if t is not None]
         if tasks:
             await asyncio.wait(tasks)
@@ -189,12 +194,23 @@ async def media(request: web.Request) -> web.StreamResponse:
             services.counters["signature_rejected"] += 1
             log.warning("signature_rejected", path=request.path, url=url)
             raise web.HTTPForbidden(text="invalid X-Twilio-Signature\n")
+    admission = request.app[ADMISSION]
+    refused = admission.refuse("media")
+    if refused is not None:
+        # Before the upgrade: nothing is spent on the call, and Twilio ends the stream
+        # and goes on to <Connect action>, which tells the caller we are busy.
+        raise web.HTTPServiceUnavailable(text=f"not taking calls: {refused}\n")
+    slot = admission.open_stream()
     limits = MediaLimits.from_settings(services.settings)
     # aiohttp refuses a message at its header, before buffering it, when its length is
     # not below max_msg_size: so limit + 1 admits exactly `max_message_bytes`.
     ws = web.WebSocketResponse(max_msg_size=limits.max_message_bytes + 1, autoping=True)
-    await ws.prepare(request)
-    conn = MediaConnection(services, ws, limits)
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        slot.opened()
+        raise
+    conn = MediaConnection(services, ws, limits, slot)
     conn.watch()
     try:
         async for msg in ws:

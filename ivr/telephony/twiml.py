@@ -21,6 +21,7 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 from ivr.errors import InvalidValue
 from ivr.logging import mask_number
 from ivr.server import access
+from ivr.server.admission import ADMISSION
 from ivr.server.services import SERVICES, Services
 
 log = structlog.get_logger("ivr.telephony")
@@ -57,8 +58,11 @@ def media_url(base: str) -> str:
 
 def stream_twiml(
     url: str, parameters: Mapping[str, str], *, status_url: str | None,
-    action_url: str | None = None,
+    action_url: str | None = None, busy_message: str | None = None,
 ) -> str:
+    """<Connect><Stream> with the call's parameters; then `busy_message`, which Twilio
+    speaks when the stream ends without `action` (with `action`, the action URL answers
+    instead: see `connect_action`)."""
     response = VoiceResponse()
     # Twilio fetches `action` when the stream closes: that is where a transfer gets its <Dial>.
     connect = Connect(action=action_url) if action_url else Connect()
@@ -69,7 +73,25 @@ def stream_twiml(
         if value and len(name) + len(value) < _MAX_PARAM:
             stream.parameter(name=name, value=value)
     response.append(connect)
+    if busy_message:
+        response.say(busy_message)
     return str(response.to_xml())
+
+
+def busy_twiml(mode: str, message: str) -> str:
+    """What a call turned away at `/voice` gets: a busy tone (`reject`: never answered,
+    never billed) or `message` spoken, then hang-up."""
+    response = VoiceResponse()
+    if mode == "reject":
+        response.reject(reason="busy")
+    else:
+        response.say(message)
+        response.hangup()
+    return str(response.to_xml())
+
+
+def _xml(text: str) -> web.Response:
+    return web.Response(text=text, content_type="text/xml")
 
 
 def signature_ok(services: Services, url: str, params: Mapping[str, str], sig: str | None) -> bool:
@@ -98,6 +120,9 @@ async def voice(request: web.Request) -> web.Response:
     form = await _signed_form(request)
     base = public_base(services, request)
     call_sid = form.get("CallSid", "")
+    s = services.settings
+    if request.app[ADMISSION].refuse("voice") is not None:
+        return _xml(busy_twiml(s.busy, s.busy_message))
     # Only an explicit ?flow= pins the flow; otherwise the session routes by called number.
     flow = request.query.get("flow") or form.get("flow") or ""
     # The stream's `start` must carry these back, signed: the caller, the called number
@@ -112,13 +137,15 @@ async def voice(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="From, To or flow is too long for a <Parameter>\n")
     log.info("voice_webhook", call_sid=call_sid, flow=flow,
              caller=mask_number(params["from"]))
-    xml = stream_twiml(media_url(base), params, status_url=base + "/status",
-                       action_url=base + "/connect-action")
-    return web.Response(text=xml, content_type="text/xml")
+    return _xml(stream_twiml(media_url(base), params, status_url=base + "/status",
+                             action_url=base + "/connect-action",
+                             busy_message=s.busy_message))
 
 
 async def connect_action(request: web.Request) -> web.Response:
-    """The stream has closed: dial the transfer target the flow chose, or hang up."""
+    """The stream has closed: dial the transfer target the flow chose, or hang up; a
+    call whose stream never started (refused at `/media`: full, lagging, draining) hears
+    the busy message first rather than silence."""
     services = request.app[SERVICES]
     form = await _signed_form(request)
     call_sid = form.get("CallSid", "")
@@ -127,9 +154,23 @@ async def connect_action(request: web.Request) -> web.Response:
     if number:
         log.info("transfer_dial", call_sid=call_sid, to=mask_number(number))
         response.dial(number)
-    else:
-        response.hangup()
-    return web.Response(text=str(response.to_xml()), content_type="text/xml")
+        return _xml(str(response.to_xml()))
+    if not await _stream_started(services, call_sid):
+        log.info("stream_never_started", call_sid=call_sid)
+        response.say(services.settings.busy_message)
+    response.hangup()
+    return _xml(str(response.to_xml()))
+
+
+async def _stream_started(services: Services, call_sid: str) -> bool:
+    """Whether a stream of this call reached `start` (its row has a stream SID). The
+    refusal at `/media` comes before the upgrade, when the call SID is not known yet
+    (it arrives in `start`), so the record is what tells; it is shared by every process
+    on one database, whichever of them Twilio's action request reaches."""
+    if services.store is None or not call_sid:
+        return True
+    call = await services.store.get_call(call_sid)
+    return call is not None and bool(call.get("stream_sid"))
 
 
 async def status(request: web.Request) -> web.Response:
