@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "db": tmp_path / "ivr.db", "flows": ROOT / "flows", "recognizer_workers": 2,
+        # The loop-lag refusal is tested on its own (tests/*/test_admission.py) with an
+        # injected lag; a busy test machine must not turn test calls away.
+        "max_loop_lag_ms": 0,
     }
     values.update(overrides)
     return Settings.from_env({}, **values)
