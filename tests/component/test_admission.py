@@ -26,7 +26,8 @@ BUSY = "All our lines are busy right now. Please call back in a few minutes."
 
 @pytest.fixture
 def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
-    overrides: dict[str, object] = getattr(request, "param", {})
+    # The production lag limit (the shared test settings turn it off); lag is injected.
+    overrides: dict[str, object] = {"max_loop_lag_ms": 50, **getattr(request, "param", {})}
     return make_settings(tmp_path, max_calls=2, recognizer_workers=1, **overrides)
 
 
