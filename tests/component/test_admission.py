@@ -26,8 +26,7 @@ BUSY = "All our lines are busy right now. Please call back in a few minutes."
 
 @pytest.fixture
 def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
-    # The production lag limit (the shared test settings turn it off); lag is injected.
-    overrides: dict[str, object] = {"max_loop_lag_ms": 50, **getattr(request, "param", {})}
+    overrides: dict[str, object] = getattr(request, "param", {})
     return make_settings(tmp_path, max_calls=2, recognizer_workers=1, **overrides)
 
 
@@ -155,6 +154,7 @@ async def test_a_stream_opening_holds_its_place_under_the_cap(
         await b.close()
 
 
+@pytest.mark.parametrize("settings", [{"max_loop_lag_ms": 50}], indirect=True)
 async def test_a_lagging_loop_refuses_new_calls(
     server: TestServer, peer: tuple[aiohttp.ClientSession, str],
 ) -> None:
