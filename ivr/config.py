@@ -55,6 +55,12 @@ _ENV: dict[str, str] = {
     "media_flood_ms": "IVR_MEDIA_FLOOD_MS",
     "media_start_timeout_ms": "IVR_MEDIA_START_TIMEOUT_MS",
     "media_idle_timeout_ms": "IVR_MEDIA_IDLE_TIMEOUT_MS",
+    # Outcomes that tell the truth; the database never blocks a call.
+    "error_prompt": "IVR_ERROR_PROMPT",
+    "instance_id": "IVR_INSTANCE_ID",
+    "heartbeat_ms": "IVR_HEARTBEAT_MS",
+    "stale_after_ms": "IVR_STALE_AFTER_MS",
+    "db_queue_max": "IVR_DB_QUEUE_MAX",
 }
 
 
@@ -202,6 +208,19 @@ class Settings:
     # inbound frame for `media_idle_timeout_ms` has lost its line and ends as dropped.
     media_start_timeout_ms: int = 10_000
     media_idle_timeout_ms: int = 30_000
+    # What a caller hears when the call fails on our side (a bug in the conductor), before
+    # it hangs up; the call's outcome is `failed`.
+    error_prompt: str = "Sorry, something went wrong on our side. Please call back later."
+    # This process among those sharing the database (empty: host, pid and a random tag).
+    # Every `heartbeat_ms` it stamps its live calls; at start-up a call with no outcome
+    # and no stamp for `stale_after_ms` is closed as `interrupted`: its process is gone.
+    # A live process stamps six times in that window, so its calls are never taken.
+    instance_id: str = ""
+    heartbeat_ms: int = 10_000
+    stale_after_ms: int = 60_000
+    # Turn and end writes waiting for the database (locked, full) before new ones go
+    # straight to the spill file (`ivr db recover`): ~10 writes a call, 100 calls.
+    db_queue_max: int = 1000
     # Remote OpenAI-compatible engines (IVR_STT_*, IVR_TTS_*, IVR_LLM_*): None = embedded.
     stt: ProviderConfig | None = None
     # How the remote recognizer is asked: /audio/transcriptions (whisper-1,
@@ -267,6 +286,12 @@ class Settings:
                      "media_flood_ms", "media_start_timeout_ms", "media_idle_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_ENV[name]}={getattr(self, name)} must be at least 1 ms")
+        if self.heartbeat_ms < 1 or self.stale_after_ms < 2 * self.heartbeat_ms:
+            raise ConfigError(f"IVR_STALE_AFTER_MS={self.stale_after_ms} must be at least "
+                              f"twice IVR_HEARTBEAT_MS={self.heartbeat_ms}: a live process's "
+                              "calls would be closed as interrupted")
+        if self.db_queue_max < 1:
+            raise ConfigError(f"IVR_DB_QUEUE_MAX={self.db_queue_max} must be at least 1")
         if self.media_max_message_bytes < 1024:
             # A `start` frame with its parameters (the stream token among them) needs this.
             raise ConfigError(f"IVR_MEDIA_MAX_MESSAGE_BYTES={self.media_max_message_bytes} "

@@ -139,14 +139,17 @@ class CallRecord:
             turn.timings["response_ms"] = round(end - start, 1)
         self.services.metrics.turn(turn.timings)
         if self.services.store is not None:
-            await self.services.store.add_turn(self.call_sid, turn)
+            # Queued, never awaited: a locked or full database must not hold up the reply.
+            self.services.store.record_turn(self.call_sid, turn)
 
     # -------------------------------------------------------------- the call
 
     async def start(self, *, stream_sid: str, account_sid: str | None, from_masked: str,
                     to_masked: str, flow: str) -> None:
         if self.services.store is not None:
-            await self.services.store.start_call(
+            # Awaited: the row exists before the greeting's first frame (if the database
+            # refuses it, the store queues it and the call goes on).
+            await self.services.store.open_call(
                 self.call_sid, stream_sid=stream_sid, account_sid=account_sid,
                 from_masked=from_masked, to_masked=to_masked, flow=flow,
             )
@@ -171,7 +174,7 @@ class CallRecord:
         if services.pricing is not None:
             stats["cost"] = services.pricing.cost(stats)
         if services.store is not None:
-            await services.store.end_call(self.call_sid, outcome=outcome, stats=stats)
+            services.store.record_end(self.call_sid, outcome=outcome, stats=stats)
         return stats
 
     def count(self, outcome: str, reason: str, stats: dict[str, Any]) -> None:
