@@ -14,6 +14,7 @@ date, keeping the call rows with their outcome and cost (`IVR_RETENTION_DAYS`,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from dataclasses import asdict, dataclass, field
@@ -148,11 +149,13 @@ class CallStore:
         """Queue a live call's turn (never waits)."""
         self.writes.put(Write("turn", call_sid, self._turn_row(turn)))
 
-    def record_end(self, call_sid: str, *, outcome: str, stats: dict[str, Any]) -> None:
-        """Queue a live call's end (never waits); its heartbeat stops."""
+    def record_end(
+        self, call_sid: str, *, outcome: str, stats: dict[str, Any],
+    ) -> asyncio.Future[bool]:
+        """Queue a live call's end; its heartbeat stops. The future: written or spilled."""
         self._live.discard(call_sid)
-        self.writes.put(Write("end", call_sid, {"outcome": outcome, "stats": stats,
-                                                "ended_at": utc_now()}))
+        return self.writes.put(Write("end", call_sid, {"outcome": outcome, "stats": stats,
+                                                       "ended_at": utc_now()}))
 
     async def apply(self, write: Write) -> None:
         """Carry out one queued or spilled write."""

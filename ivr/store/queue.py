@@ -112,7 +112,7 @@ class WriteQueue:
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.stats: Counter[str] = Counter()  # written, retried, spilled, lost
-        self._pending: deque[Write] = deque()
+        self._pending: deque[tuple[Write, asyncio.Future[bool]]] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -123,18 +123,21 @@ class WriteQueue:
     def pending(self) -> int:
         return len(self._pending)
 
-    def put(self, write: Write) -> None:
-        """Queue `write`; never waits. A full queue spills it at once."""
+    def put(self, write: Write) -> asyncio.Future[bool]:
+        """Queue `write`; never waits. A full queue spills it at once. The future says,
+        for whoever cares to wait, whether it was written (True) or spilled (False)."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         if len(self._pending) >= self.max_pending:
             log.warning("store_queue_full", call_sid=write.call_sid, op=write.op,
                         pending=len(self._pending))
-            self._spill_later([write])
-            return
-        self._pending.append(write)
+            self._spill_later([(write, done)])
+            return done
+        self._pending.append((write, done))
         self._idle.clear()
         self._wake.set()
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="store-writes")
+        return done
 
     async def flushed(self, timeout_s: float) -> bool:
         """Wait until every queued write is applied or spilled (at most `timeout_s`)."""
@@ -150,7 +153,7 @@ class WriteQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        left = list(self._pending)
+        left = list(self._pending)  # (write, future) pairs
         self._pending.clear()
         self._idle.set()
         if left:
@@ -165,12 +168,14 @@ class WriteQueue:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            write = self._pending[0]
+            write, done = self._pending[0]
             ok = await self._write(write)
             # Popped only now: a close() that cancels the write above still spills it.
             self._pending.popleft()
-            if not ok:
-                await self._spill([write])
+            if ok:
+                _resolve(done, True)
+            else:
+                await self._spill([(write, done)])
 
     async def _write(self, write: Write) -> bool:
         delay = self.backoff_s
@@ -193,12 +198,13 @@ class WriteQueue:
                 delay = min(delay * 2, self.backoff_max_s)
         return False
 
-    def _spill_later(self, writes: list[Write]) -> None:
+    def _spill_later(self, writes: list[tuple[Write, asyncio.Future[bool]]]) -> None:
         task = asyncio.create_task(self._spill(writes), name="store-spill")
         self._spilling.add(task)
         task.add_done_callback(self._spilling.discard)
 
-    async def _spill(self, writes: list[Write]) -> None:
+    async def _spill(self, entries: list[tuple[Write, asyncio.Future[bool]]]) -> None:
+        writes = [w for w, _ in entries]
         try:
             await asyncio.to_thread(append_spill, self.spill, writes)
         except OSError as exc:
@@ -207,7 +213,14 @@ class WriteQueue:
             for w in writes:
                 log.error("store_write_lost", call_sid=w.call_sid, op=w.op, error=str(exc),
                           write=w.to_json())
-            return
-        self.stats["spilled"] += len(writes)
-        log.error("store_write_spilled", writes=len(writes), file=str(self.spill),
-                  fix="run `ivr db recover` once the database is writable")
+        else:
+            self.stats["spilled"] += len(writes)
+            log.error("store_write_spilled", writes=len(writes), file=str(self.spill),
+                      fix="run `ivr db recover` once the database is writable")
+        for _, done in entries:
+            _resolve(done, False)
+
+
+def _resolve(done: asyncio.Future[bool], ok: bool) -> None:
+    if not done.done():
+        done.set_result(ok)
