@@ -59,6 +59,12 @@ _ENV: dict[str, str] = {
     "max_loop_lag_ms": "IVR_MAX_LOOP_LAG_MS",
     "busy": "IVR_BUSY",
     "busy_message": "IVR_BUSY_MESSAGE",
+    # Outcomes that tell the truth; the database never blocks a call.
+    "error_prompt": "IVR_ERROR_PROMPT",
+    "instance_id": "IVR_INSTANCE_ID",
+    "heartbeat_ms": "IVR_HEARTBEAT_MS",
+    "stale_after_ms": "IVR_STALE_AFTER_MS",
+    "db_queue_max": "IVR_DB_QUEUE_MAX",
 }
 
 BUSY_MODES = ("message", "reject")
@@ -222,6 +228,19 @@ class Settings:
     # answered, never billed). A stream refused after /voice always hears the message.
     busy: str = "message"
     busy_message: str = "All our lines are busy right now. Please call back in a few minutes."
+    # What a caller hears when the call fails on our side (a bug in the conductor), before
+    # it hangs up; the call's outcome is `failed`.
+    error_prompt: str = "Sorry, something went wrong on our side. Please call back later."
+    # This process among those sharing the database (empty: host, pid and a random tag).
+    # Every `heartbeat_ms` it stamps its live calls; at start-up a call with no outcome
+    # and no stamp for `stale_after_ms` is closed as `interrupted`: its process is gone.
+    # A live process stamps six times in that window, so its calls are never taken.
+    instance_id: str = ""
+    heartbeat_ms: int = 10_000
+    stale_after_ms: int = 60_000
+    # Turn and end writes waiting for the database (locked, full) before new ones go
+    # straight to the spill file (`ivr db recover`): ~10 writes a call, 100 calls.
+    db_queue_max: int = 1000
     # Remote OpenAI-compatible engines (IVR_STT_*, IVR_TTS_*, IVR_LLM_*): None = embedded.
     stt: ProviderConfig | None = None
     # How the remote recognizer is asked: /audio/transcriptions (whisper-1,
@@ -297,6 +316,12 @@ class Settings:
             raise ConfigError(f"IVR_BUSY={self.busy!r} must be message or reject")
         if not self.busy_message.strip() or len(self.busy_message) > 1000:
             raise ConfigError("IVR_BUSY_MESSAGE must be a sentence (1..1000 characters)")
+        if self.heartbeat_ms < 1 or self.stale_after_ms < 2 * self.heartbeat_ms:
+            raise ConfigError(f"IVR_STALE_AFTER_MS={self.stale_after_ms} must be at least "
+                              f"twice IVR_HEARTBEAT_MS={self.heartbeat_ms}: a live process's "
+                              "calls would be closed as interrupted")
+        if self.db_queue_max < 1:
+            raise ConfigError(f"IVR_DB_QUEUE_MAX={self.db_queue_max} must be at least 1")
         if self.media_max_message_bytes < 1024:
             # A `start` frame with its parameters (the stream token among them) needs this.
             raise ConfigError(f"IVR_MEDIA_MAX_MESSAGE_BYTES={self.media_max_message_bytes} "

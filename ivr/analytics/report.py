@@ -3,7 +3,8 @@
 Definitions (all computed over the calls selected by `since` / `flow`):
 
 - `calls`: calls whose `started_at` is at or after `since` (and whose flow is `flow`).
-- `outcomes`: count per outcome (completed, transferred, abandoned, dropped, failed);
+- `outcomes`: count per outcome (completed, transferred, abandoned, dropped, failed,
+  interrupted: the server process died mid-call);
   calls still in progress or without an outcome are counted as `open`.
 - `containment_rate`: completed / eligible, where *eligible* = calls that reached a flow
   (`flow` set; status-callback-only calls never did) and were not `dropped` (a dropped
@@ -47,7 +48,7 @@ import aiosqlite
 
 from ivr.errors import ConfigError
 
-OUTCOMES = ("completed", "transferred", "abandoned", "dropped", "failed")
+OUTCOMES = ("completed", "transferred", "abandoned", "dropped", "failed", "interrupted")
 STAGES = ("response_ms", "recognition_ms", "endpoint_wait_ms")
 PERCENTILES = (50, 95, 99)
 TOP = 5

@@ -1,4 +1,5 @@
-"""The flow author's commands: `ivr flows check|test|graph`, `ivr chat`, `ivr db seed|purge`."""
+"""The flow author's commands: `ivr flows check|test|graph`, `ivr chat`,
+`ivr db seed|purge|recover`."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def main(args: argparse.Namespace) -> int:
 
     configure("warning", json=False)
     if args.command == "db":
-        return _purge(args) if args.db_command == "purge" else _seed(args)
+        commands = {"purge": _purge, "recover": _recover, "seed": _seed}
+        return commands[args.db_command](args)
     if args.command == "chat":
         return asyncio.run(_chat(args))
     if args.flows_command == "check":
@@ -146,6 +148,49 @@ def _purge(args: argparse.Namespace) -> int:
     turns = asyncio.run(purge())
     print(f"purged {turns} turn(s) of calls started before {before.isoformat()} from {path}")
     return 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    """Replay the spill file into the database. The file is first moved aside (a server
+    still running starts a new one); writes that fail again go back into the spill file."""
+    import os
+
+    from ivr.store.db import CallStore
+    from ivr.store.queue import spill_path
+
+    path = _db_path(args.db)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such database (give --db or set IVR_DB)")
+    spill = spill_path(path)
+    taking = spill.with_name(spill.name + ".recovering")
+    if spill.exists():
+        # A run that stopped half-way left its file: its writes are replayed first.
+        if taking.exists():
+            with taking.open("a", encoding="utf-8") as out:
+                out.write(spill.read_text(encoding="utf-8"))
+            spill.unlink()
+        else:
+            os.replace(spill, taking)
+    if not taking.exists():
+        print(f"nothing to recover: no {spill}")
+        return 0
+
+    async def replay() -> tuple[int, list[str]]:
+        store = await CallStore.open(path)
+        try:
+            return await store.replay(taking)
+        finally:
+            await store.close()
+
+    applied, kept = asyncio.run(replay())
+    if kept:
+        with spill.open("a", encoding="utf-8") as out:
+            out.write("".join(line + "\n" for line in kept))
+    taking.unlink()
+    print(f"recovered {applied} write(s) into {path}"
+          + (f"; {len(kept)} kept in {spill} (run again once the database is writable)"
+             if kept else ""))
+    return 1 if kept else 0
 
 
 @asynccontextmanager

@@ -88,6 +88,10 @@ def _authoring_parsers(sub: Any) -> None:
     purge.add_argument("--before", required=True, metavar="DATE",
                        help="ISO date or date-time, UTC unless it names a zone (2026-01-31)")
     purge.add_argument("--db", type=Path, help="SQLite file (default: IVR_DB or ./ivr.db)")
+    recover = dsub.add_parser(
+        "recover", help="replay the call writes the server spilled (<db>.spill.jsonl) "
+        "when the database refused them; safe to run twice")
+    recover.add_argument("--db", type=Path, help="SQLite file (default: IVR_DB or ./ivr.db)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import signal
+import socket
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -49,9 +53,42 @@ log = structlog.get_logger("ivr.server.app")
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     s = services.settings
-    services.store = await CallStore.open(s.db, redact_digits=s.redact_digits)
+    services.store = await CallStore.open(
+        s.db, redact_digits=s.redact_digits, instance_id=s.instance_id or _instance_id(),
+        queue_max=s.db_queue_max)
     yield
-    await services.store.close()
+    await services.store.close()  # queued writes land or spill first
+
+
+def _instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+async def _liveness_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Before the first call, close the calls of processes that died (no outcome, a
+    heartbeat older than `IVR_STALE_AFTER_MS`) as `interrupted`; then stamp this
+    process's live calls every `IVR_HEARTBEAT_MS` so no other process closes them."""
+    services = app[SERVICES]
+    s = services.settings
+    store = services.store
+    assert store is not None
+    older_than = datetime.now(UTC) - timedelta(milliseconds=s.stale_after_ms)
+    closed = await store.close_stale(older_than=older_than)
+    log.info("instance", instance_id=store.instance_id, interrupted_calls=closed)
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(s.heartbeat_ms / 1000)
+            try:
+                await store.heartbeat()
+            except (sqlite3.Error, OSError) as exc:  # the next beat tries again
+                log.warning("heartbeat_failed", error=str(exc))
+
+    task = asyncio.create_task(beat(), name="heartbeat")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 RETENTION_INTERVAL_S = 3600.0
@@ -204,8 +241,8 @@ def create_app(settings: Settings) -> web.Application:
     app[ADMISSION] = Admission(services)
     services.pricing = Pricing.load()  # packaged defaults, IVR_PRICING merged over them
     # The lag probe starts once start-up's own work is done: that is not a call's lag.
-    app.cleanup_ctx.extend([_store_ctx, _retention_ctx, _engines_ctx, _flows_ctx, lag_ctx,
-                            _calls_ctx])
+    app.cleanup_ctx.extend([_store_ctx, _liveness_ctx, _retention_ctx, _engines_ctx,
+                            _flows_ctx, lag_ctx, _calls_ctx])
     app.router.add_post("/voice", twiml.voice)
     app.router.add_post("/status", twiml.status)
     app.router.add_post("/connect-action", twiml.connect_action)

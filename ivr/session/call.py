@@ -33,6 +33,7 @@ from ivr.session.answers import Answers
 from ivr.session.inbound import Inbound
 from ivr.session.record import CallRecord, call_outcome
 from ivr.session.speaker import Speaker
+from ivr.store.db import FAILED
 from ivr.telephony import control
 from ivr.telephony.inbound import Dtmf, Mark, Media, Start
 from ivr.telephony.outbound import TwilioOutbound
@@ -92,6 +93,7 @@ class CallSession:
         self._ended = False
         self._ending: asyncio.Task[None] | None = None
         self._hangup_task: asyncio.Task[None] | None = None
+        self._failed = False  # the conductor raised: the call ends as `failed`
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -119,21 +121,28 @@ class CallSession:
 
     async def _end(self, reason: str) -> None:
         runner = self.dialog.runner
-        outcome = call_outcome(runner, reason)
-        if not runner.done:
-            runner.handle(engine.CallerHangup())
-        tasks = [t for t in (self._conductor, *self.speaker.running(), *self.inbound.running())
-                 if t is not None and not t.done()]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self.inbound.close()
-        self.speaker.abandon()
-        self.record.hung_up()
-        await self._flush_turn()
-        stats = await self.record.finish(outcome, reason, runner, self.speaker.counters())
-        self.services.calls.pop(self.stream_sid, None)
-        self.record.count(outcome, reason, stats)
+        # A conductor that raised is our failure, whatever the socket did next: `failed`,
+        # never `dropped` (which containment leaves out) -- and the flow takes no more steps.
+        outcome = FAILED if self._failed else call_outcome(runner, reason)
+        stats: dict[str, Any] = {}
+        try:
+            if not runner.done and not self._failed:
+                runner.handle(engine.CallerHangup())
+            tasks = [t for t in (self._conductor, *self.speaker.running(),
+                                 *self.inbound.running()) if t is not None and not t.done()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.inbound.close()
+            self.speaker.abandon()
+            self.record.hung_up()
+            await self._flush_turn()
+            stats = await self.record.finish(outcome, reason, runner, self.speaker.counters())
+        finally:
+            # Whatever failed above, the call is no longer live: out of the live set and
+            # the active-calls gauge (the record's writes retry on their own).
+            self.services.calls.pop(self.stream_sid, None)
+            self.record.count(outcome, reason, stats)
 
     async def _conduct(self) -> None:
         try:
@@ -145,9 +154,24 @@ class CallSession:
         except Exception:
             self.log.exception("call_failed", step=self.dialog.runner.current_step)
             self.stats["failures"] += 1
+            self._failed = True
+            await self._apologize()
         # Closing the socket is how a call hangs up: Twilio moves past <Connect>. Not a
         # task of a collaborator: ending the call cancels those, and this one must finish.
         self._hangup_task = asyncio.create_task(self._hang_up())
+
+    async def _apologize(self) -> None:
+        """After a failure: the fixed apology (`IVR_ERROR_PROMPT`), heard, if the caller is
+        still there. No flow step runs; a speaker that fails again is only logged."""
+        if self.ws.closed or self._ended:
+            return
+        self.inbound.listen = None  # nothing the caller says now answers anything
+        try:
+            await self.speaker.play(engine.Play(self.settings.error_prompt, False, "error"),
+                                    interruptible=False)
+            await self.speaker.wait_heard(self.settings.mark_grace_ms / 1000)
+        except Exception:
+            self.log.exception("apology_failed")
 
     async def _hang_up(self) -> None:
         if self._ending is None:  # claim the reason before the handler sees the close

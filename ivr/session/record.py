@@ -8,6 +8,7 @@ reply's first frame has left (`replied`), so `response_ms` measures voice to voi
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from typing import Any
@@ -18,6 +19,8 @@ from ivr.audio.player import Prompt
 from ivr.flows import engine
 from ivr.server.services import Services
 from ivr.store.db import ABANDONED, COMPLETED, DROPPED, FAILED, TRANSFERRED, TurnRecord
+
+END_WRITE_WAIT_S = 1.0
 
 _FLOW_OUTCOMES = {
     "completed": COMPLETED, "fallback": COMPLETED, "goto_flow": COMPLETED,
@@ -139,14 +142,17 @@ class CallRecord:
             turn.timings["response_ms"] = round(end - start, 1)
         self.services.metrics.turn(turn.timings)
         if self.services.store is not None:
-            await self.services.store.add_turn(self.call_sid, turn)
+            # Queued, never awaited: a locked or full database must not hold up the reply.
+            self.services.store.record_turn(self.call_sid, turn)
 
     # -------------------------------------------------------------- the call
 
     async def start(self, *, stream_sid: str, account_sid: str | None, from_masked: str,
                     to_masked: str, flow: str) -> None:
         if self.services.store is not None:
-            await self.services.store.start_call(
+            # Awaited: the row exists before the greeting's first frame (if the database
+            # refuses it, the store queues it and the call goes on).
+            await self.services.store.open_call(
                 self.call_sid, stream_sid=stream_sid, account_sid=account_sid,
                 from_masked=from_masked, to_masked=to_masked, flow=flow,
             )
@@ -171,7 +177,10 @@ class CallRecord:
         if services.pricing is not None:
             stats["cost"] = services.pricing.cost(stats)
         if services.store is not None:
-            await services.store.end_call(self.call_sid, outcome=outcome, stats=stats)
+            written = services.store.record_end(self.call_sid, outcome=outcome, stats=stats)
+            # The caller is gone, so a short wait costs nothing, and the record is whole
+            # by the time the socket closes; a database slower than that keeps retrying.
+            await asyncio.wait({written}, timeout=END_WRITE_WAIT_S)
         return stats
 
     def count(self, outcome: str, reason: str, stats: dict[str, Any]) -> None:

@@ -1,7 +1,10 @@
-"""The call record: SQLite through aiosqlite (WAL), versioned schema.
+"""The call record: SQLite through aiosqlite (WAL), versioned schema (`store.schema`).
 
-`PRAGMA user_version` holds the schema version; `MIGRATIONS[i]` upgrades from version i
-to i+1, so an old database file is upgraded in place at start-up.
+A live call writes its row before the greeting (`open_call`); after that its turns and
+its end go through `writes` (`store.queue`): never awaited by the call, retried, spilled
+to a file `ivr db recover` replays. Each server process stamps its `instance_id` and a
+heartbeat on its live calls; at start-up `close_stale` closes as `interrupted` the rows
+of processes that died (no outcome, heartbeat stale), never those of a live one.
 
 Personal data: with `redact_digits` every turn is stored with its digit runs masked
 (`ivr.privacy`); `purge_turns` deletes the turns (the transcript) of calls older than a
@@ -11,6 +14,7 @@ date, keeping the call rows with their outcome and cost (`IVR_RETENTION_DAYS`,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from dataclasses import asdict, dataclass, field
@@ -19,98 +23,26 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import structlog
 
 from ivr.errors import StoreError
 from ivr.privacy import redact_digits
+from ivr.store.queue import RETRYABLE, Write, WriteQueue, read_spill, spill_path
+from ivr.store.schema import MIGRATIONS, SCHEMA_VERSION
 
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE calls (
-        call_sid        TEXT PRIMARY KEY,
-        stream_sid      TEXT,
-        account_sid     TEXT,
-        from_masked     TEXT NOT NULL DEFAULT '',
-        to_masked       TEXT NOT NULL DEFAULT '',
-        flow            TEXT,
-        started_at      TEXT NOT NULL,
-        ended_at        TEXT,
-        outcome         TEXT,
-        call_status     TEXT,
-        duration_s      REAL,
-        stats           TEXT NOT NULL DEFAULT '{}'
-    );
-    CREATE INDEX calls_started ON calls(started_at);
-    CREATE TABLE turns (
-        call_sid        TEXT NOT NULL REFERENCES calls(call_sid),
-        seq             INTEGER NOT NULL,
-        step            TEXT,
-        prompt          TEXT NOT NULL DEFAULT '',
-        prompt_heard    TEXT,
-        input_kind      TEXT,
-        input_text      TEXT,
-        confidence      REAL,
-        understood      TEXT,
-        result          TEXT,
-        timings         TEXT NOT NULL DEFAULT '{}',
-        PRIMARY KEY (call_sid, seq)
-    );
-    """,
-    # v2: the data the built-in tools (ivr.tools) work on.
-    """
-    CREATE TABLE services (
-        name            TEXT PRIMARY KEY,
-        duration_min    INTEGER NOT NULL CHECK (duration_min > 0),
-        description     TEXT NOT NULL DEFAULT ''
-    );
-    -- A cancelled booking keeps its row (the reference still resolves), so the slot
-    -- rule below only counts rows that are booked.
-    CREATE TABLE bookings (
-        id              INTEGER PRIMARY KEY,
-        ref             TEXT NOT NULL UNIQUE,
-        service         TEXT NOT NULL REFERENCES services(name),
-        day             TEXT NOT NULL,
-        start           TEXT NOT NULL,
-        name            TEXT NOT NULL,
-        phone           TEXT NOT NULL DEFAULT '',
-        status          TEXT NOT NULL DEFAULT 'booked'
-                        CHECK (status IN ('booked', 'cancelled')),
-        created_at      TEXT NOT NULL,
-        updated_at      TEXT NOT NULL,
-        -- No foreign key to calls: a tool can run before the call's row is written.
-        call_sid        TEXT
-    );
-    -- One chair: a slot holds one booking whatever the service (durations are
-    -- informational). The database, not the code, is what makes a double booking
-    -- impossible, even for writers that skip the tools' own check.
-    CREATE UNIQUE INDEX bookings_one_per_slot ON bookings(day, start)
-        WHERE status = 'booked';
-    CREATE INDEX bookings_phone ON bookings(phone, day);
-    CREATE TABLE orders (
-        number          TEXT PRIMARY KEY,
-        status          TEXT NOT NULL,
-        item            TEXT NOT NULL,
-        eta             TEXT,
-        phone           TEXT NOT NULL DEFAULT ''
-    );
-    CREATE TABLE accounts (
-        phone           TEXT PRIMARY KEY,
-        name            TEXT NOT NULL,
-        balance_cents   INTEGER NOT NULL DEFAULT 0,
-        plan            TEXT NOT NULL
-    );
-    """,
-    # v3: what a turn filled (slot name and the value's text form).
-    """
-    ALTER TABLE turns ADD COLUMN slot TEXT;
-    ALTER TABLE turns ADD COLUMN slot_value TEXT;
-    """,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
+log = structlog.get_logger("ivr.store")
 
 # Outcomes a call can end with.
 COMPLETED, TRANSFERRED, ABANDONED, DROPPED, FAILED = (
     "completed", "transferred", "abandoned", "dropped", "failed",
 )
+# The process running the call died (its heartbeat went stale), or Twilio said the call
+# was over and no process ever wrote its end.
+INTERRUPTED = "interrupted"
+TERMINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
+# How long a write waits on a lock before it fails (and the queue retries it): short, since
+# the call's first write holds up its greeting.
+BUSY_TIMEOUT_S = 2.0
 
 
 def utc_now() -> str:
@@ -140,20 +72,31 @@ class TurnRecord:
 
 
 class CallStore:
-    def __init__(self, conn: aiosqlite.Connection, *, redact_digits: bool = False) -> None:
+    def __init__(
+        self, conn: aiosqlite.Connection, *, redact_digits: bool = False,
+        instance_id: str = "", spill: Path | None = None, queue_max: int = 1000,
+    ) -> None:
         self._db = conn
         self.redact_digits = redact_digits
+        self.instance_id = instance_id
+        self.writes = WriteQueue(self.apply, spill or Path("ivr.db.spill.jsonl"),
+                                 max_pending=queue_max)
+        self._live: set[str] = set()  # calls this process runs: the heartbeat stamps them
 
     @classmethod
-    async def open(cls, path: Path | str, *, redact_digits: bool = False) -> CallStore:
-        conn = await aiosqlite.connect(str(path))
+    async def open(
+        cls, path: Path | str, *, redact_digits: bool = False, instance_id: str = "",
+        queue_max: int = 1000,
+    ) -> CallStore:
+        conn = await aiosqlite.connect(str(path), timeout=BUSY_TIMEOUT_S)
         conn.row_factory = aiosqlite.Row
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute("PRAGMA synchronous=NORMAL")
         await conn.execute("PRAGMA foreign_keys=ON")
         # A purged transcript is overwritten, not merely unlinked from the b-tree.
         await conn.execute("PRAGMA secure_delete=ON")
-        store = cls(conn, redact_digits=redact_digits)
+        store = cls(conn, redact_digits=redact_digits, instance_id=instance_id,
+                    spill=spill_path(path), queue_max=queue_max)
         try:
             await store._migrate()
         except BaseException:
@@ -162,6 +105,8 @@ class CallStore:
         return store
 
     async def close(self) -> None:
+        """Let queued writes land (or spill them), then close the connection."""
+        await self.writes.close()
         await self._db.close()
 
     async def _migrate(self) -> None:
@@ -178,6 +123,97 @@ class CallStore:
                 f"BEGIN; {MIGRATIONS[i]}; PRAGMA user_version = {i + 1}; COMMIT;"
             )
 
+    # ------------------------------------------------------------ a live call
+
+    async def open_call(
+        self, call_sid: str, *, stream_sid: str | None, account_sid: str | None,
+        from_masked: str, to_masked: str, flow: str | None,
+    ) -> bool:
+        """A live call's row, written before its greeting and stamped with this process.
+        Should the database refuse it, the call goes on and the row is queued (`writes`);
+        returns whether it was written now."""
+        args: dict[str, Any] = {
+            "stream_sid": stream_sid, "account_sid": account_sid, "from_masked": from_masked,
+            "to_masked": to_masked, "flow": flow, "started_at": utc_now(),
+        }
+        self._live.add(call_sid)
+        try:
+            await self.start_call(call_sid, **args)
+        except RETRYABLE as exc:
+            self.writes.put(Write("start", call_sid, args))
+            _log_queued(call_sid, "start", exc)
+            return False
+        return True
+
+    def record_turn(self, call_sid: str, turn: TurnRecord) -> None:
+        """Queue a live call's turn (never waits)."""
+        self.writes.put(Write("turn", call_sid, self._turn_row(turn)))
+
+    def record_end(
+        self, call_sid: str, *, outcome: str, stats: dict[str, Any],
+    ) -> asyncio.Future[bool]:
+        """Queue a live call's end; its heartbeat stops. The future: written or spilled."""
+        self._live.discard(call_sid)
+        return self.writes.put(Write("end", call_sid, {"outcome": outcome, "stats": stats,
+                                                       "ended_at": utc_now()}))
+
+    async def apply(self, write: Write) -> None:
+        """Carry out one queued or spilled write."""
+        a = write.args
+        if write.op == "start":
+            await self.start_call(write.call_sid, **a)
+        elif write.op == "turn":
+            await self._insert_turn(write.call_sid, a)
+        else:
+            await self.end_call(write.call_sid, outcome=a["outcome"], stats=a.get("stats"),
+                                ended_at=a.get("ended_at"))
+
+    async def heartbeat(self) -> int:
+        """Stamp now on the live calls of this process; returns how many."""
+        sids = list(self._live)
+        if not sids:
+            return 0
+        now = utc_now()
+        for i in range(0, len(sids), 500):
+            chunk = sids[i:i + 500]
+            await self._db.execute(
+                f"UPDATE calls SET heartbeat_at = ? WHERE outcome IS NULL AND call_sid IN "
+                f"({','.join('?' * len(chunk))})", (now, *chunk),
+            )
+        await self._db.commit()
+        return len(sids)
+
+    async def close_stale(self, *, older_than: datetime) -> int:
+        """Close as `interrupted` every call with no outcome whose heartbeat (or, never
+        stamped, its start) is older than `older_than`: its process is gone. It ended at
+        its last known time. Returns the rows closed."""
+        cutoff = older_than.astimezone(UTC).isoformat(timespec="milliseconds")
+        cur = await self._db.execute(
+            """UPDATE calls SET outcome = ?,
+                 ended_at = COALESCE(ended_at, heartbeat_at, started_at)
+               WHERE outcome IS NULL AND COALESCE(heartbeat_at, started_at) < ?""",
+            (INTERRUPTED, cutoff),
+        )
+        await self._db.commit()
+        return cur.rowcount
+
+    async def replay(self, path: Path) -> tuple[int, list[str]]:
+        """Apply a spill file's writes (idempotent); returns how many were applied and the
+        lines that were not (unreadable or still failing), for the caller to keep."""
+        writes, kept = read_spill(path)
+        applied = 0
+        for write in writes:
+            try:
+                await self.apply(write)
+            except RETRYABLE as exc:
+                _log_queued(write.call_sid, write.op, exc)
+                kept.append(write.to_json())
+            else:
+                applied += 1
+        return applied, kept
+
+    # ------------------------------------------------------------ direct writes
+
     async def start_call(
         self,
         call_sid: str,
@@ -190,28 +226,37 @@ class CallStore:
         started_at: str | None = None,
     ) -> None:
         """Create the call row, or fill in stream details on one a status callback made."""
+        started_at = started_at or utc_now()
         await self._db.execute(
             """INSERT INTO calls (call_sid, stream_sid, account_sid, from_masked, to_masked,
-                                  flow, started_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?)
+                                  flow, started_at, instance_id, heartbeat_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(call_sid) DO UPDATE SET
                  stream_sid=excluded.stream_sid, account_sid=excluded.account_sid,
                  from_masked=CASE WHEN excluded.from_masked != '' THEN excluded.from_masked
                                   ELSE calls.from_masked END,
                  to_masked=CASE WHEN excluded.to_masked != '' THEN excluded.to_masked
                                 ELSE calls.to_masked END,
-                 flow=excluded.flow""",
-            (call_sid, stream_sid, account_sid, from_masked, to_masked, flow,
-             started_at or utc_now()),
+                 flow=excluded.flow,
+                 instance_id=COALESCE(excluded.instance_id, calls.instance_id),
+                 heartbeat_at=MAX(COALESCE(calls.heartbeat_at, ''), excluded.heartbeat_at)""",
+            (call_sid, stream_sid, account_sid, from_masked, to_masked, flow, started_at,
+             self.instance_id or None, started_at),
         )
         await self._db.commit()
 
     async def add_turn(self, call_sid: str, turn: TurnRecord) -> None:
+        await self._insert_turn(call_sid, self._turn_row(turn))
+
+    def _turn_row(self, turn: TurnRecord) -> dict[str, Any]:
         d = asdict(turn)
         if self.redact_digits:
             for key in ("prompt", "input_text", "understood", "slot_value"):
                 if d[key]:
                     d[key] = redact_digits(d[key])
+        return d
+
+    async def _insert_turn(self, call_sid: str, d: dict[str, Any]) -> None:
         await self._db.execute(
             """INSERT OR REPLACE INTO turns (call_sid, seq, step, prompt, prompt_heard,
                  input_kind, input_text, confidence, understood, result, timings, slot,
@@ -242,12 +287,17 @@ class CallStore:
         return cur.rowcount
 
     async def end_call(
-        self, call_sid: str, *, outcome: str, stats: dict[str, Any] | None = None
+        self, call_sid: str, *, outcome: str, stats: dict[str, Any] | None = None,
+        ended_at: str | None = None,
     ) -> None:
+        """Write a call's end. The session's outcome wins over one filled in without it
+        (`interrupted`, or a terminal status callback), and so does its end time."""
         await self._db.execute(
-            """UPDATE calls SET ended_at = COALESCE(ended_at, ?), outcome = ?, stats = ?
+            """UPDATE calls SET outcome = ?, stats = ?,
+                 ended_at = CASE WHEN ended_at IS NULL OR outcome IS NULL
+                                      OR outcome = ? THEN ? ELSE ended_at END
                WHERE call_sid = ?""",
-            (utc_now(), outcome, json.dumps(stats or {}), call_sid),
+            (outcome, json.dumps(stats or {}), INTERRUPTED, ended_at or utc_now(), call_sid),
         )
         await self._db.commit()
 
@@ -255,18 +305,28 @@ class CallStore:
         self, call_sid: str, *, status: str, duration_s: float | None,
         from_masked: str = "", to_masked: str = "", account_sid: str | None = None,
     ) -> None:
-        """Record a Twilio call status callback; creates the call if /media never saw it."""
-        terminal = status in {"completed", "busy", "failed", "no-answer", "canceled"}
+        """Record a Twilio call status callback; creates the call if /media never saw it.
+        A terminal status fills in a missing outcome, never replaces one: `failed` if
+        Twilio says so, `interrupted` for a call whose stream started (no process wrote
+        its end), else `abandoned` (the call never reached a stream)."""
+        terminal = status in TERMINAL_STATUSES
         await self._db.execute(
             """INSERT INTO calls (call_sid, account_sid, from_masked, to_masked, started_at,
                                   call_status, duration_s, ended_at, outcome)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(call_sid) DO UPDATE SET
                  call_status = excluded.call_status,
-                 duration_s = COALESCE(excluded.duration_s, calls.duration_s)""",
+                 duration_s = COALESCE(excluded.duration_s, calls.duration_s),
+                 ended_at = CASE WHEN calls.outcome IS NULL
+                                 THEN COALESCE(calls.ended_at, excluded.ended_at)
+                                 ELSE calls.ended_at END,
+                 outcome = COALESCE(calls.outcome, CASE
+                     WHEN excluded.outcome IS NULL OR excluded.outcome = ? THEN excluded.outcome
+                     WHEN calls.stream_sid IS NOT NULL THEN ?
+                     ELSE excluded.outcome END)""",
             (call_sid, account_sid, from_masked, to_masked, utc_now(), status, duration_s,
              utc_now() if terminal else None,
-             _outcome_for_status(status) if terminal else None),
+             _outcome_for_status(status) if terminal else None, FAILED, INTERRUPTED),
         )
         await self._db.commit()
 
@@ -291,6 +351,10 @@ class CallStore:
             "SELECT * FROM calls ORDER BY started_at DESC LIMIT ?", (limit,)
         ) as c:
             return [dict(r) for r in await c.fetchall()]
+
+
+def _log_queued(call_sid: str, op: str, exc: BaseException) -> None:
+    log.warning("store_write_deferred", call_sid=call_sid, op=op, error=str(exc))
 
 
 def _outcome_for_status(status: str) -> str:

@@ -174,8 +174,13 @@ class MediaConnection:
             self._watchdog.cancel()
         if self.session is not None:
             # A stream that ends without `stop` is a dropped call; end() is idempotent.
-            await self.session.end(self.end_reason)
-            self.services.calls.pop(self.session.stream_sid, None)
+            try:
+                await self.session.end(self.end_reason)
+            except Exception:
+                self.log.exception("call_end_failed")
+            finally:
+                # Whatever the end did, this call is no longer live.
+                self.services.calls.pop(self.session.stream_sid, None)
         self.slot.opened()  # a stream that never started gives its place back
         tasks = [t for t in (self._watchdog, self._closing) if t is not None]
         if tasks:
