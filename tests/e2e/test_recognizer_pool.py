@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from ivr.grammar import Grammar
 from ivr.server.app import create_app
@@ -96,6 +98,15 @@ async def test_a_caller_who_never_stops_talking_leaves_the_worker_free(
 
     second = turns(await call(server, Say("support")))
     assert (second[0]["input_kind"], second[0]["understood"]) == ("speech", "support"), second
+
+    # /metrics (open to this machine) shows the pool: free now, and every wait it served.
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{server.port}/metrics") as response:
+            text = await response.text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["ivr_recognizer_busy_workers"].samples[0].value == 0
+    waits = {s.name: s.value for s in families["ivr_recognizer_wait_seconds"].samples}
+    assert waits["ivr_recognizer_wait_seconds_count"] >= len(first) + 1
 
 
 async def test_a_worker_killed_mid_utterance_costs_one_turn(server: TestServer) -> None:
