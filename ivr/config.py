@@ -34,6 +34,8 @@ _ENV: dict[str, str] = {
     "filler_after_ms": "IVR_FILLER_AFTER_MS",
     "mark_grace_ms": "IVR_MARK_GRACE_MS",
     "recognition_timeout_ms": "IVR_RECOGNITION_TIMEOUT_MS",
+    "recognizer_wait_ms": "IVR_RECOGNIZER_WAIT_MS",
+    "recognizer_hold_ms": "IVR_RECOGNIZER_HOLD_MS",
     # Personal data (docs/security.md)
     "redact_digits": "IVR_REDACT_DIGITS",
     "retention_days": "IVR_RETENTION_DAYS",
@@ -176,6 +178,12 @@ class Settings:
     # A recognizer that takes longer than this (to start, or to finish after end of
     # speech) is given up on: the answer is a no-match, not a stuck call.
     recognition_timeout_ms: int = 10000
+    # An utterance that waits this long for a free recognizer worker is a no-match (the
+    # flow's retry or keypad path takes over) rather than a turn that waits on every call.
+    recognizer_wait_ms: int = 5000
+    # A worker holding one utterance this long is killed and respawned: the flows' longest
+    # max_utterance_ms (60 s) plus 10 s to decode; only a leak or a wedged worker gets here.
+    recognizer_hold_ms: int = 70000
     # Personal data (docs/security.md): mask digit runs of 4+ (order, card, phone numbers)
     # in stored turns and in logs; purge turns older than this many days (0: keep them).
     redact_digits: bool = False
@@ -303,6 +311,7 @@ class Settings:
             raise ConfigError(f"IVR_RETENTION_DAYS={self.retention_days} must be 0 (keep) "
                               "or a number of days")
         for name in ("filler_after_ms", "mark_grace_ms", "recognition_timeout_ms",
+                     "recognizer_wait_ms", "recognizer_hold_ms",
                      "media_flood_ms", "media_start_timeout_ms", "media_idle_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_ENV[name]}={getattr(self, name)} must be at least 1 ms")

@@ -3,7 +3,8 @@
 Each app owns a private `CollectorRegistry` (never the process-global one), so several
 apps in one process — tests, `ivr bench` — never collide. The call session reports
 through plain methods (`call_started`, `call_ended`, `turn`, `protocol_error`); provider
-clients are sampled at scrape time by a custom collector (`observe_providers`).
+clients and the recognizer pool are sampled at scrape time by custom collectors
+(`observe_providers`, `observe_recognizer`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ REFUSAL_REASONS = ("cap", "lag", "draining")
 # Provider `stats` keys exported as ivr_provider_requests_total{result=...}; each is
 # monotonic on its own (a difference such as requests - failures would not be).
 REQUEST_RESULTS: dict[str, str] = {"requests": "sent", "failures": "failed", "rejected": "rejected"}
+
+
+# The wait for a free recognizer worker: ~0 with one free, up to IVR_RECOGNIZER_WAIT_MS.
+WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
+# `stats` keys of the recognizer pool exported as ivr_recognizer_events_total{event=...}.
+RECOGNIZER_EVENTS = ("respawns", "hold_kills", "wait_expired")
 
 
 class BreakerLike(Protocol):
@@ -106,6 +113,57 @@ class _ProviderCollector(Collector):
         yield breaker
 
 
+class RecognizerPoolLike(Protocol):
+    """What `observe_recognizer` needs of the pool (`speech.sphinx.pool.RecognizerPool`)."""
+
+    @property
+    def busy_workers(self) -> int: ...
+    @property
+    def worker_pids(self) -> list[int]: ...
+    @property
+    def queued(self) -> int: ...
+    @property
+    def stats(self) -> Mapping[str, int]: ...
+
+
+class _RecognizerCollector(Collector):
+    """Samples the recognizer pool's workers, queue and events on every scrape."""
+
+    def __init__(self) -> None:
+        self.pool: RecognizerPoolLike | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(None)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(self.pool)
+
+    def _families(self, pool: RecognizerPoolLike | None) -> Iterator[Metric]:
+        busy = GaugeMetricFamily(
+            "ivr_recognizer_busy_workers", "Recognizer workers holding an utterance"
+        )
+        workers = GaugeMetricFamily("ivr_recognizer_workers", "Recognizer workers alive")
+        queued = GaugeMetricFamily(
+            "ivr_recognizer_queued", "Utterances waiting for a free recognizer worker"
+        )
+        events = CounterMetricFamily(
+            "ivr_recognizer_events",
+            "Recognizer pool events: respawns (a worker exited), hold_kills (killed for "
+            "holding one utterance too long), wait_expired (no worker free in time)",
+            labels=["event"],
+        )
+        if pool is not None:
+            busy.add_metric([], pool.busy_workers)
+            workers.add_metric([], len(pool.worker_pids))
+            queued.add_metric([], pool.queued)
+            for event in RECOGNIZER_EVENTS:
+                events.add_metric([event], pool.stats.get(event, 0))
+        yield busy
+        yield workers
+        yield queued
+        yield events
+
+
 class Metrics:
     """The app's metrics on a private registry; `registry` is what `/metrics` serves."""
 
@@ -150,8 +208,15 @@ class Metrics:
             "ivr_event_loop_lag_p99_seconds",
             "How late the event loop wakes a 20 ms probe: p99 over the last 5 s", registry=r,
         )
+        self.recognizer_wait = Histogram(
+            "ivr_recognizer_wait_seconds",
+            "Wait of an utterance for a free recognizer worker (given up at "
+            "IVR_RECOGNIZER_WAIT_MS)", buckets=WAIT_BUCKETS, registry=r,
+        )
         self._providers = _ProviderCollector()
         r.register(self._providers)
+        self._recognizer = _RecognizerCollector()
+        r.register(self._recognizer)
 
     # -- what the call session calls ---------------------------------------------------
 
@@ -210,6 +275,13 @@ class Metrics:
     def observe_providers(self, clients: Iterable[ProviderLike]) -> None:
         """Sample these provider clients (`.name`, `.stats`, `.breaker.state`) at scrape time."""
         self._providers.add(clients)
+
+    def observe_recognizer(self, pool: RecognizerPoolLike) -> None:
+        """Sample this pool's busy workers, workers, queue and events at scrape time."""
+        self._recognizer.pool = pool
+
+    def recognizer_waited(self, seconds: float) -> None:
+        self.recognizer_wait.observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

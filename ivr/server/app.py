@@ -131,7 +131,10 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
     back to the embedded engine for any request the provider fails."""
     services = app[SERVICES]
     s = services.settings
-    pool = RecognizerPool(size=s.recognizer_workers)
+    pool = RecognizerPool(size=s.recognizer_workers, max_wait=s.recognizer_wait_ms / 1000,
+                          max_hold=s.recognizer_hold_ms / 1000,
+                          on_wait=services.metrics.recognizer_waited)
+    services.metrics.observe_recognizer(pool)
     await pool.start_workers()
     espeak = EspeakSynthesizer(voice=s.voice, rate=s.voice_rate)
     http = aiohttp.ClientSession()

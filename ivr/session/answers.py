@@ -3,6 +3,8 @@
 Media drives every timer (the endpointer's no-input and end-of-speech decisions run on
 the caller's clock); the wall clock is only a safety net for a stream that stops sending.
 Recognition finishes after end of speech: the recognizer has had the audio all along.
+However the turn ends (an answer, a time-out, keys, the caller hanging up), the utterance
+it started is released: `Inbound.disarm` cancels one that was never claimed.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ class Answers:
             self.stats["recognition_errors"] += 1
             return None
         finally:
-            self.inbound.utterance_finished()
+            self.inbound.release(task)  # finished, failed or cancelled: never left open
         self.stats["recognitions"] += 1
         self.record.stt_audio_s += rec.audio_seconds
         self.record.stt_cpu_s += rec.cpu_seconds

@@ -7,12 +7,17 @@ keys complete) goes on `inputs`, for `answers.Answers` to take.
 
 Barge-in: speech (or a key) during a prompt that allows it interrupts the speaker within
 one frame of the speech-start decision.
+
+Every utterance started here is finished or cancelled: the one whose speech ended is
+claimed by `answers.Answers` (which releases it when recognition is over, whatever the
+outcome); any other is cancelled when new speech starts, when keys win, when the turn ends
+and when the call ends. An utterance left open would hold a recognizer worker that every
+other call needs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -82,9 +87,12 @@ class Inbound:
         self.barged = False  # the caller barged in on the prompts of this answer
         self.speech_started: SpeechStarted | None = None
         self.speech_started_at = 0.0
-        self._utt: Utterance | None = None
-        self._utt_task: asyncio.Task[Utterance] | None = None
+        self._utt: Utterance | None = None  # the utterance being fed
+        self._utt_task: asyncio.Task[Utterance] | None = None  # its start, until claimed
         self._utt_backlog: list[bytes] = []
+        # Every utterance started and not yet finished or cancelled, by its start task.
+        self._open: set[asyncio.Task[Utterance]] = set()
+        self._cancelling: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ frames
 
@@ -143,12 +151,14 @@ class Inbound:
                 self.endpointer.disarm()
                 return
             self._barge_in("speech")
+        self._abandon_current()  # speech that never ended answers nothing now
         self.upsampler.reset()
         self._utt_backlog = [self.upsampler.process(event.preroll)]
         grammar = listen.grammar or (Grammar(listen.phrases) if listen.phrases else None)
         if grammar is not None and not grammar.phrases and grammar.jsgf is None:
             grammar = None  # free text: the language model
         self._utt_task = asyncio.create_task(self.recognizer.start(grammar))
+        self._open.add(self._utt_task)
         self._utt_task.add_done_callback(self._utt_ready)
 
     def _barge_in(self, by: str) -> None:
@@ -181,6 +191,7 @@ class Inbound:
         self.dtmf.cancel()
         self.barged = False
         self.listen = None
+        self._abandon_current()
         while not self.inputs.empty():  # leftovers (keys and speech both ended) are stale
             self.inputs.get_nowait()
 
@@ -188,7 +199,13 @@ class Inbound:
 
     def _utt_ready(self, task: asyncio.Task[Utterance]) -> None:
         if task.cancelled() or task.exception() is not None:
+            self._open.discard(task)
             return
+        if task not in self._open:  # released before the recognizer had started it
+            self._cancel_soon(task.result())
+            return
+        if task is not self._utt_task and self._utt is not None:
+            return  # claimed after newer speech began feeding: nothing more to feed it
         self._utt = task.result()
         for chunk in self._utt_backlog:
             self._utt.feed(chunk)
@@ -203,29 +220,59 @@ class Inbound:
             self._utt_backlog.append(pcm16k)
 
     def claim_utterance(self) -> asyncio.Task[Utterance] | None:
-        """The utterance of the speech that just ended, for recognition to finish."""
+        """The utterance of the speech that just ended, for recognition to finish; the
+        claimer must `release` it."""
         task, self._utt_task = self._utt_task, None
         return task
 
-    def utterance_finished(self) -> None:
+    def release(self, task: asyncio.Task[Utterance]) -> None:
+        """Recognition of `task`'s utterance is over (a result, a failure, a time-out or a
+        cancel): cancel it unless it settled, so it never holds a worker."""
+        if task not in self._open:
+            return
+        self._open.discard(task)
+        if not task.done():
+            return  # `_utt_ready` cancels it once the recognizer has started it
+        if task.cancelled() or task.exception() is not None:
+            return
+        utt = task.result()
+        if utt is self._utt:
+            self._utt = None
+        self._cancel_soon(utt)  # a no-op for one that settled
+
+    def _abandon_current(self) -> None:
+        """The speech being listened to will never be recognized: cancel its utterance."""
+        task, self._utt_task = self._utt_task, None
+        self._utt_backlog = []
+        if task is not None:
+            self.stats["utterances_abandoned"] += 1
+            self.release(task)
         self._utt = None
+
+    def _cancel_soon(self, utt: Utterance) -> None:
+        # Called per frame: never await here; the cancel runs as a task `close()` awaits.
+        cancelling = asyncio.create_task(self._cancel(utt))
+        self._cancelling.add(cancelling)
+        cancelling.add_done_callback(self._cancelling.discard)
+
+    async def _cancel(self, utt: Utterance) -> None:
+        try:
+            await asyncio.wait_for(utt.cancel(), 2)
+        except (TimeoutError, Exception) as exc:  # the engine's problem; its reaper frees it
+            self.log.warning("utterance_cancel_failed", error=repr(exc))
 
     async def drop_utterance(self) -> None:
         """Keys won over speech: the recognizer may stop."""
-        task, self._utt_task = self._utt_task, None
-        utt, self._utt = self._utt, None
-        if task is not None and not task.done():
-            task.cancel()
-        if utt is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(utt.cancel(), 2)
+        self._abandon_current()
 
     def running(self) -> list[asyncio.Task[Any]]:
         task = self._utt_task
         return [task] if task is not None and not task.done() else []
 
     async def close(self) -> None:
-        """The call ended: release the recognizer."""
-        if self._utt is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._utt.cancel(), 2)
+        """The call ended: cancel every utterance still open and wait (bounded) for it."""
+        self._abandon_current()
+        for task in list(self._open):
+            self.release(task)
+        if self._cancelling:
+            await asyncio.wait(set(self._cancelling), timeout=3)

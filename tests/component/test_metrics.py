@@ -117,6 +117,35 @@ def test_providers_sampled_at_scrape_time() -> None:
     assert value(m, "ivr_provider_breaker_state", provider="stt") == 1
 
 
+@dataclass
+class FakePool:
+    busy_workers: int = 0
+    worker_pids: list[int] = field(default_factory=lambda: [101, 102])
+    queued: int = 0
+    stats: Counter[str] = field(default_factory=Counter)
+
+
+def test_recognizer_pool_sampled_at_scrape_time() -> None:
+    """Busy workers, workers, the queue and pool events at scrape time; waits as a
+    histogram."""
+    m = Metrics()
+    assert value(m, "ivr_recognizer_busy_workers") == 0  # no pool yet
+    pool = FakePool()
+    m.observe_recognizer(pool)
+    pool.busy_workers, pool.queued = 2, 3
+    pool.stats.update(respawns=1, hold_kills=1, wait_expired=4)
+    assert value(m, "ivr_recognizer_busy_workers") == 2
+    assert value(m, "ivr_recognizer_workers") == 2
+    assert value(m, "ivr_recognizer_queued") == 3
+    assert value(m, "ivr_recognizer_events_total", event="respawns") == 1
+    assert value(m, "ivr_recognizer_events_total", event="hold_kills") == 1
+    assert value(m, "ivr_recognizer_events_total", event="wait_expired") == 4
+    m.recognizer_waited(0.004)
+    m.recognizer_waited(4.0)
+    assert value(m, "ivr_recognizer_wait_seconds_count") == 2
+    assert value(m, "ivr_recognizer_wait_seconds_bucket", le="0.01") == 1
+
+
 def test_two_instances_are_independent() -> None:
     a, b = Metrics(), Metrics()
     a.call_started()

@@ -409,3 +409,40 @@ async def test_raw_jsgf_grammar_recognizes_digits(pool: RecognizerPool) -> None:
     jsgf = f"#JSGF V1.0;\ngrammar g;\npublic <answer> = <d> <d> <d>;\n<d> = {digits};\n"
     result = await recognize(pool, speech("four five six"), Grammar(jsgf=jsgf))
     assert result.text == "four five six"
+
+
+async def test_wait_for_a_free_worker_is_bounded() -> None:
+    """Past `max_wait` in the queue an utterance fails at once (its turn no-matches); the
+    utterance holding the worker is unaffected."""
+    waits: list[float] = []
+    async with RecognizerPool(1, max_wait=0.3, on_wait=waits.append) as pool:
+        busy = await pool.start(MENU)
+        assert pool.busy_workers == 1
+        queued = await pool.start(MENU)
+        feed_all(queued, speech("support"))
+        start = time.monotonic()
+        with pytest.raises(RecognitionError, match="no recognition worker became free"):
+            await queued.finish()
+        assert 0.25 < time.monotonic() - start < 1.5
+        assert pool.queued == 0 and pool.stats["wait_expired"] == 1
+        assert (await recognize_on(busy, speech("billing"))).text == "Billing"
+        assert pool.busy_workers == 0
+        assert len(waits) == 2 and waits[0] < 0.1 and waits[1] >= 0.3
+
+
+async def test_worker_held_past_max_hold_is_killed_and_respawned() -> None:
+    """An utterance never finished nor cancelled (a leak) loses its worker after
+    `max_hold`; a fresh worker serves the next utterance."""
+    async with RecognizerPool(1, max_hold=0.5) as pool:
+        (pid,) = pool.worker_pids
+        leaked = await pool.start(MENU)
+        feed_all(leaked, speech("sales"))
+        outcome = await asyncio.wait_for(asyncio.shield(leaked.outcome), 3)
+        assert isinstance(outcome, RecognitionError)
+        with pytest.raises(RecognitionError, match="held worker"):
+            await leaked.finish()
+        assert pool.stats["hold_kills"] == 1
+        assert (await recognize(pool, speech("support"), MENU)).text == "Support"
+        assert pool.worker_pids and pool.worker_pids != [pid]
+        assert pool.stats["respawns"] == 1
+

@@ -58,3 +58,12 @@ def test_llm_budget_per_call_defaults_and_bounds() -> None:
         Settings.from_env({"IVR_LLM_MAX_TOKENS_PER_CALL": "-1"})
     with pytest.raises(ConfigError, match="is not an integer"):
         Settings.from_env({"IVR_LLM_MAX_TOKENS_PER_CALL": "lots"})
+
+
+def test_recognizer_bounds_default_and_refuse_zero() -> None:
+    """The wait for a recognizer worker and the hold of one are bounded by default."""
+    s = Settings.from_env({})
+    assert (s.recognizer_wait_ms, s.recognizer_hold_ms) == (5000, 70000)
+    assert Settings.from_env({"IVR_RECOGNIZER_WAIT_MS": "250"}).recognizer_wait_ms == 250
+    with pytest.raises(ConfigError, match="IVR_RECOGNIZER_HOLD_MS=0 must be at least 1 ms"):
+        Settings.from_env({"IVR_RECOGNIZER_HOLD_MS": "0"})

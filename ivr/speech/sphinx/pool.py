@@ -8,6 +8,11 @@ writes and results come back through a reader task per worker.
 A worker decodes one utterance at a time. An utterance started while every worker is busy
 buffers its audio in memory and takes the next worker that frees up, in FIFO order, so
 `start()` and `feed()` never wait.
+
+Nothing can hold a worker for good: an utterance that waits for a worker longer than
+`max_wait` fails (its turn is a no-match and the flow's retry or keypad path takes over);
+a worker that holds one utterance longer than `max_hold` is killed; a worker that exits is
+respawned and the utterance it held fails at once.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ import contextlib
 import itertools
 import json
 import time
-from collections import OrderedDict, deque
-from collections.abc import Coroutine
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Final
 
@@ -41,7 +46,9 @@ class RecognizerPool:
     Use as `async with RecognizerPool(2) as pool:` or call `start_workers()` / `close()`.
     `timeout` bounds `finish()` (waiting for a worker, decoding, the reply); `log_path`
     collects the workers' stderr; `sched_idle` runs them under SCHED_IDLE on top of nice 10
-    (see `ivr.speech.sphinx.worker.lower_priority`).
+    (see `ivr.speech.sphinx.worker.lower_priority`). `max_wait` bounds the wait for a free
+    worker and `max_hold` how long one utterance may hold a worker (None: no bound);
+    `on_wait` is told each wait for a worker, in seconds.
     """
 
     name = ENGINE
@@ -54,12 +61,23 @@ class RecognizerPool:
         startup_timeout: float = 30.0,
         log_path: str | None = None,
         sched_idle: bool = True,
+        max_wait: float | None = None,
+        max_hold: float | None = None,
+        on_wait: Callable[[float], None] | None = None,
     ) -> None:
         if size < 1:
             raise InvalidValue("a pool needs at least one worker")
+        for name, bound in (("max_wait", max_wait), ("max_hold", max_hold)):
+            if bound is not None and bound <= 0:
+                raise InvalidValue(f"{name} must be positive, got {bound}")
         self.size = size
         self.timeout = timeout  # bound on finish(): queueing, decoding and the reply
         self.startup_timeout = startup_timeout
+        self.max_wait = max_wait
+        self.max_hold = max_hold
+        self.on_wait = on_wait
+        # respawns, hold_kills (a worker held past max_hold), wait_expired (no free worker)
+        self.stats: Counter[str] = Counter()
         self._log_path = log_path
         self._worker_args = ["--sched-idle"] if sched_idle else []
         self._workers: list[WorkerProcess] = []
@@ -118,7 +136,9 @@ class RecognizerPool:
         self._closed = True
         closed = RecognitionError("recognizer pool is closed")
         while self._waiting:
-            self._waiting.popleft().settle(closed)
+            utterance = self._waiting.popleft()
+            utterance.stop_timer()
+            utterance.settle(closed)
         for task in list(self._tasks):
             task.cancel()
         workers, self._workers = self._workers, []
@@ -129,8 +149,7 @@ class RecognizerPool:
         if worker.current is not None:
             # Otherwise the worker would finish decoding it before noticing EOF.
             worker.send(wire.CANCEL, wire.UTTERANCE_ID.pack(worker.current.id))
-            worker.current.settle(error)
-            worker.current = None
+            self._free(worker).settle(error)
         worker.alive = False
         stdin = worker.proc.stdin
         if stdin is not None:
@@ -215,7 +234,7 @@ class RecognizerPool:
         utterance = worker.current
         if utterance is None or message.get("id") != utterance.id:
             return  # a reply to an utterance that was cancelled meanwhile
-        worker.current = None
+        self._free(worker)
         utterance.settle(utterance.recognition(message))
         self._idle.append(worker)
         self._dispatch()
@@ -231,14 +250,15 @@ class RecognizerPool:
         if self._ready is not None:
             self._ready.set()
         if worker.current is not None:
-            worker.current.settle(
+            utterance = self._free(worker)
+            utterance.settle(
                 RecognitionError(
                     f"recognition worker {worker.pid} {reason} (exit code {code}) "
-                    f"during utterance {worker.current.id}"
+                    f"during utterance {utterance.id}"
                 )
             )
-            worker.current = None
         # A worker that dies before it is ready would die again at once: back off.
+        self.stats["respawns"] += 1
         self._respawn_later(0.0 if worker.startup_seconds is not None else 1.0)
         self._track(self._reap(worker))
 
@@ -254,8 +274,49 @@ class RecognizerPool:
             if not worker.alive:
                 continue
             utterance = self._waiting.popleft()
+            utterance.stop_timer()
             worker.current = utterance
+            if self.on_wait is not None:
+                self.on_wait(time.monotonic() - utterance.created)
+            if self.max_hold is not None:
+                worker.hold_timer = asyncio.get_running_loop().call_later(
+                    self.max_hold, self._held_too_long, worker, utterance
+                )
             utterance.attach(worker)
+
+    def _free(self, worker: WorkerProcess) -> SphinxUtterance:
+        """`worker` lets go of its utterance (the caller settles it and idles the worker)."""
+        utterance = worker.current
+        assert utterance is not None
+        worker.current = None
+        if worker.hold_timer is not None:
+            worker.hold_timer.cancel()
+            worker.hold_timer = None
+        return utterance
+
+    def _held_too_long(self, worker: WorkerProcess, utterance: SphinxUtterance) -> None:
+        if worker.current is not utterance:
+            return
+        # Longer than any utterance plus its decoding: a session that never let go of it,
+        # or a wedged worker. Either way a fresh worker serves the next caller.
+        self.stats["hold_kills"] += 1
+        self._free(worker)
+        utterance.settle(
+            RecognitionError(f"utterance {utterance.id} held worker {worker.pid} "
+                             f"past {self.max_hold:g} s")
+        )
+        worker.kill()  # the reader sees it exit and respawns it
+
+    def _waited_too_long(self, utterance: SphinxUtterance) -> None:
+        if utterance not in self._waiting:
+            return
+        self._waiting.remove(utterance)
+        self.stats["wait_expired"] += 1
+        if self.on_wait is not None:
+            self.on_wait(time.monotonic() - utterance.created)
+        utterance.settle(
+            RecognitionError(f"no recognition worker became free in {self.max_wait:g} s")
+        )
 
     def _worker_of(self, utterance: SphinxUtterance) -> WorkerProcess | None:
         return next((w for w in self._workers if w.current is utterance), None)
@@ -265,10 +326,11 @@ class RecognizerPool:
         if utterance.settled:
             return
         worker = self._worker_of(utterance)
+        utterance.stop_timer()
         utterance.settle(RecognitionError(f"utterance {utterance.id} was cancelled"))
         if worker is not None:
             worker.send(wire.CANCEL, wire.UTTERANCE_ID.pack(utterance.id))
-            worker.current = None
+            self._free(worker)
             if worker.alive:
                 self._idle.append(worker)
             self._dispatch()
@@ -282,12 +344,13 @@ class RecognizerPool:
         if worker is not None:
             # A worker that misses the deadline is wedged or hopelessly behind; a fresh one
             # serves the next caller better.
-            worker.current = None
+            self._free(worker)
             utterance.settle(
                 RecognitionError(f"no result from worker {worker.pid} in {self.timeout:g} s")
             )
             worker.kill()
         else:
+            utterance.stop_timer()
             with contextlib.suppress(ValueError):
                 self._waiting.remove(utterance)
             utterance.settle(
@@ -311,6 +374,10 @@ class RecognizerPool:
         utterance = SphinxUtterance(self, next(self._ids), compiled, note)
         self._waiting.append(utterance)
         self._dispatch()
+        if self.max_wait is not None and not utterance.settled and utterance.worker is None:
+            utterance.timer = asyncio.get_running_loop().call_later(
+                self.max_wait, self._waited_too_long, utterance
+            )
         return utterance
 
     def _compile(self, grammar: Grammar) -> CompiledGrammar | str:
@@ -341,6 +408,10 @@ class RecognizerPool:
     @property
     def idle_workers(self) -> int:
         return len(self._idle)
+
+    @property
+    def busy_workers(self) -> int:
+        return sum(1 for w in self._workers if w.current is not None)
 
     @property
     def queued(self) -> int:

@@ -31,6 +31,7 @@ class WorkerProcess:
     startup_seconds: float | None = None
     alive: bool = True
     current: SphinxUtterance | None = None
+    hold_timer: asyncio.TimerHandle | None = None  # the pool's bound on holding `current`
     reader: asyncio.Task[None] | None = None
     drainer: asyncio.Task[None] | None = None
 

@@ -65,6 +65,7 @@ class SphinxUtterance:
         self.audio_bytes = 0
         self.created = time.monotonic()
         self.finished: float | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the pool's bound on the wait for a worker
         self.outcome: asyncio.Future[Recognition | RecognitionError] = (
             asyncio.get_running_loop().create_future()
         )
@@ -122,7 +123,13 @@ class SphinxUtterance:
         if self.ended:
             worker.send(wire.END, wire.UTTERANCE_ID.pack(self.id))
 
+    def stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
     def settle(self, outcome: Recognition | RecognitionError) -> None:
+        self.stop_timer()
         self.worker = None
         self.buffer.clear()
         self.buffered = 0
