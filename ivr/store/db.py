@@ -107,9 +107,9 @@ MIGRATIONS: list[str] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-# Outcomes a call can end with.
-COMPLETED, TRANSFERRED, ABANDONED, DROPPED, FAILED = (
-    "completed", "transferred", "abandoned", "dropped", "failed",
+# Outcomes a call can end with (`shutdown`: the server ended it, draining).
+COMPLETED, TRANSFERRED, ABANDONED, DROPPED, FAILED, SHUTDOWN = (
+    "completed", "transferred", "abandoned", "dropped", "failed", "shutdown",
 )
 
 

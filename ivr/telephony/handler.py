@@ -189,6 +189,11 @@ async def media(request: web.Request) -> web.StreamResponse:
             services.counters["signature_rejected"] += 1
             log.warning("signature_rejected", path=request.path, url=url)
             raise web.HTTPForbidden(text="invalid X-Twilio-Signature\n")
+    if services.draining:
+        # Going away (SIGTERM): no new call starts here; Twilio's stream fails at once
+        # rather than being cut a moment later.
+        services.counters["media_refused.draining"] += 1
+        raise web.HTTPServiceUnavailable(text="draining\n")
     limits = MediaLimits.from_settings(services.settings)
     # aiohttp refuses a message at its header, before buffering it, when its length is
     # not below max_msg_size: so limit + 1 admits exactly `max_message_bytes`.
