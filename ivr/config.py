@@ -67,6 +67,8 @@ _ENV: dict[str, str] = {
     "heartbeat_ms": "IVR_HEARTBEAT_MS",
     "stale_after_ms": "IVR_STALE_AFTER_MS",
     "db_queue_max": "IVR_DB_QUEUE_MAX",
+    "tts_first_audio_ms": "IVR_TTS_FIRST_AUDIO_MS",
+    "drain_s": "IVR_DRAIN_S",
 }
 
 BUSY_MODES = ("message", "reject")
@@ -255,6 +257,13 @@ class Settings:
     # gpt-4o-transcribe, ...) or "chat": GPT-4o audio via /chat/completions input_audio.
     stt_api: str = "transcriptions"
     tts: ProviderConfig | None = None
+    # A remote synthesis with no audio this long after it was asked for is abandoned for
+    # that prompt and the embedded voice speaks it: a caller waiting on a hung provider
+    # hears silence, and past ~1 s of it callers start saying "hello?".
+    tts_first_audio_ms: int = 700
+    # SIGTERM: live calls may go on this long (an orchestrator's grace period is often
+    # 30 s; 25 leaves time for the goodbye prompt and the records); then they are ended.
+    drain_s: int = 25
     llm: ProviderConfig | None = None
     # Tokens (prompt + completion, as the provider reports them) one call's `llm` steps may
     # use in all; once spent, the step ends with its fallback. 0: no limit. Measured: a
@@ -310,8 +319,11 @@ class Settings:
         if self.retention_days < 0:
             raise ConfigError(f"IVR_RETENTION_DAYS={self.retention_days} must be 0 (keep) "
                               "or a number of days")
+        if self.drain_s < 0:
+            raise ConfigError(f"IVR_DRAIN_S={self.drain_s} must be 0 (end calls at once) "
+                              "or a number of seconds")
         for name in ("filler_after_ms", "mark_grace_ms", "recognition_timeout_ms",
-                     "recognizer_wait_ms", "recognizer_hold_ms",
+                     "recognizer_wait_ms", "recognizer_hold_ms", "tts_first_audio_ms",
                      "media_flood_ms", "media_start_timeout_ms", "media_idle_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_ENV[name]}={getattr(self, name)} must be at least 1 ms")

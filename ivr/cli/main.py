@@ -225,8 +225,11 @@ def serve(args: argparse.Namespace) -> None:
         structlog.get_logger("ivr.serve").warning(
             "insecure", detail="IVR_INSECURE / --insecure: started without the checks that "
                                "keep strangers from starting calls; a test bench only")
-    web.run_app(create_app(settings), host=settings.host, port=settings.port,
-                print=lambda m: print(m, file=sys.stderr))
+    from ivr.server.lifecycle import serve as serve_app
+
+    # Not web.run_app: its signal handling cancels live calls; ours drains them first.
+    asyncio.run(serve_app(create_app(settings), settings.host, settings.port,
+                          print=lambda m: print(m, file=sys.stderr)))
 
 
 async def _call(args: argparse.Namespace) -> int:

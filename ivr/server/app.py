@@ -25,13 +25,13 @@ from ivr.analytics import api, dashboard
 from ivr.analytics.metrics import METRICS, metrics_handler
 from ivr.analytics.pricing import Pricing
 from ivr.config import Settings
-from ivr.errors import StoreError
+from ivr.errors import SpeechError, StoreError
 from ivr.flows.library import FlowLibrary
 from ivr.llm.client import ChatClient
 from ivr.providers.http import ProviderClient
-from ivr.server import access
+from ivr.server import access, lifecycle
 from ivr.server.admission import ADMISSION, Admission, lag_ctx
-from ivr.server.prewarm import prewarm_flows
+from ivr.server.prewarm import prewarm_flows, start_prewarm
 from ivr.server.services import SERVICES, Services
 from ivr.speech.base import Recognizer, Synthesizer
 from ivr.speech.cache import CachedSynthesis, SynthesisCache
@@ -135,11 +135,13 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
                           max_hold=s.recognizer_hold_ms / 1000,
                           on_wait=services.metrics.recognizer_waited)
     services.metrics.observe_recognizer(pool)
-    await pool.start_workers()
+    services.workers_starting = starting = asyncio.create_task(
+        _start_workers(services, pool), name="recognizer-start")
+    embedded: Recognizer = lifecycle.StartingRecognizer(pool, starting)
     espeak = EspeakSynthesizer(voice=s.voice, rate=s.voice_rate)
     http = aiohttp.ClientSession()
     services.http = http
-    recognizer: Recognizer = pool
+    recognizer = embedded
     synthesizer: Synthesizer = espeak
     clients: list[ProviderClient] = []
     if s.stt is not None:
@@ -147,10 +149,13 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
         clients.append(client)
         remote: Recognizer = (AudioChatRecognizer(client) if s.stt_api == "chat"
                               else OpenAIRecognizer(client))
-        recognizer = FallbackRecognizer(remote, pool)
+        recognizer = FallbackRecognizer(remote, embedded)
     if s.tts is not None:
-        clients.append(ProviderClient(s.tts, http))
-        synthesizer = FallbackSynthesizer(OpenAISynthesizer(clients[-1]), espeak)
+        tts = ProviderClient(s.tts, http)
+        clients.append(tts)
+        synthesizer = FallbackSynthesizer(
+            OpenAISynthesizer(tts), espeak, first_audio_s=s.tts_first_audio_ms / 1000,
+            on_abandon=tts.breaker.failure)
     services.recognizer, services.synthesizer = recognizer, synthesizer
     if s.llm is not None:
         clients.append(ProviderClient(s.llm, http))
@@ -160,8 +165,23 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
     cache = SynthesisCache(s.speech_cache_dir, max_bytes=s.cache_mb * 1024 * 1024)
     services.speech_cache = CachedSynthesis(services.synthesizer, cache)
     yield
+    services.recognizer_ready = False
+    starting.cancel()
+    await asyncio.gather(starting, return_exceptions=True)
     await http.close()
     await pool.close()
+    log.info("engines_closed")
+
+
+async def _start_workers(services: Services, pool: RecognizerPool) -> None:
+    try:
+        await pool.start_workers()
+    except SpeechError as exc:
+        # Alive but never ready: /readyz says so, and each recognition fails with this.
+        log.error("recognizer_start_failed", error=str(exc))
+        raise
+    services.recognizer_ready = True
+    log.info("recognizer_ready", workers=pool.size)
 
 
 async def _flows_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -174,7 +194,9 @@ async def _flows_ctx(app: web.Application) -> AsyncIterator[None]:
     for tool in _webhook_tools(services):
         services.tools.register(tool)
     log.info("flows_loaded", flows=sorted(library.flows), routes=len(library.routes))
-    await prewarm_flows(services)
+    # In the background: start-up never waits on a synthesizer (a hung remote one held
+    # /healthz back a minute); a call needing a prompt not warm yet synthesizes it.
+    services.prewarming = prewarm = start_prewarm(services)
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[None]] = set()
 
@@ -188,9 +210,9 @@ async def _flows_ctx(app: web.Application) -> AsyncIterator[None]:
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
     watcher = asyncio.create_task(_watch(services))
     yield
-    watcher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watcher
+    for task in (watcher, prewarm):
+        task.cancel()
+    await asyncio.gather(watcher, prewarm, return_exceptions=True)
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.remove_signal_handler(signal.SIGHUP)
 
@@ -230,6 +252,7 @@ async def _watch(services: Services, interval: float = 1.0) -> None:
 
 async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
+    log.info("app_cleanup", calls=len(app[SERVICES].calls))
     # Shutdown: end live calls first so their records land before the store closes.
     sessions = list(app[SERVICES].calls.values())
     if sessions:
@@ -250,6 +273,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/status", twiml.status)
     app.router.add_post("/connect-action", twiml.connect_action)
     app.router.add_get("/healthz", twiml.healthz)
+    app.router.add_get("/readyz", lifecycle.readyz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/media", handler.media)
     api.add_routes(app)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -24,12 +25,22 @@ if TYPE_CHECKING:
     from ivr.tools.registry import ToolRegistry
 
 
+# What every call hears when the server has to end it (a drain ran out of time). Fixed
+# words, prewarmed with each flow's voice like the flows' own static prompts.
+SHUTDOWN_PROMPT = "We have to end this call now. Please call back."
+SERVER_PROMPTS = (SHUTDOWN_PROMPT,)
+
+
 class LiveCall(Protocol):
     """A call in progress, as the server sees it (a `session.call.CallSession`)."""
 
     stream_sid: str
 
     async def end(self, reason: str) -> None: ...
+
+    async def shut_down(self, *, budget_s: float) -> None:
+        """The server is going away: say `SHUTDOWN_PROMPT` (within `budget_s`; none
+        when 0), end the call with outcome `shutdown` and hang up. Idempotent."""
 
 
 @dataclass(slots=True)
@@ -40,8 +51,6 @@ class Services:
     synthesizer: Synthesizer | None = None
     library: FlowLibrary | None = None
     calls: dict[str, LiveCall] = field(default_factory=dict)  # by stream SID
-    # Going away (SIGTERM): new calls are refused (server/admission.py), live ones go on.
-    draining: bool = False
     # Transfers waiting for Twilio to fetch <Connect action>: call SID -> number to dial.
     transfers: dict[str, str] = field(default_factory=dict)
     # Plain counts for /healthz (protocol errors by reason, calls by outcome, stream
@@ -57,6 +66,15 @@ class Services:
     # The stream start's signing key and the tokens already used (see
     # telephony/stream_token.py): /voice issues, /media accepts each token once.
     stream_tokens: StreamTokens = field(init=False)
+    # Set once SIGTERM arrives and never cleared: /readyz answers 503 and no new call
+    # starts (admission control reads it too), while the live calls go on.
+    draining: bool = False
+    # The recognizer workers' start, in the background (owned by the engines context),
+    # and whether it has succeeded.
+    workers_starting: asyncio.Task[None] | None = None
+    recognizer_ready: bool = False
+    # The start-up prewarm, running in the background (owned by the flows context).
+    prewarming: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -74,14 +92,21 @@ class Services:
         return (v.name if v is not None and v.name else s.voice), rate
 
     def static_prompts(self, flow: Flow) -> frozenset[str]:
-        """The flow's template-free prompts (memoized per flow object: reloads make new ones)."""
+        """The flow's template-free prompts and the server's own (`SERVER_PROMPTS`): what
+        comes from the synthesis cache (memoized per flow object: reloads make new ones)."""
         entry = self._static.get(id(flow))
         if entry is None or entry[0] is not flow:
             from ivr.flows.prompts import static_prompts
 
-            entry = (flow, frozenset(static_prompts(flow)))
+            entry = (flow, frozenset(static_prompts(flow)) | frozenset(SERVER_PROMPTS))
             self._static[id(flow)] = entry
         return entry[1]
+
+    @property
+    def ready(self) -> bool:
+        """Ready for calls: flows loaded, store open, recognizer workers up, not draining."""
+        return (not self.draining and self.recognizer_ready and self.store is not None
+                and bool(self.flows))
 
     @property
     def flows(self) -> dict[str, Flow]:

@@ -14,6 +14,7 @@ What stays here is the wiring and the call's lifecycle: begin, end (shielded), h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -28,7 +29,7 @@ from ivr.dialog.driver import Dialog
 from ivr.dialog.port import ToolRun
 from ivr.flows import engine
 from ivr.logging import mask_number
-from ivr.server.services import Services
+from ivr.server.services import SHUTDOWN_PROMPT, Services
 from ivr.session.answers import Answers
 from ivr.session.inbound import Inbound
 from ivr.session.record import CallRecord, call_outcome
@@ -143,6 +144,29 @@ class CallSession:
             # the active-calls gauge (the record's writes retry on their own).
             self.services.calls.pop(self.stream_sid, None)
             self.record.count(outcome, reason, stats)
+
+    async def shut_down(self, *, budget_s: float) -> None:
+        """The server is going away (a drain ran out of time): the flow stops where it
+        is, the caller hears `SHUTDOWN_PROMPT` (what is left of it after `budget_s` is
+        cut), and the call ends with outcome `shutdown` and hangs up."""
+        if self._ending is None and budget_s > 0 and not self.ws.closed:
+            conductor = self._conductor
+            if conductor is not None and not conductor.done():
+                conductor.cancel()  # no flow step runs after this
+                await asyncio.gather(conductor, return_exceptions=True)
+            self.inbound.listen = None  # nothing the caller says now answers anything
+            if self.speaker.playing:
+                self.speaker.interrupt()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(budget_s):
+                    await self.speaker.play(engine.Play(SHUTDOWN_PROMPT, False, "shutdown"),
+                                            interruptible=False)
+                    await self.speaker.wait_heard(budget_s)
+        await self.end("shutdown")
+        # Closing the socket hangs up; a peer that never answers the close is not waited on.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self.ws.close()
 
     async def _conduct(self) -> None:
         try:

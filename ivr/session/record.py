@@ -18,7 +18,7 @@ import structlog
 from ivr.audio.player import Prompt
 from ivr.flows import engine
 from ivr.server.services import Services
-from ivr.store.db import ABANDONED, COMPLETED, DROPPED, FAILED, TRANSFERRED, TurnRecord
+from ivr.store.db import ABANDONED, COMPLETED, DROPPED, FAILED, SHUTDOWN, TRANSFERRED, TurnRecord
 
 END_WRITE_WAIT_S = 1.0
 
@@ -30,9 +30,9 @@ _FLOW_OUTCOMES = {
 
 def call_outcome(runner: engine.FlowRunner, reason: str) -> str:
     """How the call ended for the record: from the flow when it finished, else from why
-    the stream ended (`stop`: the caller hung up)."""
+    the stream ended (`stop`: the caller hung up; `shutdown`: the server ended it)."""
     if not runner.done:
-        return ABANDONED if reason == "stop" else DROPPED
+        return {"stop": ABANDONED, "shutdown": SHUTDOWN}.get(reason, DROPPED)
     return _FLOW_OUTCOMES.get(runner.outcome or "", COMPLETED)
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 
 from ivr.grammar import Grammar
-from ivr.providers.http import ProviderError
+from ivr.providers.http import ProviderError, ProviderTimeout
 from ivr.speech.base import Recognition, Recognizer, Synthesizer, Utterance
 
 __all__ = ["FallbackRecognizer", "FallbackSynthesizer", "FallbackUtterance"]
@@ -98,11 +98,22 @@ class FallbackSynthesizer:
     Only a failure before the first chunk switches engines: once the caller has heard
     part of a prompt in one voice, restarting it in another would repeat words, so a
     failure mid-prompt ends the prompt there instead.
+
+    `first_audio_s` bounds the wait for the primary's first chunk (headers, retries and
+    all): a provider that accepts the connection and never answers would otherwise hold
+    the caller in silence until its read timeout and retries run out (a minute). Past
+    it the request is abandoned for that prompt and `on_abandon` is told (the provider
+    client's breaker counts it as a failure, so a hung provider soon costs nothing).
     """
 
-    def __init__(self, primary: Synthesizer, fallback: Synthesizer) -> None:
+    def __init__(
+        self, primary: Synthesizer, fallback: Synthesizer, *,
+        first_audio_s: float | None = None, on_abandon: Callable[[], None] | None = None,
+    ) -> None:
         self.primary = primary
         self.fallback = fallback
+        self.first_audio_s = first_audio_s
+        self.on_abandon = on_abandon
         self.name = f"{primary.name}|{fallback.name}"
         self.stats: Counter[str] = Counter()
 
@@ -113,9 +124,12 @@ class FallbackSynthesizer:
         try:
             chunks = self.primary.synthesize(text, voice=voice, rate=rate)
             try:
-                async for chunk in chunks:
+                first = await self._first(chunks)
+                if first is not None:
                     yielded = True
-                    yield chunk
+                    yield first
+                    async for chunk in chunks:
+                        yield chunk
             finally:
                 await _aclose(chunks)
             return
@@ -137,3 +151,21 @@ class FallbackSynthesizer:
                 yield chunk
         finally:
             await _aclose(chunks)
+
+    async def _first(
+        self, chunks: AsyncIterator[tuple[bytes, int]]
+    ) -> tuple[bytes, int] | None:
+        """The primary's first chunk, or None for an empty prompt; `ProviderTimeout` past
+        `first_audio_s`."""
+        deadline = asyncio.timeout(self.first_audio_s)
+        try:
+            async with deadline:
+                return await anext(chunks, None)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the primary's own time-out: a failure like any other
+            self.stats["first_audio_timeouts"] += 1
+            if self.on_abandon is not None:
+                self.on_abandon()
+            raise ProviderTimeout(self.primary.name,
+                                  f"no audio within {self.first_audio_s:.3f} s") from None

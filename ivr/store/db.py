@@ -32,9 +32,9 @@ from ivr.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = structlog.get_logger("ivr.store")
 
-# Outcomes a call can end with.
-COMPLETED, TRANSFERRED, ABANDONED, DROPPED, FAILED = (
-    "completed", "transferred", "abandoned", "dropped", "failed",
+# Outcomes a call can end with (`shutdown`: the server ended it, draining).
+COMPLETED, TRANSFERRED, ABANDONED, DROPPED, FAILED, SHUTDOWN = (
+    "completed", "transferred", "abandoned", "dropped", "failed", "shutdown",
 )
 # The process running the call died (its heartbeat went stale), or Twilio said the call
 # was over and no process ever wrote its end.

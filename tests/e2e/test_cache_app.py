@@ -17,11 +17,14 @@ from tests.conftest import make_settings
 
 
 async def _started(tmp_path: Path) -> tuple[TestServer, CachedSynthesis]:
+    """The server once its background prewarm is done."""
     app = create_app(make_settings(tmp_path, recognizer_workers=1))
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    cached = app[SERVICES].speech_cache
-    assert cached is not None
+    services = app[SERVICES]
+    cached = services.speech_cache
+    assert cached is not None and services.prewarming is not None
+    await services.prewarming
     return server, cached
 
 
