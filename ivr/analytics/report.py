@@ -4,12 +4,12 @@ Definitions (all computed over the calls selected by `since` / `flow`):
 
 - `calls`: calls whose `started_at` is at or after `since` (and whose flow is `flow`).
 - `outcomes`: count per outcome (completed, transferred, abandoned, dropped, failed,
-  interrupted: the server process died mid-call);
+  interrupted: the server process died mid-call, shutdown: ended by a drain);
   calls still in progress or without an outcome are counted as `open`.
 - `containment_rate`: completed / eligible, where *eligible* = calls that reached a flow
-  (`flow` set; status-callback-only calls never did) and were not `dropped` (a dropped
-  socket says nothing about the bot). Completed means the flow finished without a
-  transfer. None when there is no eligible call.
+  (`flow` set; status-callback-only calls never did) and were not `dropped` or
+  `shutdown` (a dropped socket or an operator's drain says nothing about the bot).
+  Completed means the flow finished without a transfer. None when there is no eligible call.
 - `aht_s` (average handle time): mean of `duration_s` (Twilio's), else
   `stats.duration_ms / 1000`, else `ended_at - started_at`; calls with none are skipped.
 - `cost`: from `stats["cost"]` (written by the session at call end, see
@@ -48,7 +48,9 @@ import aiosqlite
 
 from ivr.errors import ConfigError
 
-OUTCOMES = ("completed", "transferred", "abandoned", "dropped", "failed", "interrupted")
+OUTCOMES = (
+    "completed", "transferred", "abandoned", "dropped", "failed", "interrupted", "shutdown",
+)
 STAGES = ("response_ms", "recognition_ms", "endpoint_wait_ms")
 PERCENTILES = (50, 95, 99)
 TOP = 5
@@ -172,7 +174,7 @@ async def build_report(
         else:
             open_calls += 1
 
-    eligible = [c for c in calls if c["flow"] and c["outcome"] != "dropped"]
+    eligible = [c for c in calls if c["flow"] and c["outcome"] not in ("dropped", "shutdown")]
     contained = sum(1 for c in eligible if c["outcome"] == "completed")
     containment = contained / len(eligible) if eligible else None
 

@@ -82,7 +82,7 @@ async def load_main(calls: int, seconds: float, workers: int) -> int:
         env |= {"IVR_LOG_LEVEL": "warning", "IVR_DB": str(Path(tmp) / "load.db"),
                 "IVR_RECOGNIZER_WORKERS": str(workers),
                 # It measures what lies past capacity: admission control would refuse it.
-                "IVR_MAX_CALLS": "0", "IVR_MAX_LOOP_LAG_MS": "0"}
+                "IVR_MAX_CALLS": "0", "IVR_MAX_LOOP_LAG_MS": "0", "IVR_DRAIN_S": "0"}
         # Popen only forks; the wait() below happens after the event loop work is done.
         server = subprocess.Popen(  # noqa: ASYNC220
             [sys.executable, "-m", "ivr.cli.main", "serve", "--host", "127.0.0.1",

@@ -63,7 +63,7 @@ async def test_a_new_media_stream_is_refused_while_draining(server: TestServer) 
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await http.ws_connect(f"ws://127.0.0.1:{server.port}/media")
     assert refused.value.status == 503
-    assert services.counters["media_refused.draining"] == 1
+    assert services.counters["refused.draining"] == 1
 
 
 class FakeCall:

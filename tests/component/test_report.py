@@ -178,7 +178,7 @@ async def test_report_counts_containment_aht(db: Path) -> None:
     calls = _selected()
     assert rep["calls"] == len(calls) == 8
     assert rep["outcomes"] == {"completed": 3, "transferred": 1, "abandoned": 2,
-                               "dropped": 1, "failed": 1, "interrupted": 0}
+                               "dropped": 1, "failed": 1, "interrupted": 0, "shutdown": 0}
     eligible = [c for c in calls if c[3] != "dropped"]
     completed = [c for c in eligible if c[3] == "completed"]
     assert rep["containment"] == {"rate": round(len(completed) / len(eligible), 4),
