@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -39,3 +40,13 @@ async def server(settings: Settings) -> AsyncIterator[TestServer]:
     await srv.start_server()
     yield srv
     await srv.close()
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """Commands run in-process (`ivr db recover`, `ivr report`, ...) configure logging for
+    a terminal (level warning); the next test's `capture_logs` must still see info events."""
+    saved = structlog.get_config()
+    saved = {**saved, "processors": list(saved["processors"])}
+    yield
+    structlog.configure(**saved)

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ivr.grammar import Grammar
 from ivr.server.app import create_app
+from ivr.server.lifecycle import StartingRecognizer
 from ivr.server.services import SERVICES
 from ivr.sim.run import run_call
 from ivr.sim.script import PutDown, Say
@@ -70,6 +71,8 @@ async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Test
 
 def pool_of(srv: TestServer) -> RecognizerPool:
     pool = srv.app[SERVICES].recognizer
+    if isinstance(pool, StartingRecognizer):  # workers start in the background
+        pool = pool.recognizer
     assert isinstance(pool, RecognizerPool)
     return pool
 
