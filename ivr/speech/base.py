@@ -7,6 +7,7 @@ Engines know audio, never flows: a step's expected answers arrive here as a
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -52,3 +53,10 @@ class Synthesizer(Protocol):
         self, text: str, *, voice: str | None = None, rate: int | None = None
     ) -> AsyncIterator[tuple[bytes, int]]:
         """Yield (PCM16 mono chunk, sample rate) as synthesis progresses."""
+
+
+# Set (to the engine's name) by a synthesizer that answered a request with a stand-in
+# engine (`speech.fallback`): the audio is not the voice the request named, so the
+# synthesis cache must not keep it under that voice's key. A synthesizer's generator runs
+# in the task that iterates it, so the consumer reads what the engine set.
+STAND_IN: ContextVar[str | None] = ContextVar("ivr_speech_stand_in", default=None)

@@ -27,7 +27,7 @@ import structlog
 
 from ivr.audio.codec import ToUlaw8k
 from ivr.errors import InvalidValue
-from ivr.speech.base import Synthesizer
+from ivr.speech.base import STAND_IN, Synthesizer
 
 __all__ = ["CacheKey", "CacheStats", "CachedSynthesis", "SynthesisCache"]
 
@@ -203,6 +203,7 @@ class CachedSynthesis:
         self.synthesizer = synthesizer
         self.cache = cache
         self.synthesized = 0  # prompts synthesized to completion (and stored)
+        self.stood_in = 0  # prompts a stand-in engine spoke (not stored)
         self.shared = 0  # requests served by another request's synthesis
         self._inflight: dict[str, asyncio.Future[bytes | None]] = {}
 
@@ -261,6 +262,7 @@ class CachedSynthesis:
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._inflight[digest] = future
         parts: list[bytes] = []
+        STAND_IN.set(None)
         try:
             # aclosing: when our consumer stops early, the engine stops now too.
             async with contextlib.aclosing(self._synthesize(text, voice, rate)) as chunks:
@@ -279,7 +281,11 @@ class CachedSynthesis:
         if self._inflight.get(digest) is future:
             del self._inflight[digest]
         future.set_result(data)
-        if data:
+        if STAND_IN.get() is not None:
+            # A stand-in voice spoke (the remote one failed or was too slow): good for the
+            # callers waiting now, never stored as the requested voice.
+            self.stood_in += 1
+        elif data:
             self.synthesized += 1
             # put() fills memory before its first await, so there is no moment in which
             # the key is neither in flight nor cached.

@@ -17,7 +17,7 @@ import structlog
 
 from ivr.grammar import Grammar
 from ivr.providers.http import ProviderError, ProviderTimeout
-from ivr.speech.base import Recognition, Recognizer, Synthesizer, Utterance
+from ivr.speech.base import STAND_IN, Recognition, Recognizer, Synthesizer, Utterance
 
 __all__ = ["FallbackRecognizer", "FallbackSynthesizer", "FallbackUtterance"]
 
@@ -145,6 +145,7 @@ class FallbackSynthesizer:
                 fallback=self.fallback.name, error=error,
             )
         # The primary's voice names mean nothing to the fallback engine; use its default.
+        STAND_IN.set(self.fallback.name)
         chunks = self.fallback.synthesize(text, rate=rate)
         try:
             async for chunk in chunks:

@@ -13,6 +13,7 @@ import pytest
 
 from ivr.config import ProviderConfig
 from ivr.providers.http import ProviderClient
+from ivr.speech.cache import CachedSynthesis, SynthesisCache
 from ivr.speech.fallback import FallbackSynthesizer
 from ivr.speech.openai_tts import OpenAISynthesizer
 from tests.fake_openai import FakeOpenAI, Fault, start_fake_openai
@@ -103,3 +104,18 @@ async def test_a_first_byte_within_the_deadline_keeps_the_remote_voice(
     chunks = await _speak(synth)
     assert chunks and all(rate == 24000 for _, rate in chunks)
     assert synth.stats["fallbacks"] == 0 and client.breaker.failures == 0
+
+
+async def test_a_stand_in_voice_is_never_cached_as_the_remote_one(
+    fake: FakeOpenAI, client: ProviderClient
+) -> None:
+    """While the remote voice hangs the embedded one speaks, and its audio is not stored
+    under the remote voice's key: once the provider answers, callers hear it again."""
+    cached = CachedSynthesis(_synth(client, first_audio_s=0.2), SynthesisCache(None))
+    fake.fail("speech", Fault("hang"))
+    stand_in = await cached.ulaw("Thanks for calling.", "alloy", 170)
+    assert stand_in and cached.stood_in == 1 and cached.synthesized == 0
+    assert cached.cache.peek(cached.key("Thanks for calling.", "alloy", 170)) is None
+    remote = await cached.ulaw("Thanks for calling.", "alloy", 170)  # the provider is back
+    assert remote != stand_in and cached.synthesized == 1
+    assert cached.cache.peek(cached.key("Thanks for calling.", "alloy", 170)) == remote
