@@ -71,6 +71,15 @@ _ENV: dict[str, str] = {
     "drain_s": "IVR_DRAIN_S",
 }
 
+# Settings where 0 switches something off: what 0 means, and what other values count.
+_ZERO_MEANS: dict[str, tuple[str, str]] = {
+    "llm_max_tokens_per_call": ("no limit", "tokens"),
+    "retention_days": ("keep", "days"),
+    "drain_s": ("end calls at once", "seconds"),
+    "max_calls": ("no cap", "calls"),
+    "max_loop_lag_ms": ("off", "ms"),
+}
+
 BUSY_MODES = ("message", "reject")
 
 
@@ -307,32 +316,21 @@ class Settings:
             raise ConfigError(f"IVR_STT_API={self.stt_api!r} must be transcriptions or chat")
         if not 20 <= self.lead_ms <= 1000:
             raise ConfigError(f"IVR_PLAYER_LEAD_MS={self.lead_ms} must be within 20..1000 ms")
-        if self.llm_max_tokens_per_call < 0:
-            raise ConfigError(f"IVR_LLM_MAX_TOKENS_PER_CALL={self.llm_max_tokens_per_call} "
-                              "must be 0 (no limit) or a number of tokens")
         if self.stream_secret and len(self.stream_secret) < 32:
             raise ConfigError("IVR_STREAM_SECRET must be at least 32 characters "
                               "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
         if not 1 <= self.stream_token_ttl_s <= 3600:
             raise ConfigError(f"IVR_STREAM_TOKEN_TTL_S={self.stream_token_ttl_s} must be "
                               "within 1..3600 s")
-        if self.retention_days < 0:
-            raise ConfigError(f"IVR_RETENTION_DAYS={self.retention_days} must be 0 (keep) "
-                              "or a number of days")
-        if self.drain_s < 0:
-            raise ConfigError(f"IVR_DRAIN_S={self.drain_s} must be 0 (end calls at once) "
-                              "or a number of seconds")
+        for name, (zero, unit) in _ZERO_MEANS.items():
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{_ENV[name]}={getattr(self, name)} must be 0 ({zero}) or a "
+                                  f"number of {unit}")
         for name in ("filler_after_ms", "mark_grace_ms", "recognition_timeout_ms",
                      "recognizer_wait_ms", "recognizer_hold_ms", "tts_first_audio_ms",
                      "media_flood_ms", "media_start_timeout_ms", "media_idle_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_ENV[name]}={getattr(self, name)} must be at least 1 ms")
-        if self.max_calls < 0:
-            raise ConfigError(f"IVR_MAX_CALLS={self.max_calls} must be 0 (no cap) or a "
-                              "number of calls")
-        if self.max_loop_lag_ms < 0:
-            raise ConfigError(f"IVR_MAX_LOOP_LAG_MS={self.max_loop_lag_ms} must be 0 (off) "
-                              "or a number of ms")
         if self.busy not in BUSY_MODES:
             raise ConfigError(f"IVR_BUSY={self.busy!r} must be message or reject")
         if not self.busy_message.strip() or len(self.busy_message) > 1000:
