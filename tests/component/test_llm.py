@@ -8,7 +8,7 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator
-from datetime import date, datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +37,9 @@ from ivr.llm import (
 )
 from ivr.providers.http import ProviderBadResponse, ProviderClient
 from ivr.tools import ToolContext, ToolRegistry, default_registry, seed
+from tests.component.test_tools import MONDAY, NOW, THURSDAY, WEDNESDAY
 from tests.fake_openai import ChatReply, FakeOpenAI, Fault, ToolCall, start_fake_openai
 
-TZ = timezone(timedelta(hours=-5))
-MONDAY = date(2030, 1, 7)
-WEDNESDAY = MONDAY + timedelta(days=2)
-THURSDAY = MONDAY + timedelta(days=3)
-NOW = datetime(2030, 1, 7, 10, 10, tzinfo=TZ)
 CALLER = "+15550100009"  # seeded: no bookings, no orders
 CAROL = "+15550100003"  # seeded: booking BK-SEED3 on WEDNESDAY at 14:30, order 5150
 
