@@ -65,6 +65,7 @@ _ENV: dict[str, str] = {
     "error_prompt": "IVR_ERROR_PROMPT",
     "instance_id": "IVR_INSTANCE_ID",
     "heartbeat_ms": "IVR_HEARTBEAT_MS",
+    "memory_trim_s": "IVR_MEMORY_TRIM_S",
     "stale_after_ms": "IVR_STALE_AFTER_MS",
     "db_queue_max": "IVR_DB_QUEUE_MAX",
     "tts_first_audio_ms": "IVR_TTS_FIRST_AUDIO_MS",
@@ -76,6 +77,7 @@ _ZERO_MEANS: dict[str, tuple[str, str]] = {
     "llm_max_tokens_per_call": ("no limit", "tokens"),
     "retention_days": ("keep", "days"),
     "drain_s": ("end calls at once", "seconds"),
+    "memory_trim_s": ("off", "seconds"),
     "max_calls": ("no cap", "calls"),
     "max_loop_lag_ms": ("off", "ms"),
 }
@@ -273,6 +275,9 @@ class Settings:
     # SIGTERM: live calls may go on this long (an orchestrator's grace period is often
     # 30 s; 25 leaves time for the goodbye prompt and the records); then they are ended.
     drain_s: int = 25
+    # Memory freed by ended calls goes back to the system when the server goes idle, and
+    # at least this often while it is busy (`server.memory`). 0: never.
+    memory_trim_s: int = 30
     llm: ProviderConfig | None = None
     # Tokens (prompt + completion, as the provider reports them) one call's `llm` steps may
     # use in all; once spent, the step ends with its fallback. 0: no limit. Measured: a

@@ -61,6 +61,8 @@ class Snapshot:
     tasks: int | None
     threads: int
     active_calls: int
+    # The server has yet to give back what the last calls freed (`server.memory`).
+    trim_pending: bool = False
 
     def line(self) -> str:
         return (f"RSS {self.rss_mb:.1f} MB, fds {self.fds}, asyncio tasks {self.tasks}, "
@@ -73,17 +75,19 @@ async def _snapshot(server: ServerProcess, http: aiohttp.ClientSession) -> Snaps
     tasks = process.get("tasks")
     return Snapshot(rss_mb(server.pid), fd_count(server.pid),
                     int(tasks) if tasks is not None else None, thread_count(server.pid),
-                    int(health.get("active_calls", 0)))
+                    int(health.get("active_calls", 0)), bool(process.get("heap_trim_pending")))
 
 
 async def _idle(server: ServerProcess, http: aiohttp.ClientSession, baseline: Snapshot,
                 settle_s: float) -> Snapshot:
-    """The server's figures once it has no live call and its descriptors are back near
-    the baseline, or as they stand after `settle_s`."""
+    """The server's figures once it has no live call, its descriptors are back near the
+    baseline and it has trimmed its heap since the last call, or as they stand after
+    `settle_s`."""
     deadline = time.monotonic() + settle_s
     while True:
         snap = await _snapshot(server, http)
-        settled = snap.active_calls == 0 and snap.fds <= baseline.fds + FD_SLACK
+        settled = (snap.active_calls == 0 and snap.fds <= baseline.fds + FD_SLACK
+                   and not snap.trim_pending)
         if settled or time.monotonic() >= deadline:
             return snap
         await asyncio.sleep(0.1)

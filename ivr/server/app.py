@@ -31,6 +31,7 @@ from ivr.llm.client import ChatClient
 from ivr.providers.http import ProviderClient
 from ivr.server import access, lifecycle
 from ivr.server.admission import ADMISSION, Admission, lag_ctx
+from ivr.server.memory import memory_ctx
 from ivr.server.prewarm import prewarm_flows, start_prewarm
 from ivr.server.services import SERVICES, Services
 from ivr.speech.base import Recognizer, Synthesizer
@@ -268,7 +269,7 @@ def create_app(settings: Settings) -> web.Application:
     services.pricing = Pricing.load()  # packaged defaults, IVR_PRICING merged over them
     # The lag probe starts once start-up's own work is done: that is not a call's lag.
     app.cleanup_ctx.extend([_store_ctx, _liveness_ctx, _retention_ctx, _engines_ctx,
-                            _flows_ctx, lag_ctx, _calls_ctx])
+                            _flows_ctx, lag_ctx, memory_ctx, _calls_ctx])
     app.router.add_post("/voice", twiml.voice)
     app.router.add_post("/status", twiml.status)
     app.router.add_post("/connect-action", twiml.connect_action)

@@ -57,6 +57,10 @@ class Services:
     # events); `metrics` is the Prometheus registry behind /metrics.
     counters: Counter[str] = field(default_factory=Counter)
     tools: ToolRegistry | None = None
+    # `server.memory`: heap trims so far, and `calls_started` at the last one (None: the
+    # server does not trim); /healthz shows whether calls ended since.
+    heap_trims: int = 0
+    heap_trimmed_through: int | None = None
     speech_cache: CachedSynthesis | None = None
     metrics: Metrics = field(default_factory=lambda: _metrics())
     pricing: Pricing | None = None

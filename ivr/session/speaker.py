@@ -92,7 +92,11 @@ class Speaker:
                     await asyncio.wait_for(prompt.done.wait(), budget)
 
     def abandon(self) -> None:
+        """The call ended: nothing more is sent. Cancelled tasks are let go: each keeps
+        its CancelledError, whose traceback holds this speaker (a reference cycle)."""
         self.player.abandon()
+        self._play_task = None
+        self._prefetched.clear()
 
     def counters(self) -> dict[str, int]:
         return {"frames_out": self.player.frames_sent,

@@ -50,7 +50,7 @@ class MediaConnection:
         self.guard = StreamGuard(limits)
         self.end_reason = DROPPED
         """Why the call ends if the stream goes without `stop` (the record's end_reason)."""
-        self._watchdog: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task[bool] | None = None
 
     def error(self, reason: ProtocolReason, message: str) -> None:
@@ -152,19 +152,24 @@ class MediaConnection:
         return self._closing is not None
 
     def watch(self) -> None:
-        """Start the watchdog of the start and idle timeouts."""
-        self._watchdog = asyncio.create_task(self._watch(), name="media-watchdog")
+        """Start the watchdog of the start and idle timeouts.
 
-    async def _watch(self) -> None:
-        # One sleep per deadline, nothing per frame: the handler only notes the time.
-        guard = self.guard
-        expiry = None
-        while expiry is None:
-            await asyncio.sleep(guard.until_deadline())
-            expiry = guard.expired()
-        if expiry == "no_start":
+        A timer, not a task: one wake-up per deadline and nothing per frame (the handler
+        only notes the time). A cancelled task would keep its CancelledError, whose
+        traceback holds this connection and with it the whole call, as a reference cycle
+        only a full garbage collection frees; a cancelled timer holds nothing."""
+        self._watchdog = asyncio.get_running_loop().call_later(
+            self.guard.until_deadline(), self._check)
+
+    def _check(self) -> None:
+        expiry = self.guard.expired()
+        if expiry is None:  # frames came in since: sleep until the new deadline
+            self.watch()
+        elif expiry == "no_start":
+            self._watchdog = None
             self.refuse("no_start", f"no start within {self.limits.start_timeout_ms} ms")
         else:
+            self._watchdog = None
             self.services.counters["media_idle"] += 1
             self.log.warning("media_idle", after_ms=self.limits.idle_timeout_ms)
             self.shut("idle", WSCloseCode.GOING_AWAY)
@@ -172,6 +177,7 @@ class MediaConnection:
     async def close(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
+            self._watchdog = None
         if self.session is not None:
             # A stream that ends without `stop` is a dropped call; end() is idempotent.
             try:
@@ -182,13 +188,11 @@ class MediaConnection:
                 # Whatever the end did, this call is no longer live.
                 self.services.calls.pop(self.session.stream_sid, None)
         self.slot.opened()  # a stream that never started gives its place back
-        tasks = [t for t in (self._watchdog, self._closing) if t is not None]
-        if tasks:
-            await asyncio.wait(tasks)
-        for task in tasks:
-            if not task.cancelled() and task.exception() is not None:
-                self.log.error("media_close_failed", task=task.get_name(),
-                               exc_info=task.exception())
+        closing, self._closing = self._closing, None
+        if closing is not None:
+            await asyncio.wait({closing})
+            if not closing.cancelled() and closing.exception() is not None:
+                self.log.error("media_close_failed", exc_info=closing.exception())
 
 
 async def media(request: web.Request) -> web.StreamResponse:

@@ -230,7 +230,9 @@ async def healthz(request: web.Request) -> web.Response:
         },
         # What `ivr bench soak` watches for leaks across thousands of calls.
         "process": {"tasks": len(asyncio.all_tasks()), "threads": threading.active_count(),
-                    "fds": _open_fds()},
+                    "fds": _open_fds(), "heap_trims": services.heap_trims,
+                    "heap_trim_pending": services.heap_trimmed_through is not None
+                    and services.heap_trimmed_through != services.counters["calls_started"]},
     }
     if services.speech_cache is not None:
         cache = services.speech_cache.cache
