@@ -110,6 +110,15 @@ class MediaConnection:
         except StartRejected as exc:
             await self.reject(exc, msg)
             return
+        if self.services.draining:
+            # Upgraded before the drain began, started after it: no new call starts now.
+            # No record: Twilio goes on to <Connect action>, which says we are busy.
+            self.services.counters["refused.draining"] += 1
+            self.services.metrics.call_refused("media", "draining")
+            log.warning("call_refused", door="start", reason="draining",
+                        call_sid=msg.call_sid[:64])
+            await self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"draining")
+            return
         self.log = log.bind(call_sid=msg.call_sid, stream_sid=msg.stream_sid)
         self.session = CallSession(self.services, msg, claims, ws=self.ws, log=self.log)
         self.services.calls[msg.stream_sid] = self.session

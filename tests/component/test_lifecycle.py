@@ -6,12 +6,17 @@ import asyncio
 
 import aiohttp
 import pytest
+from aiohttp import WSCloseCode
 from aiohttp.test_utils import TestServer
 
 from ivr.config import Settings
 from ivr.server.app import create_app
 from ivr.server.lifecycle import SHUTDOWN_PROMPT_S, drain
 from ivr.server.services import SERVICES, Services
+from ivr.sim.dial import dial, voice_form
+from ivr.sim.transcript import new_sid
+from ivr.telephony import inbound
+from tests.media_peer import closed_with
 
 
 async def _get(server: TestServer, path: str) -> tuple[int, dict[str, object]]:
@@ -64,6 +69,27 @@ async def test_a_new_media_stream_is_refused_while_draining(server: TestServer) 
             await http.ws_connect(f"ws://127.0.0.1:{server.port}/media")
     assert refused.value.status == 503
     assert services.counters["refused.draining"] == 1
+
+
+async def test_a_stream_upgraded_before_the_drain_does_not_start_a_call(
+    server: TestServer,
+) -> None:
+    """The socket was accepted, then SIGTERM came, then its `start`: refused (1013, try
+    again later), counted; no call, no record."""
+    services = server.app[SERVICES]
+    base = f"http://127.0.0.1:{server.port}"
+    call_sid = new_sid("CA")
+    async with aiohttp.ClientSession() as http, http.ws_connect(base + "/media") as ws:
+        dialled = await dial(http, base, voice_form(call_sid, "AC1", "+15550100001",
+                                                    "+15550100002"))
+        services.draining = True
+        await ws.send_str(inbound.start_message(1, "MZ1", "AC1", call_sid, dialled.parameters))
+        async with asyncio.timeout(10):
+            assert await closed_with(ws) == WSCloseCode.TRY_AGAIN_LATER
+    assert services.counters["refused.draining"] == 1
+    assert services.calls == {} and "calls_started" not in services.counters
+    assert services.store is not None
+    assert await services.store.get_call(call_sid) is None
 
 
 class FakeCall:
