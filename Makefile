@@ -1,10 +1,17 @@
-# Every target creates .venv when missing and installs the project into it.
+# Every target creates the venv when missing and installs the project into it.
+# The venv belongs to one interpreter: the default python3 uses .venv, any other
+# gets its own beside it (`make test PYTHON=python3.13` builds and uses .venv-3.13).
 PYTHON ?= python3
-VENV := .venv
+PY_TAG := $(subst python,,$(notdir $(PYTHON)))
+ifeq ($(PYTHON),python3)
+VENV ?= .venv
+else
+VENV ?= .venv-$(if $(PY_TAG),$(PY_TAG),other)
+endif
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo serve test lint typecheck bench clean
+.PHONY: demo serve test lint typecheck bench clean deploy-flows
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -33,5 +40,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/ivr bench accuracy
 
+# kustomize reads no file outside deploy/kubernetes: the ConfigMap's flows are a copy
+# (tests/unit/test_deploy.py fails when it drifts from flows/).
+deploy-flows:
+	rm -f deploy/kubernetes/flows/*.yaml
+	cp flows/*.yaml deploy/kubernetes/flows/
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache
+	rm -rf .venv .venv-* *.egg-info .pytest_cache .mypy_cache
