@@ -9,6 +9,7 @@ The Dockerfile's command itself is run in tests/component/test_container_command
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -333,3 +334,29 @@ def test_prometheus_scrapes_metrics_with_the_token_compose_writes() -> None:
     assert target == f"ivr:{Settings().port}"
     mounts = compose["services"]["prometheus"]["volumes"]
     assert "./prometheus.yml:/etc/prometheus/prometheus.yml:ro" in mounts
+
+
+# -- Grafana ----------------------------------------------------------------------------
+
+
+def test_grafana_dashboard_queries_only_series_the_server_exports() -> None:
+    """Every ivr_* series the dashboard queries is one /metrics serves (a renamed metric
+    fails here, not as an empty panel in production)."""
+    from prometheus_client import generate_latest
+
+    from ivr.analytics.metrics import Metrics
+
+    exported = set(re.findall(r"^# TYPE (\w+) (?:counter|gauge|histogram)",
+                              generate_latest(Metrics().registry).decode(), re.M))
+    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
+    queried: set[str] = set()
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            for name in re.findall(r"\bivr_\w+", target["expr"]):
+                family = re.sub(r"_(bucket|sum|count)$", "", name)
+                assert family in exported or family.removesuffix("_total") in {
+                    e.removesuffix("_total") for e in exported}, name
+                queried.add(family)
+    assert {"ivr_active_calls", "ivr_calls_total", "ivr_turn_latency_seconds",
+            "ivr_cost_usd_total", "ivr_calls_refused_total",
+            "ivr_event_loop_lag_p99_seconds"} <= queried
