@@ -146,6 +146,14 @@ def _bench_fault_parsers(bench_sub: Any) -> None:
     soak.add_argument("--warmup", type=int,
                       help="calls before the baseline (default: a tenth, at most 200)")
     soak.add_argument("--workers", type=int, default=1, help="server recognizer workers")
+    procs = bench_sub.add_parser(
+        "processes", help="short calls through `ivr serve --processes N`: calls per "
+                          "process from /metrics and the store; --kill: one killed mid-run")
+    procs.add_argument("--calls", type=int, default=200)
+    procs.add_argument("--concurrency", type=int, default=20, help="calls live at once")
+    procs.add_argument("--processes", type=int, default=2, help="server processes")
+    procs.add_argument("--kill", action="store_true",
+                       help="kill -9 one server process halfway through")
     chaos = bench_sub.add_parser(
         "chaos", help="faults against a server process (worker killed, provider hung and "
                       "flapping, SIGTERM, kill -9 and restart); every call's outcome")
@@ -189,6 +197,11 @@ async def _bench(args: argparse.Namespace) -> int:
 
         return await soak_main(args.calls, args.concurrency, warmup=args.warmup,
                                workers=args.workers)
+    if args.bench == "processes":
+        from ivr.bench.processes import processes_main
+
+        return await processes_main(args.calls, args.concurrency, args.processes,
+                                    kill=args.kill)
     if args.bench == "chaos":
         from ivr.bench.chaos import chaos_main
 
