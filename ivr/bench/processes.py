@@ -100,6 +100,8 @@ async def processes_main(calls: int, concurrency: int, processes: int, *,
     no_outcome = [sid for sid, (instance, outcome) in records.items()
                   if outcome is None and instance != lost]
     with_victim = sum(1 for instance, _ in records.values() if instance == lost)
+    cut = sum(1 for instance, outcome in records.values()
+              if instance == lost and outcome is None)
     no_record = [sid for sid in placed if sid not in records]
     print(f"{calls} calls, {concurrency} at a time, through `ivr serve --processes "
           f"{processes}`: {wall:.1f} s, {calls / wall:.1f} calls/s; supervisor SIGTERM "
@@ -111,7 +113,8 @@ async def processes_main(calls: int, concurrency: int, processes: int, *,
         f"{instance}: {n}" for instance, n in sorted(landed.items())))
     if kill:
         print(f"  killed pid {victim} ({lost}) mid-run: {with_victim} calls had landed "
-              f"there; answering after: {sorted(restarted)}")
+              f"there, {cut} of them live (records left without an outcome until a "
+              f"start-up finds them stale); answering after: {sorted(restarted)}")
     print(f"  records: {len(records)} of {len(placed)}; without an outcome (not on the "
           f"killed process): {len(no_outcome)}; no record: {len(no_record)}; calls that "
           f"did not end as scripted (caller side): {tally.caller_errors}")
