@@ -25,7 +25,8 @@ once a child has run `_STEADY_S`), so a crash loop does not spin.
 
 SIGTERM is forwarded to every child, each drains (`IVR_DRAIN_S`), and the supervisor
 exits 0 once all have exited (1 if one failed). A second SIGTERM, or SIGINT, is
-forwarded too: the children end their calls at once. Children run in a session of their
+forwarded too: the children end their calls at once. SIGHUP (reload the flows) is
+forwarded as it is. Children run in a session of their
 own, so a signal meant for the whole group reaches them once, through here; under
 systemd use `KillMode=mixed`. If the supervisor itself is killed, each child is sent
 SIGTERM by the kernel (Linux `PR_SET_PDEATHSIG`) and drains.
@@ -133,7 +134,7 @@ class Supervisor:
     def run(self) -> int:
         self.metrics_dir = tempfile.mkdtemp(prefix="ivr-metrics-")
         previous = {sig: signal.signal(sig, self._on_signal)
-                    for sig in (signal.SIGTERM, signal.SIGINT)}
+                    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
             return self._loop()
         finally:
@@ -247,6 +248,11 @@ class Supervisor:
     def _forward_signals(self) -> None:
         while self._signals:
             signum = self._signals.pop(0)
+            if signum == signal.SIGHUP:  # reload the flows, in every process
+                for child in self._children.values():
+                    with contextlib.suppress(ProcessLookupError):
+                        child.proc.send_signal(signal.SIGHUP)
+                continue
             # A second SIGTERM hurries the children as it hurries one process.
             log.info("supervisor_signal", signal=signal.Signals(signum).name,
                      again=self._stopping)

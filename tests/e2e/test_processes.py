@@ -76,6 +76,15 @@ def _calls(db: Path) -> dict[str, tuple[str, str | None]]:
     return {sid: (instance, outcome) for sid, instance, outcome in rows}
 
 
+async def _closed(db: Path, peers: list[Peer]) -> None:
+    """Until every call of `peers` is recorded `interrupted` (the caller bounds it)."""
+    while True:
+        calls = _calls(db)
+        if all(calls[p.stream.call_sid][1] == "interrupted" for p in peers):
+            return
+        await asyncio.sleep(0.1)
+
+
 async def _metrics(base: str) -> str:
     async with _fresh() as http, http.get(base + "/metrics") as resp:
         assert resp.status == 200
@@ -135,6 +144,8 @@ async def test_two_processes_share_the_port_survive_a_kill_and_drain_on_sigterm(
                 assert peer.heard[-1] > killed
             calls = _calls(db)
             assert all(calls[p.stream.call_sid][1] is None for p in by_instance[survivor])
+            # The dead process's calls are closed once stale, by a live process.
+            await asyncio.wait_for(_closed(db, by_instance[victim]), 10)
 
             # SIGTERM: each process drains (IVR_DRAIN_S=1), then the supervisor exits 0.
             proc.send_signal(signal.SIGTERM)
