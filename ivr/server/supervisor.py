@@ -104,14 +104,14 @@ class _Child:
     proc: subprocess.Popen[bytes]
     ready_fd: int | None  # read end; None once the child said it is ready (or died)
     started: float
-    ready: bool = False
 
 
 @dataclass(slots=True)
 class _Slot:
-    backoff_s: float = _BACKOFF_FIRST_S
+    backoff_s: float
     restart_at: float | None = None  # when a dead child's successor starts
     restarts: int = 0
+    listened: bool = False  # a child in this slot has said it listens, at least once
 
 
 @dataclass
@@ -123,6 +123,9 @@ class Supervisor:
     env: dict[str, str]
     processes: int
     instance_id: str = ""  # configured IVR_INSTANCE_ID: each child gets `<id>-<slot>`
+    backoff_first_s: float = _BACKOFF_FIRST_S
+    backoff_max_s: float = _BACKOFF_MAX_S
+    steady_s: float = _STEADY_S
     print: Callable[[str], None] = field(default=lambda m: print(m, file=sys.stderr))
     _children: dict[int, _Child] = field(default_factory=dict)
     _slots: dict[int, _Slot] = field(default_factory=dict)
@@ -150,7 +153,7 @@ class Supervisor:
         self._signals.append(signum)
 
     def _loop(self) -> int:
-        self._slots = {slot: _Slot() for slot in range(self.processes)}
+        self._slots = {slot: _Slot(self.backoff_first_s) for slot in range(self.processes)}
         self._spawn(0)
         started_all = False
         while True:
@@ -162,20 +165,21 @@ class Supervisor:
                     return 1 if self._failed else 0
             elif not started_all:
                 first = self._children.get(0)
-                if first is None:  # the first child died before it listened
-                    log.error("first_process_failed")
-                    self.print("ivr: the first server process exited before it listened "
-                               "(see its error above); not starting the others")
-                    return 1
-                if first.ready:
+                if self._slots[0].listened:
                     for slot in range(1, self.processes):
                         self._spawn(slot)
                     started_all = True
                     self.print(f"ivr: {self.processes} server processes, supervisor pid "
                                f"{os.getpid()} (SIGTERM drains them all)")
+                elif first is None:  # the first child died before it listened
+                    log.error("first_process_failed")
+                    self.print("ivr: the first server process exited before it listened "
+                               "(see its error above); not starting the others")
+                    return 1
                 elif time.monotonic() - first.started > _FIRST_READY_S:
                     self.print("ivr: the first server process did not listen within "
                                f"{_FIRST_READY_S:g} s; stopping")
+                    self._failed = True
                     self._stop(signal.SIGTERM)
             else:
                 self._restart_due()
@@ -208,12 +212,17 @@ class Supervisor:
         readable, _, _ = select.select(list(fds), [], [], timeout)
         for fd in readable:
             child = fds[fd]
-            data = os.read(fd, 1)
-            os.close(fd)
-            child.ready_fd = None
-            if data:
-                child.ready = True
-                log.info("process_ready", slot=child.slot, pid=child.proc.pid)
+            self._read_ready(child)
+
+    def _read_ready(self, child: _Child) -> None:
+        """The child's word on its pipe: a byte when it listens, EOF when it died first."""
+        assert child.ready_fd is not None
+        data = os.read(child.ready_fd, 1)
+        os.close(child.ready_fd)
+        child.ready_fd = None
+        if data:
+            self._slots[child.slot].listened = True
+            log.info("process_ready", slot=child.slot, pid=child.proc.pid)
 
     def _reap(self) -> None:
         for slot, child in list(self._children.items()):
@@ -221,8 +230,8 @@ class Supervisor:
             if code is None:
                 continue
             del self._children[slot]
-            if child.ready_fd is not None:
-                os.close(child.ready_fd)
+            if child.ready_fd is not None:  # it may have said so just before it died
+                self._read_ready(child)
             self._metrics_dead(child.proc.pid)
             ran = time.monotonic() - child.started
             state = self._slots[slot]
@@ -230,12 +239,12 @@ class Supervisor:
                 log.info("process_exited", slot=slot, pid=child.proc.pid, code=code)
                 self._failed |= code != 0
                 continue
-            if ran >= _STEADY_S:
-                state.backoff_s = _BACKOFF_FIRST_S
+            if ran >= self.steady_s:
+                state.backoff_s = self.backoff_first_s
             state.restart_at = time.monotonic() + state.backoff_s
             log.error("process_died", slot=slot, pid=child.proc.pid, code=code,
                       ran_s=round(ran, 1), restart_in_s=state.backoff_s)
-            state.backoff_s = min(_BACKOFF_MAX_S, state.backoff_s * 2)
+            state.backoff_s = min(self.backoff_max_s, state.backoff_s * 2)
 
     def _restart_due(self) -> None:
         now = time.monotonic()
