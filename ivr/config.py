@@ -28,6 +28,7 @@ _ENV: dict[str, str] = {
     "twilio_account_sid": "TWILIO_ACCOUNT_SID",
     "routes": "IVR_ROUTES",
     "recognizer_workers": "IVR_RECOGNIZER_WORKERS",
+    "processes": "IVR_PROCESSES",
     "voice": "IVR_VOICE",
     "voice_rate": "IVR_VOICE_RATE",
     "lead_ms": "IVR_PLAYER_LEAD_MS",
@@ -83,6 +84,9 @@ _ZERO_MEANS: dict[str, tuple[str, str]] = {
 }
 
 BUSY_MODES = ("message", "reject")
+# Server processes one supervisor runs (IVR_PROCESSES): past a few per core they only
+# compete for it; this bound catches a typo (80 for 8), not a policy.
+MAX_PROCESSES = 64
 
 
 
@@ -179,6 +183,10 @@ class Settings:
     # YAML mapping called numbers to flows; default: routes.yaml in the flows directory.
     routes: Path | None = None
     recognizer_workers: int = field(default_factory=_default_workers)
+    # Server processes on one port (`server.supervisor`): 1 is this process alone; more
+    # run under a supervisor that shares the port (SO_REUSEPORT), the stream secret and
+    # the cores (each process's recognizer pool: cores // processes, unless given).
+    processes: int = 1
     voice: str = "en-us"
     voice_rate: int = 170
     lead_ms: int = 160
@@ -318,6 +326,12 @@ class Settings:
             raise ConfigError(f"IVR_STT_API={self.stt_api!r} must be transcriptions or chat")
         if not 20 <= self.lead_ms <= 1000:
             raise ConfigError(f"IVR_PLAYER_LEAD_MS={self.lead_ms} must be within 20..1000 ms")
+        if not 1 <= self.processes <= MAX_PROCESSES:
+            raise ConfigError(f"IVR_PROCESSES={self.processes} must be within "
+                              f"1..{MAX_PROCESSES}")
+        if self.processes > 1 and self.port == 0:
+            raise ConfigError("IVR_PROCESSES > 1 needs a fixed IVR_PORT: with port 0 each "
+                              "process would listen on a port of its own")
         if self.stream_secret and len(self.stream_secret) < 32:
             raise ConfigError("IVR_STREAM_SECRET must be at least 32 characters "
                               "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
@@ -351,6 +365,12 @@ class Settings:
     @property
     def speech_cache_dir(self) -> Path:
         return self.cache_dir if self.cache_dir is not None else self.db.parent / "ivr-cache"
+
+    @property
+    def shared_store(self) -> bool:
+        """The store is a database server (a URL), not a file: processes on other
+        machines may share it, so nothing may be private to one process."""
+        return str(self.db).startswith(("postgresql:", "postgres:"))
 
     @property
     def public_base(self) -> str:

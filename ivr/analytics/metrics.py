@@ -5,17 +5,27 @@ apps in one process — tests, `ivr bench` — never collide. The call session r
 through plain methods (`call_started`, `call_ended`, `turn`, `protocol_error`); provider
 clients and the recognizer pool are sampled at scrape time by custom collectors
 (`observe_providers`, `observe_recognizer`).
+
+Several server processes (`ivr serve --processes N`, `server.supervisor`): the supervisor
+sets `PROMETHEUS_MULTIPROC_DIR`, so counters, histograms and gauges live in files there
+and any process's `/metrics` adds up every process's (prometheus-client multiprocess
+mode): `ivr_calls_total` is the service's, `ivr_active_calls` the live processes' sum,
+and `ivr_process_calls{pid=...}` says how many calls each process took. What is sampled
+at scrape time (the recognizer pool, the providers, the loop lag) describes the process
+that answered the scrape only.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from ivr.telephony.stream_token import REJECT_REASONS
@@ -170,7 +180,15 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.active_calls = Gauge("ivr_active_calls", "Calls in progress", registry=r)
+        # Multiprocess mode: the values live in files every process's scrape adds up;
+        # what is sampled in this process alone goes on a registry of its own.
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        self._sampled = CollectorRegistry(auto_describe=True) if self.multiprocess_dir else r
+        self.active_calls = Gauge("ivr_active_calls", "Calls in progress", registry=r,
+                                  multiprocess_mode="livesum")
+        self.process_calls = Gauge(
+            "ivr_process_calls", "Calls this server process has started (several "
+            "processes: one series per pid)", registry=r, multiprocess_mode="all")
         self.calls = Counter("ivr_calls", "Calls ended, by outcome", ["outcome"], registry=r)
         self.turn_latency = Histogram(
             "ivr_turn_latency_seconds",
@@ -206,7 +224,8 @@ class Metrics:
                 self.refused.labels(door=door, reason=why)
         self.loop_lag = Gauge(
             "ivr_event_loop_lag_p99_seconds",
-            "How late the event loop wakes a 20 ms probe: p99 over the last 5 s", registry=r,
+            "How late the event loop wakes a 20 ms probe: p99 over the last 5 s",
+            registry=self._sampled,
         )
         self.recognizer_wait = Histogram(
             "ivr_recognizer_wait_seconds",
@@ -214,14 +233,15 @@ class Metrics:
             "IVR_RECOGNIZER_WAIT_MS)", buckets=WAIT_BUCKETS, registry=r,
         )
         self._providers = _ProviderCollector()
-        r.register(self._providers)
+        self._sampled.register(self._providers)
         self._recognizer = _RecognizerCollector()
-        r.register(self._recognizer)
+        self._sampled.register(self._recognizer)
 
     # -- what the call session calls ---------------------------------------------------
 
     def call_started(self) -> None:
         self.active_calls.inc()
+        self.process_calls.inc()
 
     def call_ended(self, outcome: str, stats: Mapping[str, Any]) -> None:
         """A call is over: `stats` as the session records it (late_frames, fillers, and
@@ -284,7 +304,11 @@ class Metrics:
         self.recognizer_wait.observe(seconds)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(merged) + generate_latest(self._sampled)
 
 
 METRICS = web.AppKey("metrics", Metrics)

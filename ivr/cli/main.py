@@ -27,6 +27,9 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--public-url", help=f"URL Twilio reaches us at (env {env_var('public_url')})")
     p.add_argument("--recognizer-workers", type=int,
                    help=f"recognition worker processes (env {env_var('recognizer_workers')})")
+    p.add_argument("--processes", type=int,
+                   help="server processes on one port under a supervisor that restarts "
+                        f"them (env {env_var('processes')}, default 1)")
     p.add_argument("--voice", help=f"espeak-ng voice (env {env_var('voice')}, default en-us)")
     p.add_argument("--voice-rate", type=int, help=f"words per minute (env {env_var('voice_rate')})")
     p.add_argument("--log-level", help=f"debug|info|warning (env {env_var('log_level')})")
@@ -143,6 +146,14 @@ def _bench_fault_parsers(bench_sub: Any) -> None:
     soak.add_argument("--warmup", type=int,
                       help="calls before the baseline (default: a tenth, at most 200)")
     soak.add_argument("--workers", type=int, default=1, help="server recognizer workers")
+    procs = bench_sub.add_parser(
+        "processes", help="short calls through `ivr serve --processes N`: calls per "
+                          "process from /metrics and the store; --kill: one killed mid-run")
+    procs.add_argument("--calls", type=int, default=200)
+    procs.add_argument("--concurrency", type=int, default=20, help="calls live at once")
+    procs.add_argument("--processes", type=int, default=2, help="server processes")
+    procs.add_argument("--kill", action="store_true",
+                       help="kill -9 one server process halfway through")
     chaos = bench_sub.add_parser(
         "chaos", help="faults against a server process (worker killed, provider hung and "
                       "flapping, SIGTERM, kill -9 and restart); every call's outcome")
@@ -186,6 +197,11 @@ async def _bench(args: argparse.Namespace) -> int:
 
         return await soak_main(args.calls, args.concurrency, warmup=args.warmup,
                                workers=args.workers)
+    if args.bench == "processes":
+        from ivr.bench.processes import processes_main
+
+        return await processes_main(args.calls, args.concurrency, args.processes,
+                                    kill=args.kill)
     if args.bench == "chaos":
         from ivr.bench.chaos import chaos_main
 
@@ -215,12 +231,15 @@ def serve(args: argparse.Namespace) -> None:
         default_flow=args.default_flow, public_url=args.public_url,
         recognizer_workers=args.recognizer_workers, voice=args.voice,
         voice_rate=args.voice_rate, log_level=args.log_level, insecure=args.insecure,
+        processes=args.processes,
     )
     refusal = startup_refusal(settings)
     if refusal is not None:
         print(f"ivr: {refusal}", file=sys.stderr)
         sys.exit(2)
     configure(settings.log_level, redact_digits=settings.redact_digits)
+    if settings.processes > 1:
+        sys.exit(_supervise(args, settings))
     if settings.insecure:
         structlog.get_logger("ivr.serve").warning(
             "insecure", detail="IVR_INSECURE / --insecure: started without the checks that "
@@ -228,8 +247,38 @@ def serve(args: argparse.Namespace) -> None:
     from ivr.server.lifecycle import serve as serve_app
 
     # Not web.run_app: its signal handling cancels live calls; ours drains them first.
+    from ivr.server.supervisor import child_ready_notifier
+
+    ready = child_ready_notifier()  # set: one of `--processes N`, sharing the port
     asyncio.run(serve_app(create_app(settings), settings.host, settings.port,
-                          print=lambda m: print(m, file=sys.stderr)))
+                          print=lambda m: print(m, file=sys.stderr),
+                          reuse_port=ready is not None, ready=ready))
+
+
+def _supervise(args: argparse.Namespace, settings: Settings) -> int:
+    """`ivr serve --processes N` (N > 1): the children are this command with the same
+    flags and `--processes 1`, under `server.supervisor`."""
+    import secrets
+
+    from ivr.config import config_file_env
+    from ivr.server.supervisor import Supervisor, workers_per_process
+
+    command = [sys.executable, "-m", "ivr", "serve", "--processes", "1"]
+    for name, value in vars(args).items():
+        if name in ("command", "processes") or value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        command += [flag] if value is True else [flag, str(value)]
+    env: dict[str, str] = {}
+    if not (settings.stream_secret or settings.twilio_auth_token):
+        env["IVR_STREAM_SECRET"] = secrets.token_hex(32)  # one for all: see the module
+    given = dict(os.environ)
+    if given.get("IVR_CONFIG"):
+        given = {**config_file_env(Path(given["IVR_CONFIG"]), given), **given}
+    if args.recognizer_workers is None and not given.get(env_var("recognizer_workers")):
+        env[env_var("recognizer_workers")] = str(workers_per_process(settings.processes))
+    return Supervisor(command, env, settings.processes,
+                      instance_id=settings.instance_id).run()
 
 
 async def _call(args: argparse.Namespace) -> int:

@@ -196,6 +196,16 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def startup_refusal(settings: Settings) -> str | None:
     """Why `ivr serve` must not start with these settings, in one line, or None."""
+    if (settings.shared_store and not loopback_bind(settings.host)
+            and not (settings.stream_secret or settings.twilio_auth_token)):
+        # A random per-process secret: a /media landing on another machine than its
+        # /voice could never verify the call's stream token.
+        return (f"refusing to serve on {settings.host} with IVR_DB a database URL but "
+                "neither IVR_STREAM_SECRET nor TWILIO_AUTH_TOKEN: processes on other "
+                "machines share that database, and Twilio's /voice and /media of one call may "
+                "reach different ones, which must sign and check its stream token with one "
+                "key (set IVR_STREAM_SECRET to the same 32+ characters everywhere, e.g. "
+                "python -c 'import secrets; print(secrets.token_hex(32))')")
     if settings.insecure or loopback_bind(settings.host):
         return None
     if not settings.twilio_auth_token:

@@ -68,20 +68,32 @@ def _instance_id() -> str:
 async def _liveness_ctx(app: web.Application) -> AsyncIterator[None]:
     """Before the first call, close the calls of processes that died (no outcome, a
     heartbeat older than `IVR_STALE_AFTER_MS`) as `interrupted`; then stamp this
-    process's live calls every `IVR_HEARTBEAT_MS` so no other process closes them."""
+    process's live calls every `IVR_HEARTBEAT_MS` so no other process closes them, and
+    look for stale calls again every `IVR_STALE_AFTER_MS`: a sibling process killed
+    after this one started (`ivr serve --processes N`) leaves calls no start-up sees."""
     services = app[SERVICES]
     s = services.settings
     store = services.store
     assert store is not None
-    older_than = datetime.now(UTC) - timedelta(milliseconds=s.stale_after_ms)
-    closed = await store.close_stale(older_than=older_than)
+
+    async def close_stale() -> int:
+        older_than = datetime.now(UTC) - timedelta(milliseconds=s.stale_after_ms)
+        return await store.close_stale(older_than=older_than)
+
+    closed = await close_stale()
     log.info("instance", instance_id=store.instance_id, interrupted_calls=closed)
 
     async def beat() -> None:
+        since_sweep = 0
         while True:
             await asyncio.sleep(s.heartbeat_ms / 1000)
+            since_sweep += s.heartbeat_ms
             try:
                 await store.heartbeat()
+                if since_sweep >= s.stale_after_ms:
+                    since_sweep = 0
+                    if closed := await close_stale():
+                        log.warning("stale_calls_interrupted", calls=closed)
             except (sqlite3.Error, OSError) as exc:  # the next beat tries again
                 log.warning("heartbeat_failed", error=str(exc))
 

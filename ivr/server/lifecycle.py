@@ -114,9 +114,12 @@ async def drain(services: Services, *, drain_s: float, hurry: asyncio.Event) -> 
 
 async def serve(
     app: web.Application, host: str, port: int, *, print: Callable[[str], None],
+    reuse_port: bool = False, ready: Callable[[], None] | None = None,
 ) -> None:
     """Run `app` until SIGTERM (drain first) or SIGINT (end calls at once); return when
-    every call has ended and the app is cleaned up."""
+    every call has ended and the app is cleaned up. `reuse_port`: share the port with
+    the other processes of `ivr serve --processes N` (SO_REUSEPORT); `ready` is called
+    once the port is open (the supervisor waits for it)."""
     services = app[SERVICES]
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=_HANDLER_GRACE_S)
     await runner.setup()
@@ -138,8 +141,10 @@ async def serve(
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     loop.add_signal_handler(signal.SIGINT, on_sigint)
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
         await site.start()
+        if ready is not None:
+            ready()
         print(f"======== Running on {site.name} ========\n(SIGTERM drains, Ctrl-C ends calls)")
         await stop.wait()
         log.info("shutdown_signal", hurry=hurry.is_set())

@@ -221,6 +221,9 @@ async def healthz(request: web.Request) -> web.Response:
     body: dict[str, object] = {
         "ok": True,
         "active_calls": len(services.calls),
+        # Which process answered: `ivr serve --processes N` runs several on one port.
+        "pid": os.getpid(),
+        "instance_id": services.store.instance_id if services.store is not None else None,
         "flows": sorted(services.flows),
         "counters": dict(services.counters),
         "engines": {

@@ -100,6 +100,31 @@ async def test_stale_calls_close_as_interrupted_and_live_ones_stay(tmp_path: Pat
     await alive.close()
 
 
+async def test_a_running_server_closes_the_calls_of_a_sibling_that_died(tmp_path: Path) -> None:
+    """Not only at start-up: a process killed after this one started (`ivr serve
+    --processes N`) leaves calls that a live process closes once they are stale."""
+    settings = make_settings(tmp_path, recognizer_workers=1, heartbeat_ms=50,
+                             stale_after_ms=200)
+    server = TestServer(create_app(settings), host="127.0.0.1")
+    await server.start_server()
+    try:
+        dead = await CallStore.open(settings.db, instance_id="dead")
+        await dead.open_call(sid(7), stream_sid="MZ7", account_sid=None, from_masked="",
+                             to_masked="", flow="demo")
+        await dead.close()  # no more heartbeats: the process is gone
+        db = sqlite3.connect(settings.db)
+        async with asyncio.timeout(10):
+            while True:
+                row = db.execute("SELECT outcome FROM calls WHERE call_sid = ?",
+                                 (sid(7),)).fetchone()
+                if row == ("interrupted",):
+                    break
+                await asyncio.sleep(0.05)
+        db.close()
+    finally:
+        await server.close()
+
+
 async def test_a_terminal_status_fills_a_missing_outcome_only(tmp_path: Path) -> None:
     store = await CallStore.open(tmp_path / "x.db")
     for n in (1, 2):

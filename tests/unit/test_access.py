@@ -128,3 +128,17 @@ def test_boolean_settings_from_the_environment() -> None:
     assert Settings.from_env({"IVR_INSECURE": "0"}).insecure is False
     with pytest.raises(ConfigError, match="IVR_INSECURE='maybe' must be 1 or 0"):
         Settings.from_env({"IVR_INSECURE": "maybe"})
+
+
+def test_a_database_url_on_a_public_address_needs_a_shared_stream_secret() -> None:
+    """Other machines share a database server: /voice and /media of one call may reach
+    different ones, so a random per-process stream secret cannot do."""
+    env = {"IVR_DB": "postgresql://ivr@db.internal/ivr", "IVR_HOST": "0.0.0.0",
+           "IVR_INSECURE": "1"}
+    refusal = startup_refusal(Settings.from_env(env))
+    assert refusal is not None and "IVR_STREAM_SECRET" in refusal and "\n" not in refusal
+    for shared in ({"IVR_STREAM_SECRET": "s" * 32}, {"TWILIO_AUTH_TOKEN": "t"}):
+        assert startup_refusal(Settings.from_env(env | shared)) is None
+    # One machine: a SQLite file, or a loopback bind, keeps /voice and /media together.
+    assert startup_refusal(Settings.from_env(env | {"IVR_DB": "ivr.db"})) is None
+    assert startup_refusal(Settings.from_env(env | {"IVR_HOST": "127.0.0.1"})) is None

@@ -67,3 +67,20 @@ def test_recognizer_bounds_default_and_refuse_zero() -> None:
     assert Settings.from_env({"IVR_RECOGNIZER_WAIT_MS": "250"}).recognizer_wait_ms == 250
     with pytest.raises(ConfigError, match="IVR_RECOGNIZER_HOLD_MS=0 must be at least 1 ms"):
         Settings.from_env({"IVR_RECOGNIZER_HOLD_MS": "0"})
+
+
+def test_processes_default_to_one_and_need_a_fixed_port() -> None:
+    assert Settings.from_env({}).processes == 1
+    assert Settings.from_env({"IVR_PROCESSES": "4"}).processes == 4
+    for env, message in (({"IVR_PROCESSES": "0"}, "IVR_PROCESSES=0"),
+                         ({"IVR_PROCESSES": "65"}, "IVR_PROCESSES=65"),
+                         ({"IVR_PROCESSES": "2", "IVR_PORT": "0"}, "fixed IVR_PORT")):
+        with pytest.raises(ConfigError, match=message):
+            Settings.from_env(env)
+
+
+def test_recognizer_workers_are_shared_out_over_the_processes() -> None:
+    from ivr.server.supervisor import workers_per_process
+
+    assert [workers_per_process(n, cores=8) for n in (1, 2, 3, 8, 16)] == [4, 4, 2, 1, 1]
+    assert workers_per_process(2, cores=2) == 1
