@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ivr.config import Settings
+from ivr.config import Settings, is_database_url
 from ivr.errors import ConfigError, FlowError
 from ivr.flows.library import FlowLibrary
 from ivr.flows.load import check_paths, load_flow
@@ -109,8 +109,14 @@ def _graph(args: argparse.Namespace) -> int:
     return 0
 
 
-def _db_path(given: Path | None) -> Path:
+def _db_path(given: Path | str | None) -> Path | str:
     return given if given is not None else Settings.from_env().db
+
+
+def _must_exist(db: Path | str) -> None:
+    """A SQLite file must be there (a server's URL is checked by connecting to it)."""
+    if not is_database_url(db) and not Path(db).exists():
+        raise ConfigError(f"{db}: no such database (give --db or set IVR_DB)")
 
 
 def _seed(args: argparse.Namespace) -> int:
@@ -135,8 +141,7 @@ def _purge(args: argparse.Namespace) -> int:
     if before.tzinfo is None:
         before = before.replace(tzinfo=UTC)
     path = _db_path(args.db)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such database (give --db or set IVR_DB)")
+    _must_exist(path)
 
     async def purge() -> int:
         store = await CallStore.open(path)
@@ -159,9 +164,8 @@ def _recover(args: argparse.Namespace) -> int:
     from ivr.store.queue import spill_path
 
     path = _db_path(args.db)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such database (give --db or set IVR_DB)")
-    spill = spill_path(path)
+    _must_exist(path)
+    spill = spill_path(path, Settings.from_env(db=path).speech_cache_dir)
     taking = spill.with_name(spill.name + ".recovering")
     if spill.exists():
         # A run that stopped half-way left its file: its writes are replayed first.

@@ -13,7 +13,6 @@ import os
 import secrets
 import signal
 import socket
-import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -43,6 +42,7 @@ from ivr.speech.openai_stt import OpenAIRecognizer
 from ivr.speech.openai_tts import OpenAISynthesizer
 from ivr.speech.sphinx.pool import RecognizerPool
 from ivr.store.db import CallStore
+from ivr.store.queue import RETRYABLE, spill_path
 from ivr.telephony import handler, twiml
 from ivr.tools.base import Tool
 from ivr.tools.registry import default_registry
@@ -56,7 +56,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     s = services.settings
     services.store = await CallStore.open(
         s.db, redact_digits=s.redact_digits, instance_id=s.instance_id or _instance_id(),
-        queue_max=s.db_queue_max)
+        queue_max=s.db_queue_max, spill=spill_path(s.db, s.speech_cache_dir))
     yield
     await services.store.close()  # queued writes land or spill first
 
@@ -82,7 +82,7 @@ async def _liveness_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(s.heartbeat_ms / 1000)
             try:
                 await store.heartbeat()
-            except (sqlite3.Error, OSError) as exc:  # the next beat tries again
+            except RETRYABLE as exc:  # the next beat tries again
                 log.warning("heartbeat_failed", error=str(exc))
 
     task = asyncio.create_task(beat(), name="heartbeat")
