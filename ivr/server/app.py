@@ -57,6 +57,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     services.store = await CallStore.open(
         s.db, redact_digits=s.redact_digits, instance_id=s.instance_id or _instance_id(),
         queue_max=s.db_queue_max, spill=spill_path(s.db, s.speech_cache_dir))
+    # A stream token is spent once across every process on this database.
+    services.stream_tokens.marks = services.store
     yield
     await services.store.close()  # queued writes land or spill first
 
