@@ -1,10 +1,19 @@
-"""Shared fixtures: a real server app on loopback with a temporary database."""
+"""Shared fixtures: a real server app on loopback with a temporary database, and the
+databases of both back ends (`db_target`: a SQLite file, or a fresh schema on the
+PostgreSQL server `IVR_TEST_DATABASE_URL` names; skipped without one)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import os
+import secrets
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 import structlog
 from aiohttp import web
@@ -50,3 +59,78 @@ def _logging_as_it_was() -> Iterator[None]:
     saved = {**saved, "processors": list(saved["processors"])}
     yield
     structlog.configure(**saved)
+
+
+# ------------------------------------------------------------------ PostgreSQL
+
+PG_ENV = "IVR_TEST_DATABASE_URL"
+PG_SKIP = (f"PostgreSQL tests: set {PG_ENV}=postgresql://postgres@127.0.0.1:5432/postgres "
+           "or run make test-pg")
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run `coro` to the end on a loop of its own (in a thread: a test's loop may run)."""
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["value"] = asyncio.run(coro)
+        except BaseException as e:  # re-raised in the caller's thread
+            out["error"] = e
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
+
+
+async def _admin(url: str, *statements: str) -> None:
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        for sql in statements:
+            await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A database of this test session's own on the `IVR_TEST_DATABASE_URL` server
+    (`ivr_test_<random>`, so parallel runs never meet), dropped at the end."""
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(PG_SKIP)
+    name = f"ivr_test_{secrets.token_hex(5)}"
+    _run(_admin(base, f'CREATE DATABASE "{name}"'))
+    yield _with_database(base, name)
+    _run(_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    """A fresh schema of this test's own in the session's database: its URL sets the
+    search path (asyncpg passes unknown URL parameters as server settings)."""
+    return new_pg_schema(pg_database)
+
+
+def new_pg_schema(database_url: str) -> str:
+    schema = f"t_{secrets.token_hex(6)}"
+    _run(_admin(database_url, f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if urlsplit(database_url).query else "?"
+    return f"{database_url}{sep}search_path={schema}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """An empty database of each back end: a SQLite path, or a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return tmp_path / "ivr.db"
+    url: str = request.getfixturevalue("pg_url")
+    return url
