@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from ivr.config import Settings
+from ivr.config import Settings, is_database_url
 from ivr.server.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +33,9 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "max_loop_lag_ms": 0,
     }
     values.update(overrides)
+    if is_database_url(str(values["db"])) and "cache_dir" not in overrides:
+        # A URL store's cache (and spill file) would default to the working directory.
+        values["cache_dir"] = tmp_path / "ivr-cache"
     return Settings.from_env({}, **values)
 
 
