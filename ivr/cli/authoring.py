@@ -113,6 +113,13 @@ def _db_path(given: Path | str | None) -> Path | str:
     return given if given is not None else Settings.from_env().db
 
 
+def _shown(db: Path | str) -> str:
+    """The database for output: a URL's password masked."""
+    from ivr.store.backend import describe
+
+    return describe(db)
+
+
 def _must_exist(db: Path | str) -> None:
     """A SQLite file must be there (a server's URL is checked by connecting to it)."""
     if not is_database_url(db) and not Path(db).exists():
@@ -124,7 +131,7 @@ def _seed(args: argparse.Namespace) -> int:
 
     path = _db_path(args.db)
     counts = asyncio.run(seed(path))
-    print(f"seeded {path}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(f"seeded {_shown(path)}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 
 
@@ -151,7 +158,8 @@ def _purge(args: argparse.Namespace) -> int:
             await store.close()
 
     turns = asyncio.run(purge())
-    print(f"purged {turns} turn(s) of calls started before {before.isoformat()} from {path}")
+    print(f"purged {turns} turn(s) of calls started before {before.isoformat()} "
+          f"from {_shown(path)}")
     return 0
 
 
@@ -191,7 +199,7 @@ def _recover(args: argparse.Namespace) -> int:
         with spill.open("a", encoding="utf-8") as out:
             out.write("".join(line + "\n" for line in kept))
     taking.unlink()
-    print(f"recovered {applied} write(s) into {path}"
+    print(f"recovered {applied} write(s) into {_shown(path)}"
           + (f"; {len(kept)} kept in {spill} (run again once the database is writable)"
              if kept else ""))
     return 1 if kept else 0
