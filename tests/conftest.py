@@ -5,6 +5,7 @@ PostgreSQL server `IVR_TEST_DATABASE_URL` names; skipped without one)."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import secrets
 import threading
@@ -26,8 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
+    """Settings for a test server. Its database: `tmp_path/ivr.db`, or with `IVR_DB` set
+    to a PostgreSQL URL (`make test-pg`) a fresh schema of its own there."""
     values: dict[str, object] = {
-        "db": tmp_path / "ivr.db", "flows": ROOT / "flows", "recognizer_workers": 2,
+        "db": _test_database(tmp_path), "flows": ROOT / "flows", "recognizer_workers": 2,
         # The loop-lag refusal is tested on its own (tests/*/test_admission.py) with an
         # injected lag; a busy test machine must not turn test calls away.
         "max_loop_lag_ms": 0,
@@ -103,17 +106,35 @@ def _with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
+_session_database: list[str] = []  # made on first use, dropped at exit
+
+
+def _session_pg_database(base: str) -> str:
+    """A database of this test run's own on the server `base` names (`ivr_test_<random>`,
+    so parallel runs never meet), dropped when the run ends."""
+    if not _session_database:
+        name = f"ivr_test_{secrets.token_hex(5)}"
+        _run(_admin(base, f'CREATE DATABASE "{name}"'))
+        atexit.register(lambda: _run(_admin(base, f'DROP DATABASE IF EXISTS "{name}" '
+                                                  "WITH (FORCE)")))
+        _session_database.append(_with_database(base, name))
+    return _session_database[0]
+
+
+def _test_database(tmp_path: Path) -> Path | str:
+    url = os.environ.get("IVR_DB", "")
+    if not is_database_url(url):
+        return tmp_path / "ivr.db"
+    return new_pg_schema(_session_pg_database(os.environ.get(PG_ENV) or url))
+
+
 @pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A database of this test session's own on the `IVR_TEST_DATABASE_URL` server
-    (`ivr_test_<random>`, so parallel runs never meet), dropped at the end."""
+def pg_database() -> str:
+    """The test run's database on the `IVR_TEST_DATABASE_URL` server; skipped without."""
     base = os.environ.get(PG_ENV)
     if not base:
         pytest.skip(PG_SKIP)
-    name = f"ivr_test_{secrets.token_hex(5)}"
-    _run(_admin(base, f'CREATE DATABASE "{name}"'))
-    yield _with_database(base, name)
-    _run(_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    return _session_pg_database(base)
 
 
 @pytest.fixture
@@ -137,3 +158,22 @@ def db_target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
         return tmp_path / "ivr.db"
     url: str = request.getfixturevalue("pg_url")
     return url
+
+
+def db_query(db: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement on a test database of either back end, from sync code (on a loop
+    of its own); its rows as tuples."""
+    from ivr.store.backend import connect
+
+    async def go() -> list[tuple[Any, ...]]:
+        conn = await connect(db)
+        try:
+            if sql.lstrip().upper().startswith("SELECT"):
+                return [tuple(r.values()) for r in await conn.fetch(sql, params)]
+            await conn.execute(sql, params)
+            return []
+        finally:
+            await conn.close()
+
+    result: list[tuple[Any, ...]] = _run(go())
+    return result

@@ -101,7 +101,9 @@ async def test_status_callback_records_a_call_that_never_streamed(
     resp = await signed_client.post("/status", data=form,
                                     headers={"X-Twilio-Signature": sign(PUBLIC + "/status", form)})
     assert resp.status == 204
-    store = await CallStore.open(tmp_path / "ivr.db")
+    from ivr.server.services import SERVICES
+
+    store = await CallStore.open(signed_client.server.app[SERVICES].settings.db)
     try:
         call = await store.get_call(FORM["CallSid"])
     finally:
