@@ -121,6 +121,12 @@ def _session_pg_database(base: str) -> str:
     return _session_database[0]
 
 
+def fresh_database(tmp_path: Path) -> Path | str:
+    """A new test database: `tmp_path/ivr.db`, or with `IVR_DB` set to a PostgreSQL URL a
+    fresh schema in the run's database."""
+    return _test_database(tmp_path)
+
+
 def _test_database(tmp_path: Path) -> Path | str:
     url = os.environ.get("IVR_DB", "")
     if not is_database_url(url):
@@ -177,3 +183,14 @@ def db_query(db: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[tup
 
     result: list[tuple[Any, ...]] = _run(go())
     return result
+
+
+async def db_rows(db: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """A query's rows as tuples, on a test database of either back end."""
+    from ivr.store.backend import connect
+
+    conn = await connect(db)
+    try:
+        return [tuple(r.values()) for r in await conn.fetch(sql, params)]
+    finally:
+        await conn.close()

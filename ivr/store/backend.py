@@ -259,6 +259,12 @@ def _pg_error(e: BaseException) -> StoreError:
     return StoreError(f"{type(e).__name__}: {e}")
 
 
+def _pg_params(params: Sequence[Any]) -> list[Any]:
+    # PostgreSQL text cannot hold NUL, which SQLite stores: a caller-controlled value (a
+    # stream SID from a `start` frame) with one must not cost the call its record.
+    return [p.replace("\x00", "\ufffd") if isinstance(p, str) else p for p in params]
+
+
 def _rowcount(status: str) -> int:
     last = status.rsplit(" ", 1)[-1]
     return int(last) if last.isdigit() else 0
@@ -292,7 +298,7 @@ class PgDatabase(Database):
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         async with self._connection() as conn:
             try:
-                status = await conn.execute(_numbered(sql), *params)
+                status = await conn.execute(_numbered(sql), *_pg_params(params))
             except _PG_ERRORS as e:
                 raise _pg_error(e) from e
         return _rowcount(str(status))
@@ -300,7 +306,7 @@ class PgDatabase(Database):
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         async with self._connection() as conn:
             try:
-                found = await conn.fetch(_numbered(sql), *params)
+                found = await conn.fetch(_numbered(sql), *_pg_params(params))
             except _PG_ERRORS as e:
                 raise _pg_error(e) from e
         return [dict(r.items()) for r in found]

@@ -69,6 +69,20 @@ async def test_both_back_ends_keep_calls_and_turns(db_target: Path | str) -> Non
         await store.close()
 
 
+async def test_a_nul_in_a_caller_controlled_value_does_not_lose_the_row(
+    db_target: Path | str,
+) -> None:
+    """PostgreSQL text holds no NUL (SQLite's does): the row is still written."""
+    store = await CallStore.open(db_target)
+    try:
+        await store.start_call(CALL, stream_sid="MZ\x00x", account_sid=None, from_masked="",
+                               to_masked="", flow="demo")
+        call = await store.get_call(CALL)
+        assert call is not None and call["stream_sid"].startswith("MZ")
+    finally:
+        await store.close()
+
+
 async def test_a_transfer_parked_by_one_process_is_taken_once_by_another(
     db_target: Path | str,
 ) -> None:
