@@ -30,10 +30,12 @@ test: $(STAMP)
 	$(BIN)/ivr flows test
 	$(BIN)/pytest -q -p no:logging
 
-# The suite with the PostgreSQL tests on: fails (never skips) when no server answers.
+# The suite with the PostgreSQL tests on, and every test server's store on PostgreSQL
+# (IVR_DB: a fresh schema each, in a database of the run's own): fails, never skips,
+# when no server answers.
 test-pg: $(STAMP)
 	$(BIN)/python tests/pg_ready.py '$(PG_URL)'
-	IVR_TEST_DATABASE_URL='$(PG_URL)' $(BIN)/pytest -q -p no:logging
+	IVR_TEST_DATABASE_URL='$(PG_URL)' IVR_DB='$(PG_URL)' $(BIN)/pytest -q -p no:logging
 
 lint: $(STAMP)
 	$(BIN)/ruff check ivr tests

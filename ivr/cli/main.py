@@ -77,7 +77,8 @@ def _authoring_parsers(sub: Any) -> None:
     chat = sub.add_parser("chat", help="talk to a flow in the terminal (#12 presses keys)")
     chat.add_argument("flow")
     chat.add_argument("--flows", type=Path, default=Path("flows"))
-    chat.add_argument("--db", type=Path, help="SQLite file for the tools (default: IVR_DB)")
+    chat.add_argument("--db", type=database_url,
+                      help="SQLite file or postgresql:// URL for the tools (default: IVR_DB)")
     chat.add_argument("--caller", default="+15550100001",
                       help="the verified caller's number, the one the tools act for "
                            "(\"\": an anonymous caller)")
