@@ -160,3 +160,25 @@ async def test_call_dropped_mid_way_still_gets_its_record(server: TestServer) ->
     assert call["outcome"] == "dropped"
     assert call["stats"]["end_reason"] == "dropped"
     assert call["flow"] == "demo"
+
+
+async def test_a_transient_store_error_is_retried_like_a_locked_file(tmp_path: Path) -> None:
+    """A lost connection, a serialization failure or a deadlock (StoreError from either
+    back end) is retried by the write queue, not dropped."""
+    from ivr.store.queue import Write, WriteQueue
+
+    failures = [StoreError("ConnectionDoesNotExistError: connection was closed"),
+                StoreError("SerializationError: could not serialize access")]
+    applied: list[Write] = []
+
+    async def apply(write: Write) -> None:
+        if failures:
+            raise failures.pop(0)
+        applied.append(write)
+
+    queue = WriteQueue(apply, tmp_path / "spill.jsonl", backoff_s=0.001)
+    write = Write("end", CALL, {"outcome": "completed"})
+    assert await queue.put(write) is True
+    await queue.close()
+    assert applied == [write] and queue.stats["retried"] == 2
+    assert not (tmp_path / "spill.jsonl").exists()
