@@ -30,11 +30,10 @@ from ivr.errors import StoreError
 from ivr.privacy import redact_digits
 from ivr.store.backend import Database, connect, describe
 from ivr.store.queue import RETRYABLE, Write, WriteQueue, read_spill, spill_path
-from ivr.store.schema import SCHEMA_VERSION, migrate
+from ivr.store.schema import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported
+from ivr.store.schema import migrate
 
 log = structlog.get_logger("ivr.store")
-
-__all__ = ["SCHEMA_VERSION", "CallStore", "TurnRecord", "utc_now"]
 
 # Outcomes a call can end with (`shutdown`: the server ended it, draining).
 COMPLETED, TRANSFERRED, ABANDONED, DROPPED, FAILED, SHUTDOWN = (

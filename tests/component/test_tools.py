@@ -450,6 +450,15 @@ async def test_fifty_callers_racing_for_one_slot_get_exactly_one_booking(
     assert rows == [(winners[0].value["ref"], rows[0][1])]
 
 
+async def test_concurrent_cancels_of_one_booking_cancel_it_once(
+    registry: ToolRegistry, db: Db
+) -> None:
+    results = await asyncio.gather(*(
+        registry.call("bookings.cancel", {"ref": "BK-SEED2"}, ctx_for(db)) for _ in range(10)))
+    assert sum(r.ok for r in results) == 1
+    assert {r.error for r in results if not r.ok} == {"booking BK-SEED2 is already cancelled"}
+
+
 async def test_concurrent_reschedules_and_bookings_for_one_slot(
     registry: ToolRegistry, db: Db
 ) -> None:

@@ -90,6 +90,13 @@ async def _writing(ctx: ToolContext) -> AsyncIterator[Database]:
         raise ToolError("the booking system is busy; please try again") from e
 
 
+def _for_update(conn: Database) -> str:
+    # PostgreSQL: the row read is locked until the transaction ends, so two cancels of
+    # one booking go one after the other (the second finds it cancelled), as under
+    # SQLite's BEGIN IMMEDIATE.
+    return " FOR UPDATE" if conn.dialect == "postgresql" else ""
+
+
 def _is_slot_conflict(e: UniqueViolation) -> bool:
     # SQLite names the partial unique index's columns (the ref's UNIQUE names
     # bookings.ref); PostgreSQL names the index.
@@ -98,8 +105,8 @@ def _is_slot_conflict(e: UniqueViolation) -> bool:
 
 async def _own_booking(conn: Database, ref: str, phone: str) -> Row:
     """The caller's booking `ref`; someone else's is not found, like a missing one."""
-    found = await rows(conn, "SELECT * FROM bookings WHERE ref = ? AND phone = ?",
-                       (ref, phone))
+    found = await rows(conn, "SELECT * FROM bookings WHERE ref = ? AND phone = ?"
+                       + _for_update(conn), (ref, phone))
     if not found:
         raise ToolError(f"no booking with reference {ref} under the caller's number")
     return found[0]
@@ -115,7 +122,7 @@ async def _own_booking_on(
     if args.get("start"):
         sql += " AND start = ?"
         params.append(parse_start(args["start"]))
-    found = await rows(conn, sql + " ORDER BY start", params)
+    found = await rows(conn, sql + " ORDER BY start" + _for_update(conn), params)
     if not found:
         raise ToolError(f"no booking for the caller's number on {weekday(day)} "
                         f"{day.isoformat()}")
