@@ -74,6 +74,14 @@ PG_SKIP = (f"PostgreSQL tests: set {PG_ENV}=postgresql://postgres@127.0.0.1:5432
            "or run make test-pg")
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line, when the PostgreSQL tests were skipped, saying how to run them."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    count = sum(PG_SKIP in str(getattr(r, "longrepr", "")) for r in skipped)
+    if count:
+        terminalreporter.write_line(f"{count} skipped: {PG_SKIP}")
+
+
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run `coro` to the end on a loop of its own (in a thread: a test's loop may run)."""
     out: dict[str, Any] = {}
