@@ -450,6 +450,30 @@ async def test_fifty_callers_racing_for_one_slot_get_exactly_one_booking(
     assert rows == [(winners[0].value["ref"], rows[0][1])]
 
 
+async def test_fifty_callers_on_two_processes_racing_for_one_slot_get_one_booking(
+    registry: ToolRegistry, db: Db
+) -> None:
+    """Two event loops in two threads, each with its own connections (a pool each on
+    PostgreSQL), as two server processes would have: 25 callers on each, one booking."""
+
+    def process(first: int) -> list[bool]:
+        async def run() -> list[bool]:
+            results = await asyncio.gather(*(
+                registry.call("bookings.book", book_args(THURSDAY, "14:00", f"Caller {i}",
+                                                         phone=f"+1555030{i:04d}"),
+                              ctx_for(db, caller=f"+1555030{i:04d}"))
+                for i in range(first, first + 25)))
+            return [r.ok for r in results]
+
+        return asyncio.run(run())
+
+    both = await asyncio.gather(asyncio.to_thread(process, 0), asyncio.to_thread(process, 25))
+    assert sum(both[0]) + sum(both[1]) == 1
+    rows = await query(db, "SELECT ref FROM bookings WHERE day = ? AND start = '14:00'",
+                       (THURSDAY.isoformat(),))
+    assert len(rows) == 1
+
+
 async def test_concurrent_cancels_of_one_booking_cancel_it_once(
     registry: ToolRegistry, db: Db
 ) -> None:
