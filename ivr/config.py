@@ -172,7 +172,8 @@ def _default_workers() -> int:
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
-    db: Path = Path("ivr.db")
+    # A SQLite file (Path) or a PostgreSQL URL (str): see `database_url`.
+    db: Path | str = Path("ivr.db")
     flows: Path = Path("flows")
     default_flow: str = "main_menu"
     # The URL Twilio uses to reach us (e.g. https://ivr.example.com). Signatures are computed
@@ -311,6 +312,8 @@ class Settings:
         for role in ("stt", "tts", "llm"):
             values[role] = provider_from_env(role, env)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if "db" in values:
+            values["db"] = database_url(values["db"])
         settings = cls(**values)
         settings.validate()
         return settings
@@ -364,7 +367,12 @@ class Settings:
 
     @property
     def speech_cache_dir(self) -> Path:
-        return self.cache_dir if self.cache_dir is not None else self.db.parent / "ivr-cache"
+        if self.cache_dir is not None:
+            return self.cache_dir
+        # A database server has no directory of ours to sit beside: the working directory.
+        if is_database_url(self.db):
+            return Path("ivr-cache")
+        return Path(self.db).parent / "ivr-cache"
 
     @property
     def shared_store(self) -> bool:
@@ -391,9 +399,28 @@ def _convert(name: str, var: str, raw: str, type_name: str) -> Any:
             return int(raw)
         except ValueError:
             raise ConfigError(f"{var}={raw!r} is not an integer") from None
+    if name == "db":
+        return database_url(raw)
     if "Path" in type_name:
         return Path(raw)
     return raw
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def database_url(value: str | os.PathLike[str]) -> Path | str:
+    """What `IVR_DB` / `--db` names: a `postgresql://` (or `postgres://`) URL, kept as a
+    string, or else a SQLite file path."""
+    text = os.fspath(value)
+    if text.startswith(POSTGRES_SCHEMES):
+        return text
+    return Path(text)
+
+
+def is_database_url(value: Path | str) -> bool:
+    """True for a PostgreSQL URL, False for a SQLite path."""
+    return isinstance(value, str) and value.startswith(POSTGRES_SCHEMES)
 
 
 def env_var(name: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import aiosqlite
 import structlog
 from aiohttp import web
 
@@ -64,10 +63,8 @@ async def calls(request: web.Request) -> web.Response:
     sql = (f"SELECT call_sid, stream_sid, flow, from_masked, to_masked, started_at, ended_at, "
            f"outcome, call_status, duration_s, stats FROM calls WHERE {' AND '.join(where)} "
            f"ORDER BY started_at DESC LIMIT ? OFFSET ?")
-    async with aiosqlite.connect(services.settings.db) as db:
-        db.row_factory = aiosqlite.Row
-        rows = [dict(r) for r in await (await db.execute(sql, (*params, limit, offset)))
-                .fetchall()]
+    assert services.store is not None
+    rows = await services.store.db.fetch(sql, (*params, limit, offset))
     for row in rows:
         stats = json.loads(row.pop("stats") or "{}")
         row["cost"] = (stats.get("cost") or {}).get("total")
@@ -119,9 +116,8 @@ async def bookings(request: web.Request) -> web.Response:
     sql = ("SELECT ref, service, day, start, name, status, created_at, call_sid FROM bookings "
            + ("WHERE status = ? " if status else "") + "ORDER BY day, start LIMIT ? OFFSET ?")
     params: tuple[Any, ...] = (status, limit, offset) if status else (limit, offset)
-    async with aiosqlite.connect(services.settings.db) as db:
-        db.row_factory = aiosqlite.Row
-        rows = [dict(r) for r in await (await db.execute(sql, params)).fetchall()]
+    assert services.store is not None
+    rows = await services.store.db.fetch(sql, params)
     return web.json_response({"bookings": rows, "limit": limit, "offset": offset})
 
 

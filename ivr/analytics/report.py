@@ -44,9 +44,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
-from ivr.errors import ConfigError
+from ivr.config import database_url, is_database_url
+from ivr.errors import ConfigError, StoreError
+from ivr.store.backend import connect, describe
 
 OUTCOMES = (
     "completed", "transferred", "abandoned", "dropped", "failed", "interrupted", "shutdown",
@@ -119,18 +119,15 @@ def _ranked(counter: Counter[str], top: int | None = None) -> list[dict[str, Any
 async def _load(
     db_path: Path | str, since: datetime | None, flow: str | None
 ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-    uri = f"file:{Path(db_path)}?mode=ro"
     try:
-        conn = await aiosqlite.connect(uri, uri=True)
-    except Exception as e:  # sqlite3.OperationalError: missing file, no permission
-        raise ConfigError(f"{db_path}: cannot open database: {e}") from e
-    conn.row_factory = aiosqlite.Row
+        conn = await connect(db_path, mode="ro")
+    except StoreError as e:  # missing file, no permission, no server
+        raise ConfigError(f"{describe(db_path)}: cannot open database: {e}") from e
     try:
         sql, params = "SELECT * FROM calls", []
         if flow is not None:
             sql, params = sql + " WHERE flow = ?", [flow]
-        async with conn.execute(sql, params) as cur:
-            rows = [dict(r) for r in await cur.fetchall()]
+        rows = await conn.fetch(sql, params)
         calls = []
         for call in rows:
             started = _parse_ts(call["started_at"])
@@ -144,17 +141,15 @@ async def _load(
             calls.append(call)
         sids = {c["call_sid"] for c in calls}
         turns: dict[str, list[dict[str, Any]]] = {}
-        async with conn.execute("SELECT * FROM turns ORDER BY call_sid, seq") as cur:
-            for r in await cur.fetchall():
-                t = dict(r)
-                if t["call_sid"] not in sids:
-                    continue
-                try:
-                    timings = json.loads(t["timings"] or "{}")
-                except ValueError:
-                    timings = {}
-                t["timings"] = timings if isinstance(timings, dict) else {}
-                turns.setdefault(t["call_sid"], []).append(t)
+        for t in await conn.fetch("SELECT * FROM turns ORDER BY call_sid, seq"):
+            if t["call_sid"] not in sids:
+                continue
+            try:
+                timings = json.loads(t["timings"] or "{}")
+            except ValueError:
+                timings = {}
+            t["timings"] = timings if isinstance(timings, dict) else {}
+            turns.setdefault(t["call_sid"], []).append(t)
     finally:
         await conn.close()
     return calls, turns
@@ -337,8 +332,8 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         since = parse_since(args.since)
-        db = Path(args.db)
-        if not db.exists():
+        db = database_url(args.db)
+        if not is_database_url(db) and not Path(db).exists():
             raise ConfigError(f"{db}: no such database")
         report = asyncio.run(build_report(db, since=since, flow=args.flow))
     except ConfigError as e:

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ivr.config import Settings
+from ivr.config import Settings, is_database_url
 from ivr.errors import ConfigError, FlowError
 from ivr.flows.library import FlowLibrary
 from ivr.flows.load import check_paths, load_flow
@@ -109,8 +109,21 @@ def _graph(args: argparse.Namespace) -> int:
     return 0
 
 
-def _db_path(given: Path | None) -> Path:
+def _db_path(given: Path | str | None) -> Path | str:
     return given if given is not None else Settings.from_env().db
+
+
+def _shown(db: Path | str) -> str:
+    """The database for output: a URL's password masked."""
+    from ivr.store.backend import describe
+
+    return describe(db)
+
+
+def _must_exist(db: Path | str) -> None:
+    """A SQLite file must be there (a server's URL is checked by connecting to it)."""
+    if not is_database_url(db) and not Path(db).exists():
+        raise ConfigError(f"{db}: no such database (give --db or set IVR_DB)")
 
 
 def _seed(args: argparse.Namespace) -> int:
@@ -118,7 +131,7 @@ def _seed(args: argparse.Namespace) -> int:
 
     path = _db_path(args.db)
     counts = asyncio.run(seed(path))
-    print(f"seeded {path}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(f"seeded {_shown(path)}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 
 
@@ -135,8 +148,7 @@ def _purge(args: argparse.Namespace) -> int:
     if before.tzinfo is None:
         before = before.replace(tzinfo=UTC)
     path = _db_path(args.db)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such database (give --db or set IVR_DB)")
+    _must_exist(path)
 
     async def purge() -> int:
         store = await CallStore.open(path)
@@ -146,7 +158,8 @@ def _purge(args: argparse.Namespace) -> int:
             await store.close()
 
     turns = asyncio.run(purge())
-    print(f"purged {turns} turn(s) of calls started before {before.isoformat()} from {path}")
+    print(f"purged {turns} turn(s) of calls started before {before.isoformat()} "
+          f"from {_shown(path)}")
     return 0
 
 
@@ -159,9 +172,8 @@ def _recover(args: argparse.Namespace) -> int:
     from ivr.store.queue import spill_path
 
     path = _db_path(args.db)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such database (give --db or set IVR_DB)")
-    spill = spill_path(path)
+    _must_exist(path)
+    spill = spill_path(path, Settings.from_env(db=path).speech_cache_dir)
     taking = spill.with_name(spill.name + ".recovering")
     if spill.exists():
         # A run that stopped half-way left its file: its writes are replayed first.
@@ -187,7 +199,7 @@ def _recover(args: argparse.Namespace) -> int:
         with spill.open("a", encoding="utf-8") as out:
             out.write("".join(line + "\n" for line in kept))
     taking.unlink()
-    print(f"recovered {applied} write(s) into {path}"
+    print(f"recovered {applied} write(s) into {_shown(path)}"
           + (f"; {len(kept)} kept in {spill} (run again once the database is writable)"
              if kept else ""))
     return 1 if kept else 0

@@ -12,15 +12,18 @@ from typing import Any
 
 from aiohttp import web
 
-from ivr.config import Settings, env_var
+from ivr.config import Settings, database_url, env_var
 from ivr.errors import IvrError
+
+_DB_HELP = "SQLite file or postgresql:// URL (default: IVR_DB or ./ivr.db)"
 
 
 def _serve_parser(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the Twilio webhook + media stream server")
     p.add_argument("--host", help=f"bind address (env {env_var('host')}, default 127.0.0.1)")
     p.add_argument("--port", type=int, help=f"TCP port (env {env_var('port')}, default 8080)")
-    p.add_argument("--db", type=Path, help=f"SQLite file (env {env_var('db')}, default ivr.db)")
+    p.add_argument("--db", type=database_url,
+                   help=f"SQLite file or postgresql:// URL (env {env_var('db')}, default ivr.db)")
     p.add_argument("--flows", type=Path, help=f"flows directory (env {env_var('flows')})")
     p.add_argument("--default-flow",
                    help=f"flow when none is given (env {env_var('default_flow')})")
@@ -77,24 +80,25 @@ def _authoring_parsers(sub: Any) -> None:
     chat = sub.add_parser("chat", help="talk to a flow in the terminal (#12 presses keys)")
     chat.add_argument("flow")
     chat.add_argument("--flows", type=Path, default=Path("flows"))
-    chat.add_argument("--db", type=Path, help="SQLite file for the tools (default: IVR_DB)")
+    chat.add_argument("--db", type=database_url,
+                      help="SQLite file or postgresql:// URL for the tools (default: IVR_DB)")
     chat.add_argument("--caller", default="+15550100001",
                       help="the verified caller's number, the one the tools act for "
                            "(\"\": an anonymous caller)")
     db = sub.add_parser("db", help="database utilities")
     dsub = db.add_subparsers(dest="db_command", required=True)
     seed = dsub.add_parser("seed", help="create the schema and insert the demo data")
-    seed.add_argument("--db", type=Path, help="SQLite file (default: IVR_DB or ./ivr.db)")
+    seed.add_argument("--db", type=database_url, help=_DB_HELP)
     purge = dsub.add_parser(
         "purge", help="delete the transcripts (turns) of calls started before a date; "
         "call rows and costs stay")
     purge.add_argument("--before", required=True, metavar="DATE",
                        help="ISO date or date-time, UTC unless it names a zone (2026-01-31)")
-    purge.add_argument("--db", type=Path, help="SQLite file (default: IVR_DB or ./ivr.db)")
+    purge.add_argument("--db", type=database_url, help=_DB_HELP)
     recover = dsub.add_parser(
         "recover", help="replay the call writes the server spilled (<db>.spill.jsonl) "
         "when the database refused them; safe to run twice")
-    recover.add_argument("--db", type=Path, help="SQLite file (default: IVR_DB or ./ivr.db)")
+    recover.add_argument("--db", type=database_url, help=_DB_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="start a server, place a voice call and a keypad call, stop")
     _authoring_parsers(sub)
     report = sub.add_parser("report", help="calls, outcomes, cost and latency from the database")
-    report.add_argument("--db", type=Path, help="SQLite file (default: IVR_DB or ./ivr.db)")
+    report.add_argument("--db", type=database_url, help=_DB_HELP)
     report.add_argument("--since", help="ISO date/time, or an age like 7d or 12h")
     report.add_argument("--flow", help="only calls of this flow")
     fmt = report.add_mutually_exclusive_group()

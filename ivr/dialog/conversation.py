@@ -59,7 +59,7 @@ class TextConversation:
         flow: str,
         registry: ToolRegistry,
         *,
-        db_path: Path,
+        db_path: Path | str,
         caller: str = "",
         now: Callable[[], datetime] | None = None,
         call_sid: str | None = None,

@@ -57,7 +57,7 @@ class Dialog:
         *,
         caller: str,
         call_sid: str | None,
-        db_path: Path,
+        db_path: Path | str,
         model: ModelFor | None = None,
         now: Callable[[], datetime] | None = None,
         stats: Counter[str] | None = None,

@@ -13,7 +13,6 @@ import os
 import secrets
 import signal
 import socket
-import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -43,6 +42,7 @@ from ivr.speech.openai_stt import OpenAIRecognizer
 from ivr.speech.openai_tts import OpenAISynthesizer
 from ivr.speech.sphinx.pool import RecognizerPool
 from ivr.store.db import CallStore
+from ivr.store.queue import RETRYABLE, spill_path
 from ivr.telephony import handler, twiml
 from ivr.tools.base import Tool
 from ivr.tools.registry import default_registry
@@ -56,7 +56,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     s = services.settings
     services.store = await CallStore.open(
         s.db, redact_digits=s.redact_digits, instance_id=s.instance_id or _instance_id(),
-        queue_max=s.db_queue_max)
+        queue_max=s.db_queue_max, spill=spill_path(s.db, s.speech_cache_dir))
+    # A stream token is spent once across every process on this database.
+    services.stream_tokens.marks = services.store
     yield
     await services.store.close()  # queued writes land or spill first
 
@@ -94,7 +96,7 @@ async def _liveness_ctx(app: web.Application) -> AsyncIterator[None]:
                     since_sweep = 0
                     if closed := await close_stale():
                         log.warning("stale_calls_interrupted", calls=closed)
-            except (sqlite3.Error, OSError) as exc:  # the next beat tries again
+            except RETRYABLE as exc:  # the next beat tries again
                 log.warning("heartbeat_failed", error=str(exc))
 
     task = asyncio.create_task(beat(), name="heartbeat")

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
+import structlog
 from aiohttp import web
 
 from ivr.config import Settings
+from ivr.errors import StoreError
 from ivr.telephony.stream_token import StreamTokens, secret_for
 
 if TYPE_CHECKING:
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
     from ivr.speech.cache import CachedSynthesis
     from ivr.store.db import CallStore
     from ivr.tools.registry import ToolRegistry
+
+log = structlog.get_logger("ivr.server")
 
 
 # What every call hears when the server has to end it (a drain ran out of time). Fixed
@@ -52,6 +56,8 @@ class Services:
     library: FlowLibrary | None = None
     calls: dict[str, LiveCall] = field(default_factory=dict)  # by stream SID
     # Transfers waiting for Twilio to fetch <Connect action>: call SID -> number to dial.
+    # Parked in the store (any process may get that request); this dict only without a
+    # store, or when the store refused one (`park_transfer`).
     transfers: dict[str, str] = field(default_factory=dict)
     # Plain counts for /healthz (protocol errors by reason, calls by outcome, stream
     # events); `metrics` is the Prometheus registry behind /metrics.
@@ -84,6 +90,26 @@ class Services:
         s = self.settings
         self.stream_tokens = StreamTokens(secret_for(s.stream_secret, s.twilio_auth_token),
                                           ttl_s=s.stream_token_ttl_s)
+
+    async def park_transfer(self, call_sid: str, number: str) -> None:
+        """Park the number a call is to be transferred to until `/connect-action`."""
+        if self.store is not None:
+            try:
+                await self.store.park_transfer(call_sid, number)
+                return
+            except StoreError as exc:  # this process may still get the request
+                log.warning("transfer_park_failed", call_sid=call_sid, error=str(exc))
+        self.transfers[call_sid] = number
+
+    async def take_transfer(self, call_sid: str) -> str | None:
+        """The number parked for `call_sid`, taken (dialed once); None if none."""
+        number = self.transfers.pop(call_sid, None)
+        if number is None and self.store is not None and call_sid:
+            try:
+                number = await self.store.take_transfer(call_sid)
+            except StoreError as exc:  # the call hangs up rather than waiting on the store
+                log.error("transfer_take_failed", call_sid=call_sid, error=str(exc))
+        return number
 
     def voice_for(self, flow: Flow) -> tuple[str, int]:
         """The voice and rate calls of `flow` speak with. A flow's `voice.name` is an

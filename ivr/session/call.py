@@ -285,7 +285,7 @@ class CallSession:
     async def transfer(self, number: str) -> None:
         await self.speaker.wait_heard(self.settings.mark_grace_ms / 1000)
         self.transfer_to = number
-        via = await control.transfer(self.settings, self.services.transfers, self.call_sid,
+        via = await control.transfer(self.settings, self.services.park_transfer, self.call_sid,
                                      number)
         self.stats["transfer_via_" + via] += 1
 

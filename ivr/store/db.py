@@ -1,4 +1,6 @@
-"""The call record: SQLite through aiosqlite (WAL), versioned schema (`store.schema`).
+"""The call record, in SQLite (WAL) or PostgreSQL (`store.backend`), versioned schema
+(`store.schema`). It also holds what another process must see: parked transfers
+(`park_transfer` / `take_transfer`) and the used marks of stream tokens (`use_token`).
 
 A live call writes its row before the greeting (`open_call`); after that its turns and
 its end go through `writes` (`store.queue`): never awaited by the call, retried, spilled
@@ -16,19 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import structlog
 
 from ivr.errors import StoreError
 from ivr.privacy import redact_digits
+from ivr.store.backend import Database, connect, describe
 from ivr.store.queue import RETRYABLE, Write, WriteQueue, read_spill, spill_path
-from ivr.store.schema import MIGRATIONS, SCHEMA_VERSION
+from ivr.store.schema import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported
+from ivr.store.schema import migrate
 
 log = structlog.get_logger("ivr.store")
 
@@ -43,6 +46,12 @@ TERMINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canc
 # How long a write waits on a lock before it fails (and the queue retries it): short, since
 # the call's first write holds up its greeting.
 BUSY_TIMEOUT_S = 2.0
+# Used stream-token marks past their expiry are deleted at most this often.
+TOKEN_PURGE_S = 60.0
+# A SQLite store's connection: WAL, and a purged transcript is overwritten, not merely
+# unlinked from the b-tree.
+SQLITE_PRAGMAS = ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON",
+                  "secure_delete=ON")
 
 
 def utc_now() -> str:
@@ -73,10 +82,11 @@ class TurnRecord:
 
 class CallStore:
     def __init__(
-        self, conn: aiosqlite.Connection, *, redact_digits: bool = False,
+        self, db: Database, *, redact_digits: bool = False,
         instance_id: str = "", spill: Path | None = None, queue_max: int = 1000,
     ) -> None:
-        self._db = conn
+        self._db = db
+        self._tokens_purged = 0.0
         self.redact_digits = redact_digits
         self.instance_id = instance_id
         self.writes = WriteQueue(self.apply, spill or Path("ivr.db.spill.jsonl"),
@@ -85,43 +95,29 @@ class CallStore:
 
     @classmethod
     async def open(
-        cls, path: Path | str, *, redact_digits: bool = False, instance_id: str = "",
-        queue_max: int = 1000,
+        cls, target: Path | str, *, redact_digits: bool = False, instance_id: str = "",
+        queue_max: int = 1000, spill: Path | None = None,
     ) -> CallStore:
-        conn = await aiosqlite.connect(str(path), timeout=BUSY_TIMEOUT_S)
-        conn.row_factory = aiosqlite.Row
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA synchronous=NORMAL")
-        await conn.execute("PRAGMA foreign_keys=ON")
-        # A purged transcript is overwritten, not merely unlinked from the b-tree.
-        await conn.execute("PRAGMA secure_delete=ON")
-        store = cls(conn, redact_digits=redact_digits, instance_id=instance_id,
-                    spill=spill_path(path), queue_max=queue_max)
+        """The store in `target` (a SQLite path or a PostgreSQL URL), migrated. `spill`:
+        the spill file (default `store.queue.spill_path`)."""
+        db = await connect(target, timeout_s=BUSY_TIMEOUT_S, pragmas=SQLITE_PRAGMAS)
+        store = cls(db, redact_digits=redact_digits, instance_id=instance_id,
+                    spill=spill or spill_path(target), queue_max=queue_max)
         try:
-            await store._migrate()
+            await migrate(db, where=describe(target))
         except BaseException:
-            await conn.close()
+            await db.close()
             raise
         return store
+
+    @property
+    def db(self) -> Database:
+        return self._db
 
     async def close(self) -> None:
         """Let queued writes land (or spill them), then close the connection."""
         await self.writes.close()
         await self._db.close()
-
-    async def _migrate(self) -> None:
-        async with self._db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        version = int(row[0]) if row else 0
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"database schema v{version} is newer than this ivr (v{SCHEMA_VERSION}); "
-                "upgrade ivr or point IVR_DB at another file"
-            )
-        for i in range(version, SCHEMA_VERSION):
-            await self._db.executescript(
-                f"BEGIN; {MIGRATIONS[i]}; PRAGMA user_version = {i + 1}; COMMIT;"
-            )
 
     # ------------------------------------------------------------ a live call
 
@@ -180,7 +176,6 @@ class CallStore:
                 f"UPDATE calls SET heartbeat_at = ? WHERE outcome IS NULL AND call_sid IN "
                 f"({','.join('?' * len(chunk))})", (now, *chunk),
             )
-        await self._db.commit()
         return len(sids)
 
     async def close_stale(self, *, older_than: datetime) -> int:
@@ -188,14 +183,12 @@ class CallStore:
         stamped, its start) is older than `older_than`: its process is gone. It ended at
         its last known time. Returns the rows closed."""
         cutoff = older_than.astimezone(UTC).isoformat(timespec="milliseconds")
-        cur = await self._db.execute(
+        return await self._db.execute(
             """UPDATE calls SET outcome = ?,
                  ended_at = COALESCE(ended_at, heartbeat_at, started_at)
                WHERE outcome IS NULL AND COALESCE(heartbeat_at, started_at) < ?""",
             (INTERRUPTED, cutoff),
         )
-        await self._db.commit()
-        return cur.rowcount
 
     async def replay(self, path: Path) -> tuple[int, list[str]]:
         """Apply a spill file's writes (idempotent); returns how many were applied and the
@@ -239,11 +232,11 @@ class CallStore:
                                 ELSE calls.to_masked END,
                  flow=excluded.flow,
                  instance_id=COALESCE(excluded.instance_id, calls.instance_id),
-                 heartbeat_at=MAX(COALESCE(calls.heartbeat_at, ''), excluded.heartbeat_at)""",
+                 heartbeat_at=CASE WHEN COALESCE(calls.heartbeat_at, '') > excluded.heartbeat_at
+                                   THEN calls.heartbeat_at ELSE excluded.heartbeat_at END""",
             (call_sid, stream_sid, account_sid, from_masked, to_masked, flow, started_at,
              self.instance_id or None, started_at),
         )
-        await self._db.commit()
 
     async def add_turn(self, call_sid: str, turn: TurnRecord) -> None:
         await self._insert_turn(call_sid, self._turn_row(turn))
@@ -258,33 +251,39 @@ class CallStore:
 
     async def _insert_turn(self, call_sid: str, d: dict[str, Any]) -> None:
         await self._db.execute(
-            """INSERT OR REPLACE INTO turns (call_sid, seq, step, prompt, prompt_heard,
+            """INSERT INTO turns (call_sid, seq, step, prompt, prompt_heard,
                  input_kind, input_text, confidence, understood, result, timings, slot,
                  slot_value)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (call_sid, seq) DO UPDATE SET
+                 step=excluded.step, prompt=excluded.prompt,
+                 prompt_heard=excluded.prompt_heard, input_kind=excluded.input_kind,
+                 input_text=excluded.input_text, confidence=excluded.confidence,
+                 understood=excluded.understood, result=excluded.result,
+                 timings=excluded.timings, slot=excluded.slot,
+                 slot_value=excluded.slot_value""",
             (call_sid, d["seq"], d["step"], d["prompt"], d["prompt_heard"], d["input_kind"],
-             d["input_text"], d["confidence"], d["understood"], d["result"],
+             d["input_text"], _float(d["confidence"]), d["understood"], d["result"],
              json.dumps(d["timings"]), d["slot"], d["slot_value"]),
         )
-        await self._db.commit()
 
     async def purge_turns(self, *, before: datetime) -> int:
         """Delete the turns of every call that started before `before` (an aware time);
         the call rows, their outcome and their cost stay. Returns the turns deleted."""
         cutoff = before.astimezone(UTC).isoformat(timespec="milliseconds")
         try:
-            cur = await self._db.execute(
+            deleted = await self._db.execute(
                 """DELETE FROM turns WHERE call_sid IN
                      (SELECT call_sid FROM calls WHERE started_at < ?)""",
                 (cutoff,),
             )
-            await self._db.commit()
-            # The WAL still holds earlier copies of the pages; fold it back and truncate
-            # it (best effort: a reader in another connection can keep it for now).
-            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as exc:
+            if self._db.dialect == "sqlite":
+                # The WAL still holds earlier copies of the pages; fold it back and
+                # truncate it (best effort: a reader elsewhere can keep it for now).
+                await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except StoreError as exc:
             raise StoreError(f"purging turns before {cutoff} failed: {exc}") from exc
-        return cur.rowcount
+        return deleted
 
     async def end_call(
         self, call_sid: str, *, outcome: str, stats: dict[str, Any] | None = None,
@@ -299,7 +298,6 @@ class CallStore:
                WHERE call_sid = ?""",
             (outcome, json.dumps(stats or {}), INTERRUPTED, ended_at or utc_now(), call_sid),
         )
-        await self._db.commit()
 
     async def call_status(
         self, call_sid: str, *, status: str, duration_s: float | None,
@@ -324,33 +322,64 @@ class CallStore:
                      WHEN excluded.outcome IS NULL OR excluded.outcome = ? THEN excluded.outcome
                      WHEN calls.stream_sid IS NOT NULL THEN ?
                      ELSE excluded.outcome END)""",
-            (call_sid, account_sid, from_masked, to_masked, utc_now(), status, duration_s,
-             utc_now() if terminal else None,
+            (call_sid, account_sid, from_masked, to_masked, utc_now(), status,
+             _float(duration_s), utc_now() if terminal else None,
              _outcome_for_status(status) if terminal else None, FAILED, INTERRUPTED),
         )
-        await self._db.commit()
 
     async def get_call(self, call_sid: str) -> dict[str, Any] | None:
-        async with self._db.execute("SELECT * FROM calls WHERE call_sid = ?", (call_sid,)) as c:
-            row = await c.fetchone()
-        if row is None:
+        call = await self._db.fetchone("SELECT * FROM calls WHERE call_sid = ?", (call_sid,))
+        if call is None:
             return None
-        call = dict(row)
         call["stats"] = json.loads(call["stats"] or "{}")
-        async with self._db.execute(
-            "SELECT * FROM turns WHERE call_sid = ? ORDER BY seq", (call_sid,)
-        ) as c:
-            turns = [dict(r) for r in await c.fetchall()]
+        turns = await self._db.fetch(
+            "SELECT * FROM turns WHERE call_sid = ? ORDER BY seq", (call_sid,))
         for t in turns:
             t["timings"] = json.loads(t["timings"] or "{}")
         call["turns"] = turns
         return call
 
     async def list_calls(self, limit: int = 50) -> list[dict[str, Any]]:
-        async with self._db.execute(
-            "SELECT * FROM calls ORDER BY started_at DESC LIMIT ?", (limit,)
-        ) as c:
-            return [dict(r) for r in await c.fetchall()]
+        return await self._db.fetch(
+            "SELECT * FROM calls ORDER BY started_at DESC LIMIT ?", (limit,))
+
+    # ------------------------------------------------ shared between processes
+
+    async def park_transfer(self, call_sid: str, number: str) -> None:
+        """Park the number a call chose to be transferred to, for /connect-action."""
+        await self._db.execute(
+            """INSERT INTO parked_transfers (call_sid, number, created_at) VALUES (?, ?, ?)
+               ON CONFLICT (call_sid) DO UPDATE SET number = excluded.number,
+                 created_at = excluded.created_at""",
+            (call_sid, number, utc_now()),
+        )
+
+    async def take_transfer(self, call_sid: str) -> str | None:
+        """The number parked for `call_sid`, removed in the same statement (so two
+        requests never both dial it); None if there is none."""
+        row = await self._db.fetchone(
+            "DELETE FROM parked_transfers WHERE call_sid = ? RETURNING number", (call_sid,))
+        return None if row is None else str(row["number"])
+
+    async def use_token(self, nonce: str, expires_at: float) -> bool:
+        """Mark a stream token's nonce used; False if it already was. Marks past their
+        expiry are deleted now and then (an expired token is refused anyway)."""
+        now = time.time()
+        if now - self._tokens_purged >= TOKEN_PURGE_S:
+            self._tokens_purged = now
+            await self._db.execute("DELETE FROM used_stream_tokens WHERE expires_at < ?",
+                                   (now,))
+        changed = await self._db.execute(
+            """INSERT INTO used_stream_tokens (nonce, expires_at) VALUES (?, ?)
+               ON CONFLICT DO NOTHING""",
+            (nonce, float(expires_at)),
+        )
+        return changed == 1
+
+
+def _float(value: float | None) -> float | None:
+    # PostgreSQL's double takes a float; an int (a whole confidence, a duration) is one.
+    return None if value is None else float(value)
 
 
 def _log_queued(call_sid: str, op: str, exc: BaseException) -> None:

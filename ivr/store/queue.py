@@ -2,9 +2,10 @@
 
 Once the call's row is written (before the greeting), the session only `put`s its writes
 here and goes on: a locked or full database must not hold a caller in silence. One writer
-task applies them in order; a write that fails (`sqlite3.Error`, `OSError`) is retried
-with doubling back-off, and one that still fails after `attempts` is appended to the
-spill file (JSON lines, beside the database) that `ivr db recover` replays. So is a write
+task applies them in order; a write that fails (a `StoreError` from either back end, a
+`sqlite3.Error`, an `OSError`) is retried with doubling back-off, and one that still fails
+after `attempts` is appended to the spill file (JSON lines, beside the SQLite database,
+or beside the synthesis cache for a PostgreSQL one) that `ivr db recover` replays. So is a write
 that finds the queue full (`max_pending`), and whatever is left when the store closes.
 
 Every write is idempotent (an upsert, an `INSERT OR REPLACE` keyed by turn, an update),
@@ -26,6 +27,7 @@ from typing import Any, Literal
 
 import structlog
 
+from ivr.config import is_database_url
 from ivr.errors import StoreError
 
 log = structlog.get_logger("ivr.store")
@@ -62,12 +64,18 @@ class Write:
 
 Apply = Callable[[Write], Awaitable[None]]
 
-# Failures worth a retry: a locked database, a full disk, an I/O error.
-RETRYABLE = (sqlite3.Error, OSError)
+# Failures worth a retry: a locked database, a lost connection, a serialization failure or
+# deadlock (PostgreSQL), a full disk, an I/O error. `store.backend` wraps the drivers'
+# errors in StoreError.
+RETRYABLE = (StoreError, sqlite3.Error, OSError)
 
 
-def spill_path(db: Path | str) -> Path:
-    """The spill file of database `db`: beside it, `<db>.spill.jsonl`."""
+def spill_path(db: Path | str, cache_dir: Path | None = None) -> Path:
+    """The spill file of database `db`: a SQLite file's is beside it,
+    `<db>.spill.jsonl`; a PostgreSQL URL's is a local file beside the synthesis cache
+    directory (`cache_dir`, default ./ivr-cache): `ivr-db.spill.jsonl`."""
+    if is_database_url(db):
+        return (cache_dir or Path("ivr-cache")).absolute().parent / "ivr-db.spill.jsonl"
     db = Path(db)
     return db.with_name(db.name + ".spill.jsonl")
 

@@ -1,8 +1,13 @@
-"""The call store's schema, versioned: `PRAGMA user_version` holds the version and
-`MIGRATIONS[i]` upgrades a database from version i to i+1, so an old file is upgraded in
-place at start-up (`CallStore.open`)."""
+"""The call store's schema, versioned, one for both back ends: `MIGRATIONS[i]` upgrades a
+database from version i to i+1, so an old one is upgraded in place at start-up
+(`CallStore.open` -> `migrate`). SQLite keeps the version in `PRAGMA user_version`,
+PostgreSQL in a `schema_version` table. The text is SQLite's; `backend.ddl` gives
+PostgreSQL its few type differences."""
 
 from __future__ import annotations
+
+from ivr.errors import StoreError
+from ivr.store.backend import Database, ddl
 
 MIGRATIONS: list[str] = [
     """
@@ -92,5 +97,55 @@ MIGRATIONS: list[str] = [
     ALTER TABLE calls ADD COLUMN heartbeat_at TEXT;
     CREATE INDEX calls_open ON calls(heartbeat_at) WHERE outcome IS NULL;
     """,
+    # v5: what another process must see. A transfer a call chose, parked until Twilio asks
+    # /connect-action (maybe of another process) where to dial; and the used marks of
+    # stream tokens (a token starts one stream, whichever process it reaches), kept until
+    # the token expires (unix seconds).
+    """
+    CREATE TABLE parked_transfers (
+        call_sid        TEXT PRIMARY KEY,
+        number          TEXT NOT NULL,
+        created_at      TEXT NOT NULL
+    );
+    CREATE TABLE used_stream_tokens (
+        nonce           TEXT PRIMARY KEY,
+        expires_at      REAL NOT NULL
+    );
+    CREATE INDEX used_stream_tokens_expiry ON used_stream_tokens(expires_at);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+# Any constant: the key of the PostgreSQL advisory lock that lets one process migrate.
+_MIGRATION_LOCK = 0x1F5_0DB
+
+
+async def migrate(db: Database, *, where: str) -> None:
+    """Bring `db` to SCHEMA_VERSION; a newer schema is refused (`where` names the database
+    in the message)."""
+    if db.dialect == "postgresql":
+        async with db.transaction() as tx:
+            # Two processes starting together: the second waits, then finds it done.
+            await tx.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+            await tx.script("CREATE TABLE IF NOT EXISTS schema_version "
+                            "(version INTEGER NOT NULL)")
+            version = await tx.schema_version()
+            _check(version, where)
+            for i in range(version, SCHEMA_VERSION):
+                await tx.script(ddl(MIGRATIONS[i], db.dialect))
+            if version < SCHEMA_VERSION:
+                await tx.execute("DELETE FROM schema_version")
+                await tx.execute("INSERT INTO schema_version (version) VALUES (?)",
+                                 (SCHEMA_VERSION,))
+        return
+    version = await db.schema_version()
+    _check(version, where)
+    for i in range(version, SCHEMA_VERSION):
+        await db.script(f"BEGIN; {MIGRATIONS[i]}; PRAGMA user_version = {i + 1}; COMMIT;")
+
+
+def _check(version: int, where: str) -> None:
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"database schema v{version} is newer than this ivr (v{SCHEMA_VERSION}); "
+            f"upgrade ivr or point IVR_DB at another database (not {where})"
+        )

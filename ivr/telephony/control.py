@@ -9,7 +9,7 @@ closes the stream: Twilio then fetches `<Connect action>` and gets the `<Dial>`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable
 
 import structlog
 from twilio.twiml.voice_response import VoiceResponse
@@ -28,10 +28,12 @@ def dial_twiml(number: str) -> str:
 
 
 async def transfer(
-    settings: Settings, parked: MutableMapping[str, str], call_sid: str, number: str
+    settings: Settings, park: Callable[[str, str], Awaitable[None]], call_sid: str,
+    number: str,
 ) -> str:
     """Start a transfer; returns how: "rest" or "connect_action" (the number is then
-    parked under the call SID, for `/connect-action` to dial)."""
+    parked under the call SID with `park(call_sid, number)`, for `/connect-action` to
+    dial, in whichever process Twilio's request reaches)."""
     s = settings
     if s.twilio_account_sid and s.twilio_auth_token:
         from twilio.rest import Client
@@ -47,6 +49,6 @@ async def transfer(
             return "rest"
         except Exception as exc:  # any REST failure falls back to the TwiML path
             log.warning("transfer_rest_failed", call_sid=call_sid, error=repr(exc))
-    parked[call_sid] = number
+    await park(call_sid, number)
     log.info("transfer", call_sid=call_sid, to=mask_number(number), via="connect_action")
     return "connect_action"

@@ -106,7 +106,8 @@ class MediaConnection:
             self.error("bad_value", f"unsupported media format {msg.encoding}/{msg.sample_rate}/"
                                     f"{msg.channels}; expected audio/x-mulaw 8000 1")
         try:
-            claims = self.services.stream_tokens.accept(msg.custom_parameters, msg.call_sid)
+            claims = await self.services.stream_tokens.accept_start(msg.custom_parameters,
+                                                                    msg.call_sid)
         except StartRejected as exc:
             await self.reject(exc, msg)
             return

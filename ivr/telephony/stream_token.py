@@ -12,12 +12,15 @@ the token verifies over exactly those values and the `start`'s CallSid:
 The MAC covers the version, CallSid, caller, called number, flow, expiry and nonce (a
 JSON array: unambiguous). The values travel as their own `<Parameter>`s rather than
 inside the token because Twilio caps each `<Parameter>` at 500 characters and a SIP
-`From` can be long. A token is used once: its nonce is remembered until it expires.
+`From` can be long. A token is used once: its nonce is remembered until it expires, in
+the store when the server has one (`UsedMarks`, `CallStore.use_token`: `/voice` and
+`/media` of one call may reach different processes, and a replay another one), else in
+this process's memory.
 
 The secret (`secret_for`): `IVR_STREAM_SECRET`, else derived from `TWILIO_AUTH_TOKEN`,
 else random bytes drawn when the server starts. The token is required in every case.
 
-Pure apart from the injected clock and the used-nonce memory.
+Pure apart from the injected clock and the used-nonce memory (or port).
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal, get_args
+from typing import Final, Literal, Protocol, get_args
 
-from ivr.errors import InvalidValue, IvrError
+from ivr.errors import InvalidValue, IvrError, StoreError
 from ivr.phone import caller_identity
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "StartRejected",
     "StreamClaims",
     "StreamTokens",
+    "UsedMarks",
     "secret_for",
 ]
 
@@ -57,7 +61,7 @@ RejectReason = Literal[
     "expired",
     "call_sid_mismatch",  # a genuine token for another call
     "replayed",  # a token already used by an earlier start
-    "busy",  # the used-token memory is full of live tokens (fail closed)
+    "busy",  # the used-token memory is full of live tokens, or unreachable (fail closed)
 ]
 REJECT_REASONS: Final[tuple[RejectReason, ...]] = get_args(RejectReason)
 
@@ -108,17 +112,27 @@ class StreamClaims:
                 TOKEN_PARAMETER: token}
 
 
+class UsedMarks(Protocol):
+    """Where used nonces are marked, shared by every process (the call store)."""
+
+    async def use_token(self, nonce: str, expires_at: float) -> bool:
+        """Mark `nonce` used until `expires_at` (unix s); False if it already was."""
+        ...
+
+
 class StreamTokens:
     """Mints tokens for `/voice`, accepts each at most once for `/media`.
 
-    Used nonces are remembered until their token expires, at most `max_used` of them;
-    when that many live tokens have been used, further starts are refused (`busy`)
-    rather than forgetting one, which would let it be replayed.
+    With `marks` (set once the store is open), `spend` marks a nonce used there, so a
+    token is spent once across processes. Without, used nonces are remembered in memory
+    until their token expires, at most `max_used` of them; when that many live tokens
+    have been used, further starts are refused (`busy`) rather than forgetting one,
+    which would let it be replayed.
     """
 
     def __init__(
         self, secret: bytes, *, ttl_s: int = 300, clock: Callable[[], float] = time.time,
-        max_used: int = 100_000,
+        max_used: int = 100_000, marks: UsedMarks | None = None,
     ) -> None:
         if not secret:
             raise TypeError("a stream token secret must not be empty")
@@ -126,6 +140,7 @@ class StreamTokens:
         self.ttl_s = ttl_s
         self.clock = clock
         self.max_used = max_used
+        self.marks = marks
         self._used: set[str] = set()
         self._expiry: list[tuple[int, str]] = []  # a heap of (expires, nonce) for _used
 
@@ -144,7 +159,34 @@ class StreamTokens:
         return claims.parameters(token)
 
     def accept(self, parameters: Mapping[str, str], call_sid: str) -> StreamClaims:
+        """`verify`, then spend the token in this process's memory (no `marks`)."""
+        claims = self.verify(parameters, call_sid)
+        self._spend(claims, self.clock())
+        return claims
+
+    async def accept_start(self, parameters: Mapping[str, str], call_sid: str) -> StreamClaims:
         """The claims of a `start` with these customParameters and CallSid; the token is
+        spent (in `marks` when set). Raises `StartRejected` for anything `/voice` did
+        not issue for this call, or for a token already used."""
+        claims = self.verify(parameters, call_sid)
+        await self.spend(claims)
+        return claims
+
+    async def spend(self, claims: StreamClaims) -> None:
+        """Mark a verified token used; `StartRejected("replayed")` if it already was. A
+        store that cannot say refuses the start (`busy`): fail closed."""
+        if self.marks is None:
+            self._spend(claims, self.clock())
+            return
+        try:
+            fresh = await self.marks.use_token(claims.nonce, claims.expires)
+        except StoreError as exc:
+            raise StartRejected("busy", f"the used-token marks are unreachable: {exc}") from exc
+        if not fresh:
+            raise StartRejected("replayed", "the token was used by an earlier start")
+
+    def verify(self, parameters: Mapping[str, str], call_sid: str) -> StreamClaims:
+        """The claims of a `start` with these customParameters and CallSid, not yet
         spent. Raises `StartRejected` for anything `/voice` did not issue for this call."""
         token = parameters.get(TOKEN_PARAMETER)
         if not token:
@@ -165,7 +207,6 @@ class StreamTokens:
             raise StartRejected("expired", f"the token expired {now - claims.expires:.0f} s ago")
         if not hmac.compare_digest(token_sid.encode(), call_sid.encode()):
             raise StartRejected("call_sid_mismatch", "the token was issued for another call")
-        self._spend(claims, now)
         return claims
 
     @property

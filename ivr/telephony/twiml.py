@@ -149,7 +149,7 @@ async def connect_action(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     form = await _signed_form(request)
     call_sid = form.get("CallSid", "")
-    number = services.transfers.pop(call_sid, None)
+    number = await services.take_transfer(call_sid)
     response = VoiceResponse()
     if number:
         log.info("transfer_dial", call_sid=call_sid, to=mask_number(number))

@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
-
-import aiosqlite
 
 from ivr.errors import InvalidValue, IvrError, StoreError
+from ivr.store.backend import Database, connect, describe
 
 __all__ = [
     "BUSY_TIMEOUT_S",
@@ -72,7 +69,7 @@ class ToolContext:
 
     call_sid: str | None
     caller: str
-    db_path: Path
+    db_path: Path | str  # a SQLite file or a PostgreSQL URL (`ivr.config.database_url`)
     now: datetime
 
     def __post_init__(self) -> None:
@@ -81,39 +78,30 @@ class ToolContext:
             raise InvalidValue("ToolContext.now must be timezone-aware")
 
     @asynccontextmanager
-    async def db(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A short-lived connection of this tool call's own.
+    async def db(self) -> AsyncIterator[Database]:
+        """A database of this tool call's own (`ivr.store.backend`).
 
-        One connection per call (not the call store's shared one) so concurrent calls
-        really race at the database, where the constraints and locks decide. Autocommit
-        mode: writers open their own `BEGIN IMMEDIATE` transactions.
+        SQLite: a short-lived connection, not the call store's shared one, so concurrent
+        calls really race at the database, where the constraints and locks decide;
+        autocommit, writers open their own `transaction()` (BEGIN IMMEDIATE).
+        PostgreSQL: the shared pool, a connection per statement or transaction.
         """
         # mode=rw: a mistyped IVR_DB must not quietly create an empty database file.
-        uri = f"file:{quote(str(self.db_path.resolve()))}?mode=rw"
+        # FULL, not the store's NORMAL: a confirmed booking must survive a power cut, and
+        # the cost is one fsync per (rare) write.
+        db = await connect(self.db_path, mode="rw", timeout_s=BUSY_TIMEOUT_S,
+                           pragmas=("journal_mode=WAL", "synchronous=FULL",
+                                    "foreign_keys=ON"))
         try:
-            conn = await aiosqlite.connect(
-                uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None
-            )
-        except sqlite3.OperationalError as e:
-            raise StoreError(f"cannot open the database {self.db_path}: {e}") from e
-        try:
-            conn.row_factory = aiosqlite.Row
-            async with conn.execute("PRAGMA user_version") as cur:
-                row = await cur.fetchone()
-            version = int(row[0]) if row else 0
+            version = await db.schema_version()
             if version < TOOLS_SCHEMA_VERSION:
                 raise StoreError(
-                    f"database {self.db_path} has schema v{version}, tools need "
+                    f"database {describe(self.db_path)} has schema v{version}, tools need "
                     f"v{TOOLS_SCHEMA_VERSION}: open it with the server or `ivr db seed` first"
                 )
-            await conn.execute("PRAGMA journal_mode=WAL")
-            # FULL, not the store's NORMAL: a confirmed booking must survive a power cut,
-            # and the cost is one fsync per (rare) write.
-            await conn.execute("PRAGMA synchronous=FULL")
-            await conn.execute("PRAGMA foreign_keys=ON")
-            yield conn
+            yield db
         finally:
-            await conn.close()
+            await db.close()
 
 
 Handler = Callable[[dict[str, Any], ToolContext], Awaitable[dict[str, Any]]]

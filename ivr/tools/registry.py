@@ -31,7 +31,7 @@ _OPENAI_NAME_MAX = 64
 
 
 class ToolRegistry:
-    def __init__(self, db_path: Path | None = None) -> None:
+    def __init__(self, db_path: Path | str | None = None) -> None:
         self.db_path = db_path  # what `context()` puts in a ToolContext
         self._tools: dict[str, Tool] = {}
         self._validators: dict[str, Any] = {}
@@ -227,7 +227,7 @@ def _description_at(schema: dict[str, Any], path: list[str]) -> str:
     return desc if isinstance(desc, str) else ""
 
 
-def default_registry(db_path: Path) -> ToolRegistry:
+def default_registry(db_path: Path | str) -> ToolRegistry:
     """A registry with every built-in tool, its contexts on `db_path`."""
     registry = ToolRegistry(db_path)
     for tool in (*bookings.TOOLS, *lookups.TOOLS):

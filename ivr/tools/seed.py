@@ -1,6 +1,6 @@
 """Demo data for the tools: services, orders, accounts and a couple of bookings.
 
-Idempotent: every row has a fixed key and goes in with INSERT OR IGNORE, so seeding again
+Idempotent: every row has a fixed key and goes in with ON CONFLICT DO NOTHING, so seeding again
 (even on another day) adds nothing and never overwrites what callers changed since.
 Dates are relative to `today` on the first seeding.
 """
@@ -11,8 +11,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
+from ivr.store.backend import connect
 from ivr.store.db import CallStore, utc_now
 from ivr.tools.base import BUSY_TIMEOUT_S
 from ivr.tools.builtin.availability import OPEN_WEEKDAYS
@@ -53,6 +52,10 @@ BOOKINGS: tuple[tuple[str, str, int, str, str, str], ...] = (
 )
 
 
+# Both back ends: a row whose key (or slot) is there already is skipped.
+_IGNORE = "ON CONFLICT DO NOTHING"
+
+
 def _open_day(today: date, n: int) -> date:
     """The n-th open day after today (1 = the next one): demo bookings are upcoming."""
     day = today
@@ -63,7 +66,7 @@ def _open_day(today: date, n: int) -> date:
     return day
 
 
-async def seed(db_path: Path, *, today: date | None = None) -> dict[str, int]:
+async def seed(db_path: Path | str, *, today: date | None = None) -> dict[str, int]:
     """Insert the demo data; returns how many rows each table gained (0s when re-run)."""
     # The store owns the schema: opening it migrates a fresh or old file to the latest.
     store = await CallStore.open(db_path)
@@ -72,33 +75,30 @@ async def seed(db_path: Path, *, today: date | None = None) -> dict[str, int]:
     today = today or date.today()
     now = utc_now()
     plan: list[tuple[str, str, list[tuple[Any, ...]]]] = [
-        ("services", "INSERT OR IGNORE INTO services (name, duration_min, description) "
-                     "VALUES (?, ?, ?)", list(SERVICES)),
-        ("accounts", "INSERT OR IGNORE INTO accounts (phone, name, balance_cents, plan) "
-                     "VALUES (?, ?, ?, ?)", list(ACCOUNTS)),
-        ("orders", "INSERT OR IGNORE INTO orders (number, status, item, eta, phone) "
-                   "VALUES (?, ?, ?, ?, ?)",
+        ("services", "INSERT INTO services (name, duration_min, description) "
+                     f"VALUES (?, ?, ?) {_IGNORE}", list(SERVICES)),
+        ("accounts", "INSERT INTO accounts (phone, name, balance_cents, plan) "
+                     f"VALUES (?, ?, ?, ?) {_IGNORE}", list(ACCOUNTS)),
+        ("orders", "INSERT INTO orders (number, status, item, eta, phone) "
+                   f"VALUES (?, ?, ?, ?, ?) {_IGNORE}",
          [(number, status, item,
            None if eta is None else (today + timedelta(days=eta)).isoformat(), phone)
           for number, status, item, eta, phone in ORDERS]),
-        # OR IGNORE also skips a demo booking whose slot a caller has taken since: the
+        # DO NOTHING also skips a demo booking whose slot a caller has taken since: the
         # slot index is a uniqueness constraint too.
-        ("bookings", "INSERT OR IGNORE INTO bookings (ref, service, day, start, name, phone, "
-                     "status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'booked', ?, ?)",
+        ("bookings", "INSERT INTO bookings (ref, service, day, start, name, phone, "
+                     "status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'booked', ?, ?) "
+                     + _IGNORE,
          [(ref, service, _open_day(today, nth).isoformat(), start, name, phone, now, now)
           for ref, service, nth, start, name, phone in BOOKINGS]),
     ]
     counts: dict[str, int] = {}
-    async with aiosqlite.connect(
-        str(db_path), timeout=BUSY_TIMEOUT_S, isolation_level=None
-    ) as conn:
-        await conn.execute("PRAGMA foreign_keys=ON")
-        # One transaction: a seed is all there or not at all; closing without COMMIT
-        # (on any error) rolls it back.
-        await conn.execute("BEGIN IMMEDIATE")
-        for table, sql, rows in plan:
-            before = conn.total_changes
-            await conn.executemany(sql, rows)
-            counts[table] = conn.total_changes - before
-        await conn.execute("COMMIT")
+    db = await connect(db_path, timeout_s=BUSY_TIMEOUT_S, pragmas=("foreign_keys=ON",))
+    try:
+        # One transaction: a seed is all there or not at all.
+        async with db.transaction() as tx:
+            for table, sql, rows in plan:
+                counts[table] = await tx.executemany(sql, rows)
+    finally:
+        await db.close()
     return counts

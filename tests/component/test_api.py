@@ -8,6 +8,7 @@ import re
 import time
 from http.cookies import Morsel, SimpleCookie
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import ClientResponse, web
@@ -23,8 +24,8 @@ from ivr.tools.seed import seed
 from tests.conftest import make_settings
 
 
-async def _seeded(tmp_path: Path) -> Path:
-    db = tmp_path / "ivr.db"
+async def _seeded(tmp_path: Path, db: Path | str | None = None) -> Path | str:
+    db = db if db is not None else tmp_path / "ivr.db"
     await seed(db)
     store = await CallStore.open(db)
     for i, outcome in enumerate(["completed", "abandoned", "completed"]):
@@ -44,8 +45,8 @@ async def _seeded(tmp_path: Path) -> Path:
     return db
 
 
-async def _client(tmp_path: Path, **settings: object) -> TestClient:  # type: ignore[type-arg]
-    await _seeded(tmp_path)
+async def _client(tmp_path: Path, **settings: Any) -> TestClient:  # type: ignore[type-arg]
+    settings["db"] = await _seeded(tmp_path, settings.get("db"))
     client = TestClient(TestServer(create_app(make_settings(tmp_path, recognizer_workers=1,
                                                             **settings)), host="127.0.0.1"))
     await client.start_server()
@@ -221,8 +222,9 @@ async def test_without_a_token_there_is_no_sign_in(tmp_path: Path) -> None:
         await client.close()
 
 
-async def test_calls_detail_stats_and_bookings(tmp_path: Path) -> None:
-    client = await _client(tmp_path)  # loopback without a token: open (with a warning)
+async def test_calls_detail_stats_and_bookings(tmp_path: Path, db_target: Path | str) -> None:
+    # Loopback without a token: open (with a warning).
+    client = await _client(tmp_path, db=db_target)
     try:
         listing = await (await client.get("/api/calls?limit=2&outcome=completed")).json()
         assert len(listing["calls"]) == 2
@@ -235,7 +237,7 @@ async def test_calls_detail_stats_and_bookings(tmp_path: Path) -> None:
         assert detail["costs"]["total"] == 0.0125
         assert (await client.get("/api/calls/CAnope")).status == 404
         stats = await (await client.get("/api/stats")).json()
-        assert stats == await build_report(tmp_path / "ivr.db")
+        assert stats == await build_report(db_target)
         # Figures computed here from what was seeded: 3 calls, 2 completed, 1 abandoned
         # at "menu", $0.0125 each, voice-to-voice 100/101/102 ms (nearest-rank p50: 101).
         assert stats["calls"] == 3
@@ -252,14 +254,14 @@ async def test_calls_detail_stats_and_bookings(tmp_path: Path) -> None:
 
 
 async def test_ivr_report_json_from_the_command_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, db_target: Path | str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`ivr report --db F --json` prints the same figures as /api/stats."""
     import json
 
     from ivr.cli.main import main
 
-    db = await _seeded(tmp_path)
+    db = await _seeded(tmp_path, db_target)
     with pytest.raises(SystemExit) as exit_:
         await asyncio.to_thread(main, ["report", "--db", str(db), "--json"])
     assert exit_.value.code == 0

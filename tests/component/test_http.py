@@ -101,7 +101,9 @@ async def test_status_callback_records_a_call_that_never_streamed(
     resp = await signed_client.post("/status", data=form,
                                     headers={"X-Twilio-Signature": sign(PUBLIC + "/status", form)})
     assert resp.status == 204
-    store = await CallStore.open(tmp_path / "ivr.db")
+    from ivr.server.services import SERVICES
+
+    store = await CallStore.open(signed_client.server.app[SERVICES].settings.db)
     try:
         call = await store.get_call(FORM["CallSid"])
     finally:
@@ -131,6 +133,35 @@ async def test_connect_action_dials_a_parked_transfer(signed_client: TestClient)
     assert "<Dial>+15550100000</Dial>" in await resp.text()
     resp = await signed_client.post("/connect-action", data=form, headers=headers)
     assert "<Hangup />" in await resp.text()
+
+
+async def test_connect_action_of_another_process_dials_the_parked_transfer(
+    tmp_path: Path, db_target: Path | str,
+) -> None:
+    """Two servers on one database: the transfer a call on A chose is dialed by B's
+    /connect-action (Twilio's request may reach any process), once."""
+    from ivr.server.services import SERVICES
+
+    clients = []
+    for name in ("a", "b"):
+        settings = make_settings(tmp_path / name, db=db_target, twilio_auth_token=TOKEN,
+                                 public_url=PUBLIC, recognizer_workers=1)
+        clients.append(TestClient(TestServer(create_app(settings), host="127.0.0.1")))
+    a, b = clients
+    for client in clients:
+        await client.start_server()
+    try:
+        await a.server.app[SERVICES].park_transfer(FORM["CallSid"], "+15550100000")
+        assert a.server.app[SERVICES].transfers == {}  # in the store, not in A's memory
+        form = {"CallSid": FORM["CallSid"], "AccountSid": FORM["AccountSid"]}
+        headers = {"X-Twilio-Signature": sign(PUBLIC + "/connect-action", form)}
+        resp = await b.post("/connect-action", data=form, headers=headers)
+        assert "<Dial>+15550100000</Dial>" in await resp.text()
+        resp = await a.post("/connect-action", data=form, headers=headers)
+        assert "<Hangup />" in await resp.text()
+    finally:
+        for client in clients:
+            await client.close()
 
 
 async def test_healthz(signed_client: TestClient) -> None:

@@ -285,7 +285,7 @@ async def test_a_store_that_refuses_writes_never_stops_the_call(
             await ws.send_str(inbound.stop_message(8, stream.stream_sid, stream.account_sid,
                                                    stream.call_sid))
 
-        spill = spill_path(services.settings.db)
+        spill = spill_path(services.settings.db, services.settings.speech_cache_dir)
 
         async def end_spilled() -> bool:
             return spill.exists() and "end" in [w.op for w in read_spill(spill)[0]]
@@ -297,6 +297,8 @@ async def test_a_store_that_refuses_writes_never_stops_the_call(
     assert ops[0] == "start" and ops[-1] == "end"
     assert store.writes.stats["retried"] == 4 * len(ops)  # every write, four retries each
     assert await store.get_call(stream.call_sid) is None
+    if services.settings.cache_dir is not None:  # where a URL store's spill file is
+        monkeypatch.setenv("IVR_CACHE_DIR", str(services.settings.cache_dir))
     assert await recover(services.settings.db) == 0
     call = await store.get_call(stream.call_sid) or {}
     assert call["flow"] == "demo" and call["outcome"] == "abandoned"

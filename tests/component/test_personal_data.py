@@ -18,7 +18,7 @@ from ivr.server import app as app_module
 from ivr.server.app import create_app
 from ivr.server.services import SERVICES
 from ivr.store.db import CallStore, TurnRecord
-from tests.conftest import make_settings
+from tests.conftest import db_query, make_settings
 
 COST = {"total": 0.0123, "stt": 0.01}
 
@@ -46,10 +46,9 @@ async def add_call(store: CallStore, call_sid: str, *, started: datetime, turns:
     await store.end_call(call_sid, outcome="completed", stats={"cost": COST})
 
 
-def turn_count(db: Path, call_sid: str) -> int:
-    with sqlite3.connect(db) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM turns WHERE call_sid = ?",
-                                (call_sid,)).fetchone()[0])
+def turn_count(db: Path | str, call_sid: str) -> int:
+    [(count,)] = db_query(db, "SELECT COUNT(*) FROM turns WHERE call_sid = ?", (call_sid,))
+    return int(count)
 
 
 def on_disk(db: Path) -> bytes:
@@ -57,12 +56,11 @@ def on_disk(db: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(db.parent.glob(db.name + "*")))
 
 
-def age(db: Path, call_sid: str, days: float) -> None:
+def age(db: Path | str, call_sid: str, days: float) -> None:
     """Move a call's start back in time, in the database itself (no waiting)."""
     started = datetime.now(UTC) - timedelta(days=days)
-    with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE calls SET started_at = ? WHERE call_sid = ?",
-                     (started.isoformat(timespec="milliseconds"), call_sid))
+    db_query(db, "UPDATE calls SET started_at = ? WHERE call_sid = ?",
+             (started.isoformat(timespec="milliseconds"), call_sid))
 
 
 async def test_redacting_store_masks_digit_runs_in_every_text_of_a_turn(tmp_path: Path) -> None:

@@ -143,8 +143,9 @@ CALLS: list[tuple[str, str | None, str, str, int | None, dict[str, float] | None
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> Path:
-    path = tmp_path / "calls.db"
+async def db(db_target: Path | str) -> Path | str:
+    """The calls below, in a database of each back end."""
+    path = db_target
     store = await CallStore.open(path)
     try:
         for sid, flow, started, outcome, dur_ms, cost, last_step, turns in CALLS:
@@ -173,7 +174,7 @@ def _selected(flow: str | None = None) -> list[Any]:
     return [c for c in CALLS if c[0] != "CA0" and (flow is None or c[1] == flow)]
 
 
-async def test_report_counts_containment_aht(db: Path) -> None:
+async def test_report_counts_containment_aht(db: Path | str) -> None:
     rep = await build_report(db, since=SINCE, flow=None)
     calls = _selected()
     assert rep["calls"] == len(calls) == 8
@@ -187,7 +188,7 @@ async def test_report_counts_containment_aht(db: Path) -> None:
     assert rep["aht_s"] == pytest.approx(statistics.fmean(durations), abs=1e-3)
 
 
-async def test_report_cost(db: Path) -> None:
+async def test_report_cost(db: Path | str) -> None:
     rep = await build_report(db, since=SINCE, flow=None)
     totals = sorted(c[5]["total"] for c in _selected() if c[5] is not None)
     assert rep["cost"]["calls"] == 7
@@ -205,7 +206,7 @@ def _nr(xs: list[float], p: int) -> float:
     return xs[math.ceil(p / 100 * len(xs)) - 1]
 
 
-async def test_report_latency_percentiles(db: Path) -> None:
+async def test_report_latency_percentiles(db: Path | str) -> None:
     rep = await build_report(db, since=SINCE, flow=None)
     timings = [t[2] for c in _selected() for t in c[7]]
     response = [t.get("response_ms", t["reply_first_frame"] - t["endpoint"])
@@ -223,7 +224,7 @@ async def test_report_latency_percentiles(db: Path) -> None:
     assert lat["response_ms"]["p95"] == 1200
 
 
-async def test_report_steps_and_drop_off(db: Path) -> None:
+async def test_report_steps_and_drop_off(db: Path | str) -> None:
     rep = await build_report(db, since=SINCE, flow=None)
     assert rep["no_match_steps"] == [{"step": "name", "count": 2},
                                      {"step": "menu", "count": 1}]
@@ -233,7 +234,7 @@ async def test_report_steps_and_drop_off(db: Path) -> None:
     assert rep["drop_off"] == [{"step": "name", "count": 2}, {"step": "date", "count": 1}]
 
 
-async def test_report_flow_and_since_filters(db: Path) -> None:
+async def test_report_flow_and_since_filters(db: Path | str) -> None:
     billing = await build_report(db, since=None, flow="billing")
     assert billing["calls"] == 1
     assert billing["containment"]["rate"] == 1.0
@@ -249,7 +250,7 @@ async def test_report_flow_and_since_filters(db: Path) -> None:
     assert "Calls: 0" in render_text(empty)
 
 
-async def test_renderers(db: Path) -> None:
+async def test_renderers(db: Path | str) -> None:
     rep = await build_report(db, since=SINCE, flow=None)
     text = render_text(rep)
     assert "Containment: 42.9% (3/7)" in text
@@ -264,7 +265,9 @@ async def test_renderers(db: Path) -> None:
     assert all(len(r) == 2 for r in rows)
 
 
-def test_main_prints_json_csv_text(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_prints_json_csv_text(
+    db: Path | str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ns = argparse.Namespace(db=db, since="2026-11-01", flow="main", json=True, csv=False)
     assert main(ns) == 0
     out = json.loads(capsys.readouterr().out)
@@ -277,6 +280,6 @@ def test_main_prints_json_csv_text(db: Path, capsys: pytest.CaptureFixture[str])
     assert "Outcomes:" in capsys.readouterr().out
     bad = argparse.Namespace(db=db, since="yesterday", flow=None, json=False, csv=False)
     assert main(bad) == 2
-    missing = argparse.Namespace(db=db.parent / "nope.db", since=None, flow=None,
+    missing = argparse.Namespace(db=tmp_path / "nope.db", since=None, flow=None,
                                  json=False, csv=False)
     assert main(missing) == 2

@@ -1,7 +1,7 @@
 """Tools: the registry's contract (validation, timeouts, contained failures), bookings on a
-real SQLite file (availability, book, cancel, reschedule, concurrent callers racing for one
-slot), each caller reaching only their own bookings, orders and account, lookups and the
-demo seed."""
+real database of each back end, a SQLite file and PostgreSQL (availability, book, cancel,
+reschedule, concurrent callers racing for one slot), each caller reaching only their own
+bookings, orders and account, lookups and the demo seed."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import aiosqlite
 import pytest
 from structlog.testing import capture_logs
 
+from ivr.store.backend import UniqueViolation, connect
 from ivr.store.db import SCHEMA_VERSION, CallStore
 from ivr.tools import (
     Tool,
@@ -41,27 +42,34 @@ CAROL = "+15550100003"  # seeded: booking BK-SEED3 on WEDNESDAY at 14:30
 DAVID = "+15550100004"  # seeded: an account
 
 
-@pytest.fixture
-async def db(tmp_path: Path) -> Path:
-    path = tmp_path / "ivr.db"
-    await seed(path, today=MONDAY)
-    return path
+Db = Path | str  # a SQLite file or a PostgreSQL URL (conftest's `db_target`)
 
 
 @pytest.fixture
-def registry(db: Path) -> ToolRegistry:
+async def db(db_target: Db) -> Db:
+    await seed(db_target, today=MONDAY)
+    return db_target
+
+
+@pytest.fixture
+def registry(db: Db) -> ToolRegistry:
     return default_registry(db)
 
 
-def ctx_for(db: Path, caller: str = ALICE, now: datetime = NOW) -> ToolContext:
+def ctx_for(db: Db, caller: str = ALICE, now: datetime = NOW) -> ToolContext:
     return ToolContext(call_sid="CA" + "1" * 32, caller=caller, db_path=db, now=now)
 
 
-def booked_rows(db: Path) -> list[tuple[str, str, str, str]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(
-            "SELECT ref, day, start, status FROM bookings ORDER BY ref"
-        ).fetchall()
+async def query(db: Db, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    conn = await connect(db)
+    try:
+        return [tuple(r.values()) for r in await conn.fetch(sql, params)]
+    finally:
+        await conn.close()
+
+
+async def booked_rows(db: Db) -> list[tuple[Any, ...]]:
+    return await query(db, "SELECT ref, day, start, status FROM bookings ORDER BY ref")
 
 
 def book_args(day: date, start: str, name: str = "Dana Scully", **extra: Any) -> dict[str, Any]:
@@ -143,7 +151,7 @@ async def test_arguments_as_model_json_text_and_openai_name(tmp_path: Path) -> N
     assert result.ok and result.value == {"echo": {"n": 3}} and result.error is None
 
 
-async def test_builtin_schema_errors_name_the_field(registry: ToolRegistry, db: Path) -> None:
+async def test_builtin_schema_errors_name_the_field(registry: ToolRegistry, db: Db) -> None:
     result = await registry.call("bookings.book", {"service": "cleaning", "day": "tomorrow",
                                                    "start": "9am"}, ctx_for(db))
     assert not result.ok and result.error is not None
@@ -154,7 +162,7 @@ async def test_builtin_schema_errors_name_the_field(registry: ToolRegistry, db: 
     assert cancel.error == "invalid arguments: give 'ref' or 'day'"
 
 
-async def test_unknown_tool(registry: ToolRegistry, db: Path) -> None:
+async def test_unknown_tool(registry: ToolRegistry, db: Db) -> None:
     result = await registry.call("bookings.teleport", {}, ctx_for(db))
     assert not result.ok and result.error is not None
     assert result.error.startswith("unknown tool 'bookings.teleport'")
@@ -226,7 +234,7 @@ async def test_unmigrated_or_missing_database_is_an_internal_error(tmp_path: Pat
 
 
 async def test_availability_excludes_booked_and_past_slots(
-    registry: ToolRegistry, db: Path
+    registry: ToolRegistry, db: Db
 ) -> None:
     tuesday = await registry.call("bookings.check_availability",
                                   {"day": TUESDAY.isoformat()}, ctx_for(db))
@@ -246,7 +254,7 @@ async def test_availability_excludes_booked_and_past_slots(
     assert late.value["available"] == [] and late.value["reason"] == "no times are left today"
 
 
-async def test_availability_on_closed_days(registry: ToolRegistry, db: Path) -> None:
+async def test_availability_on_closed_days(registry: ToolRegistry, db: Db) -> None:
     saturday = await registry.call("bookings.check_availability",
                                    {"day": SATURDAY.isoformat()}, ctx_for(db))
     assert saturday.ok and saturday.value["available"] == []
@@ -261,16 +269,15 @@ async def test_availability_on_closed_days(registry: ToolRegistry, db: Path) -> 
     assert "cleaning" in bad_service.value["services"]
 
 
-async def test_book_then_find_then_cancel(registry: ToolRegistry, db: Path) -> None:
+async def test_book_then_find_then_cancel(registry: ToolRegistry, db: Db) -> None:
     booked = await registry.call("bookings.book", book_args(THURSDAY, "9:30"), ctx_for(db))
     assert booked.ok, booked.error
     ref = booked.value["ref"]
     assert ref.startswith("BK-") and len(ref) == 8
     assert booked.value == {"ref": ref, "service": "cleaning", "day": THURSDAY.isoformat(),
                             "weekday": "Thursday", "start": "09:30"}
-    with sqlite3.connect(db) as conn:
-        row = conn.execute("SELECT name, phone, call_sid, status FROM bookings WHERE ref = ?",
-                           (ref,)).fetchone()
+    [row] = await query(db, "SELECT name, phone, call_sid, status FROM bookings WHERE ref = ?",
+                        (ref,))
     assert row == ("Dana Scully", ALICE, "CA" + "1" * 32, "booked")  # phone: the caller's
 
     found = await registry.call("bookings.find", {}, ctx_for(db))
@@ -291,7 +298,7 @@ async def test_book_then_find_then_cancel(registry: ToolRegistry, db: Path) -> N
     assert rebooked.ok
 
 
-async def test_cancel_by_phone_and_day(registry: ToolRegistry, db: Path) -> None:
+async def test_cancel_by_phone_and_day(registry: ToolRegistry, db: Db) -> None:
     none = await registry.call("bookings.cancel", {"day": FRIDAY.isoformat()}, ctx_for(db))
     assert none.error == f"no booking for the caller's number on Friday {FRIDAY.isoformat()}"
     for start in ("09:00", "15:00"):
@@ -325,16 +332,16 @@ async def test_cancel_by_phone_and_day(registry: ToolRegistry, db: Path) -> None
     ],
 )
 async def test_book_refuses_impossible_times(
-    registry: ToolRegistry, db: Path, day: date, start: str, error: str
+    registry: ToolRegistry, db: Db, day: date, start: str, error: str
 ) -> None:
-    before = booked_rows(db)
+    before = await booked_rows(db)
     result = await registry.call("bookings.book", book_args(day, start), ctx_for(db))
     assert not result.ok and error in (result.error or "")
-    assert booked_rows(db) == before
+    assert await booked_rows(db) == before
 
 
 async def test_book_refuses_unknown_service_and_bad_dates(
-    registry: ToolRegistry, db: Path
+    registry: ToolRegistry, db: Db
 ) -> None:
     result = await registry.call("bookings.book", {**book_args(TUESDAY, "11:00"),
                                                    "service": "massage"}, ctx_for(db))
@@ -345,7 +352,7 @@ async def test_book_refuses_unknown_service_and_bad_dates(
 
 
 async def test_taken_slot_offers_the_nearest_free_times(
-    registry: ToolRegistry, db: Path
+    registry: ToolRegistry, db: Db
 ) -> None:
     result = await registry.call("bookings.book", book_args(TUESDAY, "10:00"), ctx_for(db))
     assert not result.ok and result.error is not None
@@ -356,7 +363,7 @@ async def test_taken_slot_offers_the_nearest_free_times(
     assert "Tuesday 2030-01-08 at 09:30" in result.error
 
 
-async def test_reschedule_moves_the_booking_atomically(registry: ToolRegistry, db: Path) -> None:
+async def test_reschedule_moves_the_booking_atomically(registry: ToolRegistry, db: Db) -> None:
     moved = await registry.call("bookings.reschedule",
                                 {"ref": "BK-SEED2", "day": THURSDAY.isoformat(),
                                  "start": "16:30"}, ctx_for(db))
@@ -376,33 +383,37 @@ async def test_reschedule_moves_the_booking_atomically(registry: ToolRegistry, d
 
 
 async def test_reschedule_onto_a_taken_slot_changes_nothing(
-    registry: ToolRegistry, db: Path
+    registry: ToolRegistry, db: Db
 ) -> None:
-    before = booked_rows(db)
+    before = await booked_rows(db)
     result = await registry.call("bookings.reschedule",
                                  {"ref": "BK-SEED2", "day": WEDNESDAY.isoformat(),
                                   "start": "14:30"}, ctx_for(db))
     assert not result.ok and (result.error or "").startswith("that time is taken")
-    assert booked_rows(db) == before
+    assert await booked_rows(db) == before
     unknown = await registry.call("bookings.reschedule",
                                   {"ref": "BK-ZZZZZ", "day": WEDNESDAY.isoformat(),
                                    "start": "09:00"}, ctx_for(db))
     assert unknown.error == "no booking with reference BK-ZZZZZ under the caller's number"
 
 
-async def test_the_database_refuses_a_double_booking_the_tools_did_not_check(db: Path) -> None:
+async def test_the_database_refuses_a_double_booking_the_tools_did_not_check(db: Db) -> None:
     """The partial unique index is the backstop, whatever writes to the table."""
-    with sqlite3.connect(db) as conn:
+    conn = await connect(db)
+    try:
         insert = ("INSERT INTO bookings (ref, service, day, start, name, status, created_at, "
                   "updated_at) VALUES (?, 'checkup', ?, '10:00', 'X', ?, 'now', 'now')")
-        conn.execute(insert, ("BK-AAAAA", TUESDAY.isoformat(), "cancelled"))  # fine
-        with pytest.raises(sqlite3.IntegrityError, match=r"bookings\.day, bookings\.start"):
-            conn.execute(insert, ("BK-BBBBB", TUESDAY.isoformat(), "booked"))
+        await conn.execute(insert, ("BK-AAAAA", TUESDAY.isoformat(), "cancelled"))  # fine
+        with pytest.raises(UniqueViolation,
+                           match=r"bookings\.day, bookings\.start|bookings_one_per_slot"):
+            await conn.execute(insert, ("BK-BBBBB", TUESDAY.isoformat(), "booked"))
+    finally:
+        await conn.close()
 
 
 @pytest.mark.parametrize("check", ["tools check first", "only the index"])
 async def test_fifty_callers_racing_for_one_slot_get_exactly_one_booking(
-    registry: ToolRegistry, db: Path, monkeypatch: pytest.MonkeyPatch, check: str
+    registry: ToolRegistry, db: Db, monkeypatch: pytest.MonkeyPatch, check: str
 ) -> None:
     if check == "only the index":
         # Without the tools' own check the unique index alone must refuse the 49.
@@ -425,7 +436,8 @@ async def test_fifty_callers_racing_for_one_slot_get_exactly_one_booking(
                       ctx_for(db, caller=f"+1555020{i:04d}"))
         for i in range(50)
     ))
-    assert connects == 50  # each call raced on its own connection
+    if not isinstance(db, str):
+        assert connects == 50  # each call raced on its own connection (PostgreSQL: a pool)
     winners = [r for r in results if r.ok]
     losers = [r for r in results if not r.ok]
     assert len(winners) == 1
@@ -433,16 +445,46 @@ async def test_fifty_callers_racing_for_one_slot_get_exactly_one_booking(
     assert all((r.error or "").startswith("that time is taken") for r in losers), {
         r.error for r in losers}
     assert all(r.value["alternatives"] for r in losers)
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT ref, name FROM bookings WHERE day = ? AND start = '11:00'",
-            (THURSDAY.isoformat(),),
-        ).fetchall()
+    rows = await query(db, "SELECT ref, name FROM bookings WHERE day = ? AND start = '11:00'",
+                       (THURSDAY.isoformat(),))
     assert rows == [(winners[0].value["ref"], rows[0][1])]
 
 
+async def test_fifty_callers_on_two_processes_racing_for_one_slot_get_one_booking(
+    registry: ToolRegistry, db: Db
+) -> None:
+    """Two event loops in two threads, each with its own connections (a pool each on
+    PostgreSQL), as two server processes would have: 25 callers on each, one booking."""
+
+    def process(first: int) -> list[bool]:
+        async def run() -> list[bool]:
+            results = await asyncio.gather(*(
+                registry.call("bookings.book", book_args(THURSDAY, "14:00", f"Caller {i}",
+                                                         phone=f"+1555030{i:04d}"),
+                              ctx_for(db, caller=f"+1555030{i:04d}"))
+                for i in range(first, first + 25)))
+            return [r.ok for r in results]
+
+        return asyncio.run(run())
+
+    both = await asyncio.gather(asyncio.to_thread(process, 0), asyncio.to_thread(process, 25))
+    assert sum(both[0]) + sum(both[1]) == 1
+    rows = await query(db, "SELECT ref FROM bookings WHERE day = ? AND start = '14:00'",
+                       (THURSDAY.isoformat(),))
+    assert len(rows) == 1
+
+
+async def test_concurrent_cancels_of_one_booking_cancel_it_once(
+    registry: ToolRegistry, db: Db
+) -> None:
+    results = await asyncio.gather(*(
+        registry.call("bookings.cancel", {"ref": "BK-SEED2"}, ctx_for(db)) for _ in range(10)))
+    assert sum(r.ok for r in results) == 1
+    assert {r.error for r in results if not r.ok} == {"booking BK-SEED2 is already cancelled"}
+
+
 async def test_concurrent_reschedules_and_bookings_for_one_slot(
-    registry: ToolRegistry, db: Path
+    registry: ToolRegistry, db: Db
 ) -> None:
     """Two moves and ten bookings race for one slot: one wins, the movers who lose stay put."""
     target = {"day": FRIDAY.isoformat(), "start": "12:00"}
@@ -453,7 +495,7 @@ async def test_concurrent_reschedules_and_bookings_for_one_slot(
              for i in range(10)]
     results = await asyncio.gather(*moves, *books)
     assert sum(r.ok for r in results) == 1
-    rows = {ref: (day, start, status) for ref, day, start, status in booked_rows(db)}
+    rows = {ref: (day, start, status) for ref, day, start, status in await booked_rows(db)}
     in_slot = [ref for ref, (day, start, status) in rows.items()
                if (day, start, status) == (FRIDAY.isoformat(), "12:00", "booked")]
     assert len(in_slot) == 1
@@ -465,7 +507,7 @@ async def test_concurrent_reschedules_and_bookings_for_one_slot(
 # ------------------------------------------------------------------------- lookups
 
 
-async def test_order_status(registry: ToolRegistry, db: Path) -> None:
+async def test_order_status(registry: ToolRegistry, db: Db) -> None:
     for number in ("4567", "#4567", 4567, "45 67"):
         result = await registry.call("lookups.order_status", {"order_number": number},
                                      ctx_for(db))
@@ -480,7 +522,7 @@ async def test_order_status(registry: ToolRegistry, db: Path) -> None:
     assert cancelled.value["status"] == "cancelled" and cancelled.value["eta"] is None
 
 
-async def test_account_by_phone(registry: ToolRegistry, db: Path) -> None:
+async def test_account_by_phone(registry: ToolRegistry, db: Db) -> None:
     mine = await registry.call("lookups.account_by_phone", {}, ctx_for(db))
     assert mine.value == {"name": "Alice Johnson", "plan": "Gold",
                           "balance": "12 dollars and 50 cents", "balance_cents": 1250}
@@ -499,11 +541,11 @@ async def test_account_by_phone(registry: ToolRegistry, db: Path) -> None:
 
 
 async def test_someone_elses_booking_is_not_found_and_stays_booked(
-    registry: ToolRegistry, db: Path
+    registry: ToolRegistry, db: Db
 ) -> None:
     """Alice names Carol's reference or Carol's day: "not found", worded exactly as for a
     reference that does not exist, and Carol's booking is untouched."""
-    before = booked_rows(db)
+    before = await booked_rows(db)
     for name, args in (
         ("bookings.cancel", {"ref": "BK-SEED3"}),
         ("bookings.reschedule", {"ref": "BK-SEED3", "day": FRIDAY.isoformat(),
@@ -516,17 +558,17 @@ async def test_someone_elses_booking_is_not_found_and_stays_booked(
                                  ctx_for(db))
     assert by_day.error == (f"no booking for the caller's number on Wednesday "
                             f"{WEDNESDAY.isoformat()}")
-    assert booked_rows(db) == before
+    assert await booked_rows(db) == before
     # Carol herself still can.
     assert (await registry.call("bookings.cancel", {"ref": "BK-SEED3"},
                                 ctx_for(db, caller=CAROL))).ok
 
 
 async def test_a_phone_argument_naming_another_number_is_refused(
-    registry: ToolRegistry, db: Path
+    registry: ToolRegistry, db: Db
 ) -> None:
     """"Her number is 555 010 0003": every tool refuses, says why, and reveals nothing."""
-    before = booked_rows(db)
+    before = await booked_rows(db)
     carol = "(555) 010-0003"
     for name, args in (
         ("bookings.find", {"phone": carol}),
@@ -540,7 +582,7 @@ async def test_a_phone_argument_naming_another_number_is_refused(
         assert "only" in (result.error or "") and "another number" in (result.error or "")
         for secret in ("BK-SEED3", "whitening", "Carol", "45.99", "4599"):
             assert secret not in result.to_json(), (name, secret)
-    assert booked_rows(db) == before
+    assert await booked_rows(db) == before
     # The caller's own number, however it is written, is no other number.
     mine = await registry.call("bookings.find", {"phone": "555-010-0001"}, ctx_for(db))
     assert mine.ok and [b["ref"] for b in mine.value["bookings"]] == ["BK-SEED2"]
@@ -549,11 +591,11 @@ async def test_a_phone_argument_naming_another_number_is_refused(
 
 @pytest.mark.parametrize("caller", ["", "anonymous", "+266696687", "client:alice"])
 async def test_an_anonymous_caller_gets_nothing_that_needs_an_identity(
-    registry: ToolRegistry, db: Path, caller: str
+    registry: ToolRegistry, db: Db, caller: str
 ) -> None:
     """No caller ID (or Twilio's keypad spelling of ANONYMOUS, shared by every withheld
     caller): no booking, no lookup of bookings or accounts, whatever number is named."""
-    before = booked_rows(db)
+    before = await booked_rows(db)
     ctx = ctx_for(db, caller=caller)
     for name, args in (
         ("bookings.book", book_args(FRIDAY, "09:00")),
@@ -569,7 +611,7 @@ async def test_an_anonymous_caller_gets_nothing_that_needs_an_identity(
         result = await registry.call(name, args, ctx)
         assert not result.ok and result.value == {"reason": ANONYMOUS_CALLER}, name
         assert "the caller's number is withheld" in (result.error or ""), name
-    assert booked_rows(db) == before
+    assert await booked_rows(db) == before
     # What is nobody's in particular stays open to everyone.
     free = await registry.call("bookings.check_availability", {"day": FRIDAY.isoformat()}, ctx)
     assert free.ok and "09:00" in free.value["available"]
@@ -578,7 +620,7 @@ async def test_an_anonymous_caller_gets_nothing_that_needs_an_identity(
 
 @pytest.mark.parametrize("caller", [CAROL, ""])
 async def test_someone_elses_order_is_found_but_reveals_no_details(
-    registry: ToolRegistry, db: Path, caller: str
+    registry: ToolRegistry, db: Db, caller: str
 ) -> None:
     """Order 4567 is Alice's: Carol (or an anonymous caller) learns it exists, no more."""
     result = await registry.call("lookups.order_status", {"order_number": "4567"},
@@ -612,33 +654,35 @@ def test_normalize_phone(raw: str, normal: str) -> None:
 # ---------------------------------------------------------------------------- seed
 
 
-async def test_seed_is_idempotent_and_migrates_a_fresh_file(tmp_path: Path) -> None:
-    path = tmp_path / "fresh.db"
+async def test_seed_is_idempotent_and_migrates_a_fresh_file(db_target: Db) -> None:
+    path = db_target
     first = await seed(path, today=MONDAY)
     assert first == {"services": 4, "accounts": 5, "orders": 10, "bookings": 2}
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    snapshot = _dump(path)
+    conn = await connect(path)
+    try:
+        assert await conn.schema_version() == SCHEMA_VERSION
+    finally:
+        await conn.close()
+    snapshot = await _dump(path)
     again = await seed(path, today=MONDAY + timedelta(days=30))  # another day, too
     assert again == {"services": 0, "accounts": 0, "orders": 0, "bookings": 0}
-    assert _dump(path) == snapshot
+    assert await _dump(path) == snapshot
     # The call store still opens it (its own migrations are already applied).
     store = await CallStore.open(path)
     await store.close()
 
 
-def _dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    with sqlite3.connect(path) as conn:
-        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
-                for t in ("services", "accounts", "orders", "bookings")}
+async def _dump(path: Db) -> dict[str, list[tuple[Any, ...]]]:
+    return {t: await query(path, f"SELECT * FROM {t} ORDER BY 1")
+            for t in ("services", "accounts", "orders", "bookings")}
 
 
-async def test_seeded_bookings_are_on_upcoming_open_days(db: Path) -> None:
-    assert [(r[0], r[1], r[2]) for r in booked_rows(db)] == [
+async def test_seeded_bookings_are_on_upcoming_open_days(db: Db, tmp_path: Path) -> None:
+    assert [(r[0], r[1], r[2]) for r in await booked_rows(db)] == [
         ("BK-SEED2", TUESDAY.isoformat(), "10:00"), ("BK-SEED3", WEDNESDAY.isoformat(), "14:30"),
     ]
-    friday = await seed(db.parent / "friday.db", today=FRIDAY)
+    friday = await seed(tmp_path / "friday.db", today=FRIDAY)
     assert friday["bookings"] == 2
-    days = {r[1] for r in booked_rows(db.parent / "friday.db")}
+    days = {r[1] for r in await booked_rows(tmp_path / "friday.db")}
     assert days == {(FRIDAY + timedelta(days=3)).isoformat(),
                     (FRIDAY + timedelta(days=4)).isoformat()}

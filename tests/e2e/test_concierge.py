@@ -13,7 +13,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
-import aiosqlite
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
@@ -29,7 +28,7 @@ from ivr.sim.script import Say
 from ivr.sim.transcript import CallTranscript
 from ivr.tools.registry import default_registry
 from ivr.tools.seed import seed
-from tests.conftest import ROOT, make_settings
+from tests.conftest import ROOT, db_rows, fresh_database, make_settings
 from tests.fake_openai import ChatReply, Fault, ToolCall, start_fake_openai
 
 CALLER = "+15550100088"
@@ -79,7 +78,8 @@ async def test_concierge_books_through_llm_function_calling(tmp_path: Path) -> N
             ChatReply(tool_calls=[ToolCall("bookings__book", json.dumps(
                 {"service": "cleaning", "day": day, "start": "15:00", "name": "Pat"}))]),
         ])
-        record = await _concierge_call(tmp_path, fake.base_url)
+        db = fresh_database(tmp_path)
+        record = await _concierge_call(tmp_path, fake.base_url, db=db)
         sent = fake.bodies["chat"]
     assert record["outcome"] == "completed"
     prompts = " ".join(t["prompt"] for t in record["turns"])  # type: ignore[attr-defined]
@@ -89,10 +89,8 @@ async def test_concierge_books_through_llm_function_calling(tmp_path: Path) -> N
     offered = {t["function"]["name"] for t in sent[0]["tools"]}
     assert {"bookings__book", "lookups__order_status"} <= offered
     assert "bookings__reschedule" not in offered
-    async with aiosqlite.connect(tmp_path / "ivr.db") as db:
-        rows = await (await db.execute(
-            "SELECT service, day, start, name FROM bookings WHERE phone = ?", (CALLER,)
-        )).fetchall()
+    rows = await db_rows(db, "SELECT service, day, start, name FROM bookings WHERE phone = ?",
+                         (CALLER,))
     assert rows == [("cleaning", day, "15:00", "Pat")]
     assert record["stats"]["llm_prompt_tokens"] > 0  # type: ignore[index]
 
@@ -110,16 +108,15 @@ async def test_a_model_cancelling_another_numbers_booking_gets_a_tool_error(
             ChatReply(content="Sorry, I can't find that booking. Goodbye.",
                       tool_calls=[ToolCall("end_conversation", "{}")]),
         ])
-        record = await _concierge_call(tmp_path, fake.base_url)
+        db = fresh_database(tmp_path)
+        record = await _concierge_call(tmp_path, fake.base_url, db=db)
         sent = fake.bodies["chat"]
     assert record["outcome"] == "completed"
     results = [json.loads(m["content"]) for m in sent[2]["messages"] if m["role"] == "tool"]
     assert results == [{"ok": False, "error": "no booking with reference BK-SEED2 under the "
                                               "caller's number"}]
-    async with aiosqlite.connect(tmp_path / "ivr.db") as db:
-        status = await (await db.execute(
-            "SELECT status FROM bookings WHERE ref = 'BK-SEED2'")).fetchone()
-    assert status == ("booked",)
+    assert await db_rows(db, "SELECT status FROM bookings WHERE ref = 'BK-SEED2'") == [
+        ("booked",)]
     assert CALLER[-7:] not in json.dumps(sent)
 
 
@@ -217,11 +214,9 @@ def _without_ids(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-async def _booked(db: Path) -> list[tuple[str, str, str, str]]:
-    async with aiosqlite.connect(db) as conn:
-        return list(await (await conn.execute(
-            "SELECT service, day, start, name FROM bookings WHERE phone = ?", (CALLER,)
-        )).fetchall())
+async def _booked(db: Path | str) -> list[tuple[Any, ...]]:
+    return await db_rows(db, "SELECT service, day, start, name FROM bookings WHERE phone = ?",
+                         (CALLER,))
 
 
 async def test_chat_with_an_llm_books_and_gives_the_phone_calls_transcript(

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import aiosqlite
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
@@ -25,9 +24,10 @@ from ivr.server.app import create_app
 from ivr.sim.run import run_call
 from ivr.sim.script import CallerAction, PressKeys, Say
 from ivr.sim.transcript import CallTranscript
+from ivr.store.backend import connect
 from ivr.tools.registry import default_registry
 from ivr.tools.seed import seed
-from tests.conftest import ROOT, make_settings
+from tests.conftest import ROOT, db_rows, make_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -69,10 +69,12 @@ async def placed(
     tmp = tmp_path_factory.mktemp("e2e_flows")
     settings = make_settings(tmp)
     await seed(settings.db)
-    async with aiosqlite.connect(settings.db) as conn:
+    conn = await connect(settings.db)
+    try:
         await conn.execute("INSERT INTO orders (number, status, item, eta, phone) "
                            "VALUES (?, 'shipped', 'garden hose', NULL, ?)", (ORDER, CALLER))
-        await conn.commit()
+    finally:
+        await conn.close()
     server = TestServer(create_app(settings), host="127.0.0.1")
     await server.start_server()
     url = f"ws://127.0.0.1:{server.port}/media"
@@ -103,10 +105,8 @@ async def test_dental_booking_by_voice_lands_in_the_database(
     assert rec["outcome"] == "completed", _answers(rec)
     assert [s for s, _ in _answers(rec)] == [
         "menu", "ask_service", "ask_day", "ask_time", "ask_name", "confirm"]
-    async with aiosqlite.connect(db) as conn:
-        rows = await (await conn.execute(
-            "SELECT service, day, start, phone, status, call_sid FROM bookings "
-            "WHERE phone = ?", (CALLER,))).fetchall()
+    rows = await db_rows(db, "SELECT service, day, start, phone, status, call_sid FROM bookings "
+                         "WHERE phone = ?", (CALLER,))
     assert len(rows) == 1, rows
     service, day, start, _phone, status, call_sid = rows[0]
     assert (service, start, status) == ("cleaning", "15:00", "booked")

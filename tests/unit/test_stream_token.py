@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ivr.errors import InvalidValue, ProtocolError
+from ivr.errors import InvalidValue, ProtocolError, StoreError
 from ivr.phone import caller_identity
 from ivr.telephony.inbound import Start, parse_inbound, start_message
 from ivr.telephony.stream_token import (
@@ -267,3 +267,42 @@ def test_no_change_to_a_start_yields_another_identity(text: str) -> None:
     assert start.call_sid == CALL
     assert (claims.call_sid, claims.caller, claims.called, claims.flow, claims.expires) == (
         SIGNED.call_sid, SIGNED.caller, SIGNED.called, SIGNED.flow, SIGNED.expires)
+
+
+class Marks:
+    """A shared used-marks store (the call store's `use_token`), in memory."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.used: dict[str, float] = {}
+        self.fail = fail
+
+    async def use_token(self, nonce: str, expires_at: float) -> bool:
+        if self.fail:
+            raise StoreError("connection lost")
+        if nonce in self.used:
+            return False
+        self.used[nonce] = expires_at
+        return True
+
+
+async def test_with_shared_marks_a_token_starts_one_stream_across_processes() -> None:
+    """Two processes (two StreamTokens, one secret) on one store: the token /voice of
+    either issued starts one stream, whichever process the start reaches."""
+    marks = Marks()
+    a, b = tokens(marks=marks), tokens(marks=marks)
+    params = a.issue(CALL, CALLER, CALLED, "demo")
+    claims = await b.accept_start(params, CALL)
+    assert claims.flow == "demo" and marks.used == {claims.nonce: float(claims.expires)}
+    for t in (a, b):
+        with pytest.raises(StartRejected) as info:
+            await t.accept_start(params, CALL)
+        assert info.value.reason == "replayed"
+    assert a.used == b.used == 0  # nothing kept in process memory
+
+
+async def test_unreachable_marks_refuse_the_start() -> None:
+    """Fail closed: a store that cannot say whether a token was used starts nothing."""
+    t = tokens(marks=Marks(fail=True))
+    with pytest.raises(StartRejected) as info:
+        await t.accept_start(t.issue(CALL, CALLER, CALLED, "demo"), CALL)
+    assert info.value.reason == "busy"

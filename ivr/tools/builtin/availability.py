@@ -12,13 +12,11 @@ caller, anonymous too, may ask.
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Iterable
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-import aiosqlite
-
+from ivr.store.backend import Database, Row
 from ivr.tools.base import BUSY_TIMEOUT_S, Tool, ToolContext, ToolError
 
 __all__ = [
@@ -141,13 +139,11 @@ def _minutes(start: str) -> int:
 # --------------------------------------------------------------------------- database
 
 
-async def rows(
-    conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()
-) -> list[sqlite3.Row]:
-    return list(await conn.execute_fetchall(sql, tuple(params)))
+async def rows(conn: Database, sql: str, params: Iterable[Any] = ()) -> list[Row]:
+    return await conn.fetch(sql, tuple(params))
 
 
-async def service_named(conn: aiosqlite.Connection, name: str) -> str:
+async def service_named(conn: Database, name: str) -> str:
     """The service as stored, or a ToolError listing the services offered."""
     key = name.strip().lower()
     found = await rows(conn, "SELECT name FROM services WHERE name = ?", (key,))
@@ -158,7 +154,7 @@ async def service_named(conn: aiosqlite.Connection, name: str) -> str:
                     {"services": offered})
 
 
-async def _free_slots(conn: aiosqlite.Connection, day: date, now: datetime) -> list[str]:
+async def _free_slots(conn: Database, day: date, now: datetime) -> list[str]:
     if _closed_reason(day, now) is not None:
         return []
     taken = {
@@ -171,7 +167,7 @@ async def _free_slots(conn: aiosqlite.Connection, day: date, now: datetime) -> l
     return [s for s in SLOTS if s not in taken and not is_past(day, s, now)]
 
 
-async def slot_taken(conn: aiosqlite.Connection, day: date, start: str) -> bool:
+async def slot_taken(conn: Database, day: date, start: str) -> bool:
     found = await rows(
         conn, "SELECT 1 FROM bookings WHERE day = ? AND start = ? AND status = 'booked'",
         (day.isoformat(), start),
@@ -180,7 +176,7 @@ async def slot_taken(conn: aiosqlite.Connection, day: date, start: str) -> bool:
 
 
 async def taken_error(
-    conn: aiosqlite.Connection, day: date, start: str, now: datetime
+    conn: Database, day: date, start: str, now: datetime
 ) -> ToolError:
     """'that time is taken' with the nearest free times: same day first, then later days."""
     target = _minutes(start)

@@ -6,27 +6,27 @@ reference that is someone else's is "not found", exactly like one that does not 
 so references cannot be probed; a `phone` argument naming another number is refused; an
 anonymous caller can do none of it. Availability (`availability`) is open to anyone.
 
-Never double-booked, never lost: every write runs in its own connection inside
-`BEGIN IMMEDIATE`, so writers queue at SQLite's write lock and each sees the others'
-committed rows; the partial unique index on (day, start) for booked rows is the backstop
-that makes a double booking impossible even for a writer that skipped the check. A write
+Never double-booked, never lost: every write runs in its own write transaction
+(`store.backend`). On SQLite that is `BEGIN IMMEDIATE`, so writers queue at the write lock
+and each sees the others' committed rows; on PostgreSQL two writers may both find a slot
+free, and the partial unique index on (day, start) for booked rows decides: the second
+INSERT waits for the first to commit, then fails and is answered "taken". The index is
+the backstop that makes a double booking impossible in both, even for a writer that
+skipped the check. A write
 that fails rolls back whole: a reschedule onto a taken slot leaves the old booking as it
 was.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import secrets
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import date
 from typing import Any
 
-import aiosqlite
-
+from ivr.store.backend import Busy, Database, Row, UniqueViolation
 from ivr.store.db import utc_now
 from ivr.tools.base import Tool, ToolContext, ToolError
 from ivr.tools.builtin import availability
@@ -80,42 +80,41 @@ def _new_ref() -> str:
 
 
 @asynccontextmanager
-async def _immediate(conn: aiosqlite.Connection) -> AsyncIterator[None]:
-    """One write transaction: the write lock is taken at BEGIN, so reads inside it are
-    consistent with the writes that follow (no other writer can slip in between)."""
+async def _writing(ctx: ToolContext) -> AsyncIterator[Database]:
+    """One write transaction on a database of this tool call's own; a lock not had in
+    time is "busy", in words the bot can relay."""
     try:
-        await conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as e:
-        if e.sqlite_errorcode == sqlite3.SQLITE_BUSY:
-            raise ToolError("the booking system is busy; please try again") from e
-        raise
-    try:
-        yield
-    except BaseException:
-        # Closing the connection would roll back too; this just does it now.
-        with contextlib.suppress(sqlite3.Error):
-            await conn.execute("ROLLBACK")
-        raise
-    await conn.execute("COMMIT")
+        async with ctx.db() as db, db.transaction() as tx:
+            yield tx
+    except Busy as e:
+        raise ToolError("the booking system is busy; please try again") from e
 
 
-def _is_slot_conflict(e: sqlite3.IntegrityError) -> bool:
-    # The partial unique index names its columns; the ref's UNIQUE names bookings.ref.
-    return "bookings.day" in str(e)
+def _for_update(conn: Database) -> str:
+    # PostgreSQL: the row read is locked until the transaction ends, so two cancels of
+    # one booking go one after the other (the second finds it cancelled), as under
+    # SQLite's BEGIN IMMEDIATE.
+    return " FOR UPDATE" if conn.dialect == "postgresql" else ""
 
 
-async def _own_booking(conn: aiosqlite.Connection, ref: str, phone: str) -> sqlite3.Row:
+def _is_slot_conflict(e: UniqueViolation) -> bool:
+    # SQLite names the partial unique index's columns (the ref's UNIQUE names
+    # bookings.ref); PostgreSQL names the index.
+    return "bookings.day" in e.what or "bookings_one_per_slot" in e.what
+
+
+async def _own_booking(conn: Database, ref: str, phone: str) -> Row:
     """The caller's booking `ref`; someone else's is not found, like a missing one."""
-    found = await rows(conn, "SELECT * FROM bookings WHERE ref = ? AND phone = ?",
-                       (ref, phone))
+    found = await rows(conn, "SELECT * FROM bookings WHERE ref = ? AND phone = ?"
+                       + _for_update(conn), (ref, phone))
     if not found:
         raise ToolError(f"no booking with reference {ref} under the caller's number")
     return found[0]
 
 
 async def _own_booking_on(
-    conn: aiosqlite.Connection, args: dict[str, Any], phone: str
-) -> sqlite3.Row:
+    conn: Database, args: dict[str, Any], phone: str
+) -> Row:
     """The caller's one booked appointment on `args["day"]` (at `args["start"]`, if given)."""
     day = parse_day(args["day"])
     sql = "SELECT * FROM bookings WHERE phone = ? AND day = ? AND status = 'booked'"
@@ -123,7 +122,7 @@ async def _own_booking_on(
     if args.get("start"):
         sql += " AND start = ?"
         params.append(parse_start(args["start"]))
-    found = await rows(conn, sql + " ORDER BY start", params)
+    found = await rows(conn, sql + " ORDER BY start" + _for_update(conn), params)
     if not found:
         raise ToolError(f"no booking for the caller's number on {weekday(day)} "
                         f"{day.isoformat()}")
@@ -137,7 +136,7 @@ async def _own_booking_on(
     return found[0]
 
 
-def _booking_out(row: sqlite3.Row) -> dict[str, Any]:
+def _booking_out(row: Row) -> dict[str, Any]:
     day = date.fromisoformat(row["day"])
     return {"ref": row["ref"], "service": row["service"], "day": row["day"],
             "weekday": weekday(day), "start": row["start"]}
@@ -155,7 +154,7 @@ async def book(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
         raise ToolError("a booking needs the caller's name")
     bookable(day, start, ctx.now)
     now = utc_now()
-    async with ctx.db() as conn, _immediate(conn):
+    async with _writing(ctx) as conn:
         service = await service_named(conn, args["service"])
         # Under BEGIN IMMEDIATE this check cannot go stale before the INSERT; the
         # unique index would still refuse a second booking if it did.
@@ -164,18 +163,21 @@ async def book(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
         while True:
             ref = _new_ref()
             try:
-                await conn.execute(
-                    """INSERT INTO bookings (ref, service, day, start, name, phone, status,
-                                             created_at, updated_at, call_sid)
-                       VALUES (?, ?, ?, ?, ?, ?, 'booked', ?, ?, ?)""",
-                    (ref, service, day.isoformat(), start, name, phone, now, now,
-                     ctx.call_sid),
-                )
+                # A savepoint: after a refused INSERT the transaction goes on (PostgreSQL
+                # would otherwise refuse every statement until the rollback).
+                async with conn.savepoint():
+                    await conn.execute(
+                        """INSERT INTO bookings (ref, service, day, start, name, phone,
+                                                 status, created_at, updated_at, call_sid)
+                           VALUES (?, ?, ?, ?, ?, ?, 'booked', ?, ?, ?)""",
+                        (ref, service, day.isoformat(), start, name, phone, now, now,
+                         ctx.call_sid),
+                    )
                 break
-            except sqlite3.IntegrityError as e:
+            except UniqueViolation as e:
                 if _is_slot_conflict(e):
                     raise await taken_error(conn, day, start, ctx.now) from None
-                if "bookings.ref" not in str(e):
+                if "bookings.ref" not in e.what and "bookings_ref_key" not in e.what:
                     raise
                 # A reference collision (1 in ~28 million per booking): draw again.
     return {"ref": ref, "service": service, "day": day.isoformat(), "weekday": weekday(day),
@@ -185,7 +187,7 @@ async def book(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
 async def cancel(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     phone = own_number(args, ctx, what=_CHANGE)
     ref = normalize_ref(args["ref"]) if args.get("ref") else None
-    async with ctx.db() as conn, _immediate(conn):
+    async with _writing(ctx) as conn:
         if ref is not None:
             row = await _own_booking(conn, ref, phone)
         else:
@@ -207,7 +209,7 @@ async def reschedule(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     day = parse_day(args["day"])
     start = parse_start(args["start"])
     bookable(day, start, ctx.now)
-    async with ctx.db() as conn, _immediate(conn):
+    async with _writing(ctx) as conn:
         row = await _own_booking(conn, ref, phone)
         if row["status"] != "booked":
             raise ToolError(f"booking {ref} is cancelled; make a new booking instead")
@@ -221,11 +223,12 @@ async def reschedule(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
         try:
             # Moving the row frees the old slot and takes the new one in one statement,
             # inside the transaction: there is no moment with both or neither.
-            await conn.execute(
-                "UPDATE bookings SET day = ?, start = ?, updated_at = ? WHERE id = ?",
-                (day.isoformat(), start, utc_now(), row["id"]),
-            )
-        except sqlite3.IntegrityError as e:
+            async with conn.savepoint():
+                await conn.execute(
+                    "UPDATE bookings SET day = ?, start = ?, updated_at = ? WHERE id = ?",
+                    (day.isoformat(), start, utc_now(), row["id"]),
+                )
+        except UniqueViolation as e:
             if _is_slot_conflict(e):
                 raise await taken_error(conn, day, start, ctx.now) from None
             raise

@@ -40,9 +40,9 @@ def spoken_money(cents: int) -> str:
 async def order_status(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     number = normalize_order_number(args["order_number"])
     async with ctx.db() as conn:
-        rows = list(await conn.execute_fetchall(
+        rows = await conn.fetch(
             "SELECT number, status, item, eta, phone FROM orders WHERE number = ?", (number,)
-        ))
+        )
     if not rows:
         raise ToolError(f"no order with number {number}")
     row = rows[0]
@@ -58,9 +58,9 @@ async def order_status(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]
 async def account_by_phone(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     phone = own_number(args, ctx, what="look up an account")
     async with ctx.db() as conn:
-        rows = list(await conn.execute_fetchall(
+        rows = await conn.fetch(
             "SELECT name, plan, balance_cents FROM accounts WHERE phone = ?", (phone,)
-        ))
+        )
     if not rows:
         raise ToolError("no account under the caller's number")
     row = rows[0]
