@@ -6,6 +6,8 @@ PostgreSQL its few type differences."""
 
 from __future__ import annotations
 
+import contextlib
+
 from ivr.errors import StoreError
 from ivr.store.backend import Database, ddl
 
@@ -137,10 +139,21 @@ async def migrate(db: Database, *, where: str) -> None:
                 await tx.execute("INSERT INTO schema_version (version) VALUES (?)",
                                  (SCHEMA_VERSION,))
         return
-    version = await db.schema_version()
+    # SQLite: one step per transaction, under the write lock (BEGIN IMMEDIATE). Two
+    # processes opening a new file together both read version 0; the second waits for
+    # the lock, then fails on tables that now exist: it rolls back, reads the version
+    # again and goes on from there. A step that fails with the version unchanged is a
+    # real error.
+    while (version := await db.schema_version()) < SCHEMA_VERSION:
+        try:
+            await db.script(f"BEGIN IMMEDIATE; {MIGRATIONS[version]}; "
+                            f"PRAGMA user_version = {version + 1}; COMMIT;")
+        except StoreError:
+            with contextlib.suppress(StoreError):
+                await db.execute("ROLLBACK")
+            if await db.schema_version() <= version:
+                raise
     _check(version, where)
-    for i in range(version, SCHEMA_VERSION):
-        await db.script(f"BEGIN; {MIGRATIONS[i]}; PRAGMA user_version = {i + 1}; COMMIT;")
 
 
 def _check(version: int, where: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import aiohttp
@@ -182,3 +183,32 @@ async def test_a_transient_store_error_is_retried_like_a_locked_file(tmp_path: P
     await queue.close()
     assert applied == [write] and queue.stats["retried"] == 2
     assert not (tmp_path / "spill.jsonl").exists()
+
+
+def test_processes_opening_a_new_sqlite_file_together_migrate_it_once(tmp_path: Path) -> None:
+    """Four processes' worth of event loops open one new file at the same moment: the
+    first migrates each step, the others wait for its lock and find the step done; all
+    open, and the schema is whole."""
+    db = tmp_path / "new.db"
+    gate = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def process() -> None:
+        async def run() -> None:
+            gate.wait()
+            store = await CallStore.open(db)
+            await store.close()
+
+        try:
+            asyncio.run(run())
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=process) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
