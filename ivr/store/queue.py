@@ -81,13 +81,21 @@ def spill_path(db: Path | str, cache_dir: Path | None = None) -> Path:
 
 
 def append_spill(path: Path, writes: list[Write]) -> None:
-    """Append `writes` to the spill file, flushed to disk (run in a thread)."""
+    """Append `writes` to the spill file, flushed to disk (run in a thread).
+
+    One `write` on an O_APPEND descriptor, not a buffered file (which splits what is past
+    its buffer into several): processes sharing the file (`ivr serve --processes N`) never
+    interleave their lines."""
     if not writes:
         return
-    with path.open("a", encoding="utf-8") as f:
-        f.write("".join(w.to_json() + "\n" for w in writes))
-        f.flush()
-        os.fsync(f.fileno())
+    data = memoryview("".join(w.to_json() + "\n" for w in writes).encode("utf-8"))
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_spill(path: Path) -> tuple[list[Write], list[str]]:
