@@ -112,15 +112,14 @@ async def test_a_running_server_closes_the_calls_of_a_sibling_that_died(tmp_path
         await dead.open_call(sid(7), stream_sid="MZ7", account_sid=None, from_masked="",
                              to_masked="", flow="demo")
         await dead.close()  # no more heartbeats: the process is gone
-        db = sqlite3.connect(settings.db)
-        async with asyncio.timeout(10):
-            while True:
-                row = db.execute("SELECT outcome FROM calls WHERE call_sid = ?",
-                                 (sid(7),)).fetchone()
-                if row == ("interrupted",):
-                    break
-                await asyncio.sleep(0.05)
-        db.close()
+        store = server.app[SERVICES].store
+        assert store is not None
+
+        async def interrupted() -> bool:
+            assert store is not None
+            return ((await store.get_call(sid(7))) or {}).get("outcome") == "interrupted"
+
+        await until(interrupted)
     finally:
         await server.close()
 

@@ -43,9 +43,9 @@ async def _chromium(url: str, *extra: str) -> str:
 
 
 async def test_dashboard_renders_every_chart_and_opens_a_call(tmp_path: Path) -> None:
-    await _seeded(tmp_path)
-    server = TestServer(create_app(make_settings(tmp_path, recognizer_workers=1)),
-                        host="127.0.0.1")
+    settings = make_settings(tmp_path, recognizer_workers=1)
+    await _seeded(tmp_path, settings.db)  # the server's database (IVR_DB may be PostgreSQL)
+    server = TestServer(create_app(settings), host="127.0.0.1")
     await server.start_server()
     base = f"http://127.0.0.1:{server.port}/dashboard"
     ARTIFACTS.mkdir(exist_ok=True)
@@ -77,9 +77,9 @@ async def test_the_dashboard_signs_in_with_a_token_that_never_enters_a_url(
     leaves an HttpOnly cookie, the page's /api calls succeed with it, a call's detail
     opens, and no request URL the browser made ever carried the token."""
     token = "dash-" + secrets.token_hex(12)
-    await _seeded(tmp_path)
-    server = TestServer(create_app(make_settings(tmp_path, recognizer_workers=1,
-                                                 api_token=token)), host="127.0.0.1")
+    settings = make_settings(tmp_path, recognizer_workers=1, api_token=token)
+    await _seeded(tmp_path, settings.db)
+    server = TestServer(create_app(settings), host="127.0.0.1")
     await server.start_server()
     base = f"http://127.0.0.1:{server.port}"
     ARTIFACTS.mkdir(exist_ok=True)
