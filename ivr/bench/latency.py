@@ -27,7 +27,7 @@ import aiohttp
 from ivr.bench.server import ServerProcess
 from ivr.sim.caller import SimulatedCaller
 from ivr.sim.script import Barge, CallerAction, PutDown, Say
-from ivr.sim.transcript import CallerSaid, CallTranscript
+from ivr.sim.transcript import CallerSaid, CallTranscript, fetch_server_transcript
 
 __all__ = ["CASES", "latency_main", "percentile"]
 
@@ -77,6 +77,16 @@ def voice_to_voice(t: CallTranscript) -> list[tuple[str, float]]:
     return out
 
 
+def understood(record: dict[str, object] | None) -> tuple[int, int]:
+    """(speech turns the flow matched, speech turns) in the server's record of a call: a
+    turn ended too early would show as a no-match here."""
+    turns = record.get("turns") if record is not None else None
+    if not isinstance(turns, list):
+        return 0, 0
+    spoken = [t for t in turns if isinstance(t, dict) and t.get("input_kind") == "speech"]
+    return sum(1 for t in spoken if t.get("result") == "match"), len(spoken)
+
+
 def barge_in(t: CallTranscript) -> list[tuple[str, float]]:
     """(what was said, ms from its first voiced frame to the next `clear`) per barge-in."""
     out = []
@@ -103,6 +113,7 @@ async def latency_main(voices: list[str], *, concurrency: int = 2, workers: int 
     v2v: list[Sample] = []
     barges: list[Sample] = []
     missing: list[str] = []
+    matched = [0, 0]  # speech turns understood, speech turns
     gate = asyncio.Semaphore(concurrency)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,6 +128,10 @@ async def latency_main(voices: list[str], *, concurrency: int = 2, workers: int 
                     async with gate:
                         t = await _call(server.base, flow, voice, actions, http)
                     found = barge_in(t) if barge else voice_to_voice(t)
+                    ok, turns = understood(await fetch_server_transcript(
+                        http, server.base, t.call_sid))
+                    matched[0] += ok
+                    matched[1] += turns
                     into = barges if barge else v2v
                     into.extend(Sample(flow, voice, text, ms) for text, ms in found)
                     expected = 1 if barge else len(said)
@@ -149,6 +164,7 @@ async def latency_main(voices: list[str], *, concurrency: int = 2, workers: int 
                   f"max {max(values):5.0f} ms  (n={len(values)})")
     for line in missing:
         print(f"  MISSING {line}")
+    print(f"answers understood by the flow (server's record): {matched[0]}/{matched[1]}")
     command = f"ivr bench latency --voices {','.join(voices)}"
     if complete_ms is not None:
         command += f" --complete-ms {complete_ms}"

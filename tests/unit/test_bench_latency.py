@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ivr.bench.latency import barge_in, percentile, voice_to_voice
+from ivr.bench.latency import barge_in, percentile, understood, voice_to_voice
 from ivr.sim.transcript import CallerSaid, CallTranscript
 
 
@@ -33,3 +33,13 @@ def test_nearest_rank_percentile() -> None:
     assert percentile(values, 50) == 50 and percentile(values, 99) == 99
     assert percentile([7.0], 99) == 7.0
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+
+
+def test_understood_counts_matched_speech_turns_in_the_servers_record() -> None:
+    record: dict[str, object] = {"turns": [
+        {"input_kind": "speech", "result": "match"},
+        {"input_kind": "speech", "result": "no_match"},
+        {"input_kind": "dtmf", "result": "match"},
+    ]}
+    assert understood(record) == (1, 2)
+    assert understood(None) == (0, 0)
