@@ -35,6 +35,7 @@ _ENV: dict[str, str] = {
     "filler_after_ms": "IVR_FILLER_AFTER_MS",
     "mark_grace_ms": "IVR_MARK_GRACE_MS",
     "recognition_timeout_ms": "IVR_RECOGNITION_TIMEOUT_MS",
+    "endpoint_complete_ms": "IVR_ENDPOINT_COMPLETE_MS",
     "recognizer_wait_ms": "IVR_RECOGNIZER_WAIT_MS",
     "recognizer_hold_ms": "IVR_RECOGNIZER_HOLD_MS",
     # Personal data (docs/security.md)
@@ -81,6 +82,7 @@ _ZERO_MEANS: dict[str, tuple[str, str]] = {
     "memory_trim_s": ("off", "seconds"),
     "max_calls": ("no cap", "calls"),
     "max_loop_lag_ms": ("off", "ms"),
+    "endpoint_complete_ms": ("off", "ms"),
 }
 
 BUSY_MODES = ("message", "reject")
@@ -200,6 +202,10 @@ class Settings:
     # A recognizer that takes longer than this (to start, or to finish after end of
     # speech) is given up on: the answer is a no-match, not a stuck call.
     recognition_timeout_ms: int = 10000
+    # Grammar-aware endpointing: when the recognizer's partial hypothesis is already a
+    # whole answer for the step's grammar, this much silence ends the caller's turn
+    # instead of the step's full end-of-speech time (0: always the full time).
+    endpoint_complete_ms: int = 250
     # An utterance that waits this long for a free recognizer worker is a no-match (the
     # flow's retry or keypad path takes over) rather than a turn that waits on every call.
     recognizer_wait_ms: int = 5000

@@ -6,6 +6,7 @@ A leaf shared by `flows` (which builds grammars from a step's answers) and `spee
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -29,6 +30,43 @@ class Grammar:
 
     phrases: tuple[str, ...] = ()
     jsgf: str | None = None
+    # For `complete()`: `phrases` grouped by the answer they mean ("yes", "yes please"),
+    # and for a JSGF grammar the number of words after which no answer goes on (a digit
+    # string of fixed length). Neither changes what a recognizer listens for.
+    answers: tuple[tuple[str, ...], ...] = ()
+    final_words: int | None = None
+
+    def complete(self, text: str) -> bool:
+        """Is `text` (a partial hypothesis) a whole answer that more words cannot change?
+
+        Grammar-aware endpointing ends a turn after a short silence when it is. For a
+        phrase list: `text` is one of the phrases, and every longer phrase it begins
+        means the same answer (in `answers`), so "yes" is complete beside "yes please"
+        but "account" is not beside a different answer "account balance". For a JSGF
+        grammar only a hypothesis of `final_words` words is: "twenty" may yet become
+        "twenty two", and this leaf does not walk the grammar to tell.
+        """
+        words = _words(text)
+        if not words:
+            return False
+        if self.jsgf is not None:
+            return self.final_words is not None and len(words) == self.final_words
+        spoken = {_words(p): p for p in self.phrases}
+        phrase = spoken.get(words)
+        if phrase is None:
+            return False
+        same = {p for group in self.answers if phrase in group for p in group}
+        n = len(words)
+        return all(
+            p in same for w, p in spoken.items() if len(w) > n and w[:n] == words
+        )
+
+
+_WORD: Final = re.compile(r"[a-z0-9']+")
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(_WORD.findall(text.lower()))
 
 
 def number_words(n: int) -> list[str]:

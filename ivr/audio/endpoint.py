@@ -94,6 +94,10 @@ class EndpointConfig:
     speech nor hold a turn open. The same hangover means a turn ends `end_silence_ms`
     plus ~120 ms (modes 2-3) after the caller's last sound; tune `end_silence_ms` with
     that in mind.
+
+    `complete_silence_ms` (None: off) is the shorter silence that ends a turn while the
+    session says the answer so far is complete (`Endpointer.answer_complete`: the
+    recognizer's partial hypothesis is a whole answer for the step's grammar).
     """
 
     speech_start_ms: int = 200
@@ -107,6 +111,7 @@ class EndpointConfig:
     # loud noise, but mode 3 missed a quiet caller (-45 dBFS at 10 dB SNR) in 13-18 of
     # 24 utterances where mode 2 missed none. Mode 3 ended turns ~50 ms sooner.
     vad_mode: int = 2
+    complete_silence_ms: int | None = None
 
     def __post_init__(self) -> None:
         if self.vad_mode not in (0, 1, 2, 3):
@@ -117,6 +122,9 @@ class EndpointConfig:
         for name in ("speech_start_ms", "end_silence_ms", "no_input_ms", "max_utterance_ms"):
             if getattr(self, name) <= 0:
                 raise InvalidValue(f"{name} must be positive, got {getattr(self, name)}")
+        if self.complete_silence_ms is not None and self.complete_silence_ms <= 0:
+            raise InvalidValue(
+                f"complete_silence_ms must be positive, got {self.complete_silence_ms}")
         if self.preroll_ms < 0:
             raise InvalidValue(f"preroll_ms must not be negative, got {self.preroll_ms}")
 
@@ -192,6 +200,9 @@ class Endpointer:
         self._no_input_at: int | None = None
         self._speech_at = 0
         self._last_voice_ms = 0
+        # Set by the session while in speech: the words heard so far are a whole answer,
+        # so `complete_silence_ms` of silence ends the turn. Reset by each start of speech.
+        self.answer_complete = False
 
     @property
     def state(self) -> State:
@@ -243,6 +254,7 @@ class Endpointer:
         self._voiced.clear()
         self._voiced_ms = 0
         self._state = state
+        self.answer_complete = False
 
     def _is_voiced(self, pcm: bytes) -> bool:
         if len(pcm) in _VAD_FRAME_BYTES:
@@ -284,7 +296,10 @@ class Endpointer:
             if sustained:
                 last_ts, last_dur = window[-1]
                 self._last_voice_ms = last_ts + last_dur
-            if end - self._last_voice_ms >= cfg.end_silence_ms:
+            silence_ms = cfg.end_silence_ms
+            if self.answer_complete and cfg.complete_silence_ms is not None:
+                silence_ms = min(silence_ms, cfg.complete_silence_ms)
+            if end - self._last_voice_ms >= silence_ms:
                 self._state = "idle"
                 return SpeechEnded(end, "silence", self._last_voice_ms)
             if end - self._speech_at >= cfg.max_utterance_ms:
@@ -300,6 +315,7 @@ class Endpointer:
             self._speech_at = onset
             self._last_voice_ms = last_ts + last_dur
             self._no_input_at = None
+            self.answer_complete = False
             since = onset - cfg.preroll_ms
             preroll = b"".join(pcm for ts, pcm in ring if ts >= since)
             return SpeechStarted(onset, preroll)

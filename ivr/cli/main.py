@@ -137,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--utterances", type=int, default=4, help="decoded at the same time")
     rec.add_argument("--no-sched-idle", dest="sched_idle", action="store_false",
                      help="workers at nice 10 only, without SCHED_IDLE")
+    lat = bench_sub.add_parser(
+        "latency", help="voice-to-voice and barge-in latency of spoken answers to the "
+                        "shipped flows, through a server process")
+    lat.add_argument("--voices", default="en-us,en-gb,en-us+m3,en-us+f3",
+                     help="comma-separated espeak voices")
+    lat.add_argument("--concurrency", type=int, default=2, help="calls live at once")
+    lat.add_argument("--workers", type=int, default=2, help="server recognizer workers")
+    lat.add_argument("--complete-ms", type=int, default=None,
+                     help="IVR_ENDPOINT_COMPLETE_MS for the server (0: grammar-aware "
+                          "endpointing off, the baseline); default: the server's default")
     _bench_fault_parsers(bench_sub)
     return parser
 
@@ -218,6 +228,11 @@ async def _bench(args: argparse.Namespace) -> int:
         from ivr.bench.recognizer import recognizer_main
 
         return await recognizer_main(args.workers, args.utterances, sched_idle=args.sched_idle)
+    if args.bench == "latency":
+        from ivr.bench.latency import latency_main
+
+        return await latency_main(args.voices.split(","), concurrency=args.concurrency,
+                                  workers=args.workers, complete_ms=args.complete_ms)
     from ivr.bench.accuracy import accuracy_main
 
     return await accuracy_main(args.flow, args.voices.split(","), repeat=args.repeat)

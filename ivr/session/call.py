@@ -85,7 +85,8 @@ class CallSession:
         me = weakref.proxy(self)
         self.speaker = Speaker(services, outbound_player(ws, self.stream_sid, self.settings),
                                lambda: me.dialog.flow, self.stats, log)
-        self.inbound = Inbound(services.recognizer, self.speaker, self.stats, log)
+        self.inbound = Inbound(services.recognizer, self.speaker, self.stats, log,
+                               complete_ms=self.settings.endpoint_complete_ms)
         self.answers = Answers(self.settings, self.inbound, self.speaker, self.record,
                                lambda work: me.with_filler(work), self.stats, log)
         self.dialog = Dialog(

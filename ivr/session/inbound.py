@@ -38,7 +38,7 @@ from ivr.audio.endpoint import (
 from ivr.flows import engine
 from ivr.grammar import Grammar
 from ivr.session.speaker import Speaker
-from ivr.speech.base import Recognizer, Utterance
+from ivr.speech.base import Recognizer, Utterance, partial_text
 from ivr.telephony.inbound import Dtmf, Mark, Media
 
 
@@ -60,21 +60,25 @@ class NothingHeard:
 Input = KeysDone | SpeechDone | NothingHeard
 
 
-def endpoint_config(listen: engine.Listen) -> EndpointConfig:
+def endpoint_config(listen: engine.Listen, complete_ms: int = 0) -> EndpointConfig:
+    """The endpointer's timings for `listen`; `complete_ms` (0: off) ends a turn whose
+    answer is complete for its grammar sooner (`IVR_ENDPOINT_COMPLETE_MS`)."""
     base = EndpointConfig()
     return EndpointConfig(
         end_silence_ms=listen.end_silence_ms or base.end_silence_ms,
         no_input_ms=listen.timeout_ms or base.no_input_ms,
         max_utterance_ms=listen.max_utterance_ms or base.max_utterance_ms,
+        complete_silence_ms=complete_ms or None,
     )
 
 
 class Inbound:
     def __init__(
         self, recognizer: Recognizer, speaker: Speaker, stats: Counter[str],
-        log: structlog.typing.FilteringBoundLogger,
+        log: structlog.typing.FilteringBoundLogger, *, complete_ms: int = 0,
     ) -> None:
         self.recognizer = recognizer
+        self.complete_ms = complete_ms  # see endpoint_config
         self.speaker = speaker
         self.stats = stats
         self.log = log
@@ -90,6 +94,11 @@ class Inbound:
         self._utt: Utterance | None = None  # the utterance being fed
         self._utt_task: asyncio.Task[Utterance] | None = None  # its start, until claimed
         self._utt_backlog: list[bytes] = []
+        # The grammar the speech being fed is recognized with, and the last partial
+        # hypothesis judged against it (grammar-aware endpointing).
+        self._grammar: Grammar | None = None
+        self._partial: str | None = None
+        self._complete = False
         # Every utterance started and not yet finished or cancelled, by its start task.
         self._open: set[asyncio.Task[Utterance]] = set()
         self._cancelling: set[asyncio.Task[None]] = set()
@@ -99,6 +108,8 @@ class Inbound:
     def on_media(self, msg: Media) -> None:
         self.stats["frames_in"] += 1
         pcm = ulaw_to_pcm16(msg.payload)
+        if self._grammar is not None and self._utt is not None and self.endpointer.in_speech:
+            self._judge_partial(self._utt, self._grammar)
         event = self.endpointer.process(pcm, msg.timestamp)
         # The endpointer's clock, not the raw timestamp: a frozen one must not stop the
         # key timers (or leave them behind the endpointer's).
@@ -109,6 +120,8 @@ class Inbound:
             if isinstance(event, SpeechStarted):
                 self._on_speech_started(event)
             elif isinstance(event, SpeechEnded):
+                if self.endpointer.answer_complete:
+                    self.stats["turns_ended_complete"] += 1
                 self._feed(self.upsampler.flush())
                 self.inputs.put_nowait(SpeechDone(event))
             else:
@@ -117,6 +130,15 @@ class Inbound:
             done = self.dtmf.poll(self.caller_ms)
             if done is not None:
                 self.inputs.put_nowait(KeysDone(done))
+
+    def _judge_partial(self, utt: Utterance, grammar: Grammar) -> None:
+        """Tell the endpointer whether what the recognizer heard so far is a whole answer:
+        then a short silence ends the turn, otherwise the full end-of-speech time."""
+        text = partial_text(utt)
+        if text != self._partial:
+            self._partial = text
+            self._complete = text is not None and grammar.complete(text)
+        self.endpointer.answer_complete = self._complete
 
     def on_dtmf(self, msg: Dtmf) -> None:
         self.stats["dtmf"] += 1
@@ -157,6 +179,8 @@ class Inbound:
         grammar = listen.grammar or (Grammar(listen.phrases) if listen.phrases else None)
         if grammar is not None and not grammar.phrases and grammar.jsgf is None:
             grammar = None  # free text: the language model
+        self._grammar = grammar if self.complete_ms else None
+        self._partial, self._complete = None, False
         self._utt_task = asyncio.create_task(self.recognizer.start(grammar))
         self._open.add(self._utt_task)
         self._utt_task.add_done_callback(self._utt_ready)
@@ -173,11 +197,12 @@ class Inbound:
 
     def watch_barge_in(self, listen: engine.Listen) -> None:
         """A prompt that may be interrupted starts: listen for speech over it."""
-        self.endpointer.watch_barge_in(endpoint_config(listen), self.caller_ms)
+        self.endpointer.watch_barge_in(endpoint_config(listen, self.complete_ms),
+                                       self.caller_ms)
 
     def arm(self, listen: engine.Listen) -> EndpointConfig:
         """Start taking `listen`'s answer (speech already under way is kept)."""
-        config = endpoint_config(listen)
+        config = endpoint_config(listen, self.complete_ms)
         if listen.speech and not self.endpointer.in_speech and not self.dtmf.digits:
             self.endpointer.arm(config, self.caller_ms)
         if listen.dtmf is not None and not self.dtmf.active:

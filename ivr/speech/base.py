@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ivr.grammar import Grammar
 
@@ -37,6 +37,24 @@ class Utterance(Protocol):
 
     async def cancel(self) -> None:
         """Abandon the utterance (barge-in aborted, call ended)."""
+
+
+@runtime_checkable
+class PartialResults(Protocol):
+    """An utterance that also tells what it has heard so far (the embedded recognizer).
+
+    Optional: remote recognizers that only answer at the end leave it out, and
+    `partial_text` then gives None.
+    """
+
+    def partial(self) -> str | None:
+        """The latest partial hypothesis (as the grammar spells a phrase it matches),
+        or None before the first; never blocks."""
+
+
+def partial_text(utterance: Utterance) -> str | None:
+    """`utterance`'s latest partial hypothesis, or None if its engine gives none."""
+    return utterance.partial() if isinstance(utterance, PartialResults) else None
 
 
 class Recognizer(Protocol):

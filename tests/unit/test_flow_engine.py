@@ -108,7 +108,7 @@ def test_menu_listen_carries_its_phrases_as_a_grammar() -> None:
     listen = run.start()[-1]
     assert isinstance(listen, Listen) and listen.slot is None
     assert listen.phrases == ("sales", "support")
-    assert listen.grammar == Grammar(("sales", "support"))
+    assert listen.grammar == Grammar(("sales", "support"), answers=(("sales",), ("support",)))
 
 
 def test_slot_filled_by_text_then_confirmed_yes() -> None:

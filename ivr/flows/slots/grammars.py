@@ -56,6 +56,9 @@ _YES_NO_PHRASES: Final = (
     "incorrect",
     "cancel",
 )
+# The same phrases by meaning (yes up to "go ahead"): "yes" is a whole answer beside
+# "yes please", for grammar-aware endpointing.
+_YES_NO_ANSWERS: Final = (_YES_NO_PHRASES[:11], _YES_NO_PHRASES[11:])
 
 
 def _jsgf(rules: Iterable[str], answer: str) -> str:
@@ -185,13 +188,14 @@ def grammar_for(slot: SlotDef) -> Grammar:
         return Grammar(phrases=COMPACT_TIME_PHRASES)
     if kind == "choice":
         phrases = dict.fromkeys(w for o in slot.choices for w in o.words)
-        return Grammar(phrases=tuple(phrases))
+        answers = tuple(tuple(o.words) for o in slot.choices)
+        return Grammar(phrases=tuple(phrases), answers=answers)
     if kind == "yes_no":
-        return Grammar(phrases=_YES_NO_PHRASES)
+        return Grammar(phrases=_YES_NO_PHRASES, answers=_YES_NO_ANSWERS)
     if kind == "digits":
         n = slot.length or slot.min_length or 4
         example = " ".join(ONES[1 + i % 9] for i in range(n))
-        return Grammar((example,), _digits_jsgf(slot))
+        return Grammar((example,), _digits_jsgf(slot), final_words=slot.length)
     if kind == "number":
         low = slot.min or 0
         high = slot.max if slot.max is not None else _DEFAULT_NUMBER_MAX

@@ -213,6 +213,8 @@ class RecognizerPool:
                     if not isinstance(message, dict):
                         raise InvalidValue("result is not an object")
                     self._on_result(worker, message)
+                elif kind == wire.PARTIAL:
+                    self._on_partial(worker, json.loads(payload))
                 elif kind == wire.READY:
                     self._on_ready(worker)
         except asyncio.IncompleteReadError:
@@ -238,6 +240,12 @@ class RecognizerPool:
         utterance.settle(utterance.recognition(message))
         self._idle.append(worker)
         self._dispatch()
+
+    def _on_partial(self, worker: WorkerProcess, message: object) -> None:
+        utterance = worker.current
+        if not isinstance(message, dict) or utterance is None or message.get("id") != utterance.id:
+            return  # for an utterance cancelled meanwhile
+        utterance.on_partial(str(message.get("text") or ""))
 
     def _on_exit(self, worker: WorkerProcess, reason: str) -> None:
         worker.alive = False

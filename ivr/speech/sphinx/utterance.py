@@ -66,6 +66,7 @@ class SphinxUtterance:
         self.created = time.monotonic()
         self.finished: float | None = None
         self.timer: asyncio.TimerHandle | None = None  # the pool's bound on the wait for a worker
+        self._partial: str | None = None
         self.outcome: asyncio.Future[Recognition | RecognitionError] = (
             asyncio.get_running_loop().create_future()
         )
@@ -113,7 +114,18 @@ class SphinxUtterance:
     async def cancel(self) -> None:
         self._owner.utterance_cancelled(self)
 
+    def partial(self) -> str | None:
+        """The worker's latest partial hypothesis, as the grammar's phrase when it is one
+        (`ivr.speech.base.PartialResults`)."""
+        return self._partial
+
     # -- called by the pool --
+
+    def on_partial(self, hypothesis: str) -> None:
+        if self.settled or self.ended:
+            return
+        phrase = self.compiled.match(hypothesis) if self.compiled is not None else None
+        self._partial = phrase if phrase is not None else hypothesis
 
     def attach(self, worker: FrameSink) -> None:
         self.worker = worker

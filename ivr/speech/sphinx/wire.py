@@ -11,6 +11,8 @@ worker -> parent
   READY  "Y"  JSON {"pid", "load_seconds"} once the models are loaded
   RESULT "R"  JSON {"id", "text", "confidence", "score", "audio_seconds", "cpu_seconds",
               "search", "error"}
+  PARTIAL "P" JSON {"id", "text"}: the hypothesis so far, sent after a decoded block
+              when it changed, until END (grammar-aware endpointing reads it)
 
 Pure framing, no I/O and no pocketsphinx: both sides import it.
 """
@@ -30,6 +32,7 @@ __all__ = [
     "END",
     "HEADER",
     "MAX_PAYLOAD",
+    "PARTIAL",
     "READY",
     "RESULT",
     "SAMPLE_RATE",
@@ -45,6 +48,7 @@ END: Final = b"E"
 CANCEL: Final = b"C"
 READY: Final = b"Y"
 RESULT: Final = b"R"
+PARTIAL: Final = b"P"
 
 HEADER: Final = struct.Struct(">cI")
 UTTERANCE_ID: Final = struct.Struct(">I")

@@ -32,6 +32,7 @@ from ivr.speech.sphinx.wire import (
     BLOCK_BYTES,
     CANCEL,
     END,
+    PARTIAL,
     READY,
     RESULT,
     SAMPLE_RATE,
@@ -79,6 +80,7 @@ class _Job:
     search: str = "lm"
     audio_bytes: int = 0
     cpu_seconds: float = 0.0
+    partial: str = ""  # the last partial hypothesis sent
     # Seeded per utterance so the same audio always decodes the same way.
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
 
@@ -175,6 +177,8 @@ class Worker:
                 block = band_fill(bytes(job.pending[:take]), job.rng)
                 self._decoder.process_raw(block, False, False)
                 del job.pending[:take]
+                if not job.ended:
+                    self._send_partial(job)
             elif job.ended:
                 self._decoder.end_utt()
                 job.cpu_seconds += time.process_time() - start
@@ -188,6 +192,14 @@ class Worker:
             except RuntimeError:
                 pass
         job.cpu_seconds += time.process_time() - start
+
+    def _send_partial(self, job: _Job) -> None:
+        # Only while the caller may still be talking: after END the result follows.
+        hyp = self._decoder.hyp()
+        text = (hyp.hypstr or "") if hyp is not None else ""
+        if text != job.partial:
+            job.partial = text
+            self.send(PARTIAL, json.dumps({"id": job.id, "text": text}).encode())
 
     def _start(self, job: _Job) -> None:
         start = time.process_time()

@@ -1,0 +1,172 @@
+"""`ivr bench latency`: what a caller waits for, through a real server process.
+
+Voice-to-voice: from the end of the caller's speech (the moment the simulated caller sent
+its last loud frame) to the first frame of the reply, over spoken answers of the shipped
+flows (their menus, and a slot after one) in several espeak voices. Barge-in: from the
+caller's first voiced frame, spoken over a prompt, to the `clear` the server sends.
+
+The server is `ivr serve` in its own process (`ServerProcess`), with the embedded engines
+(pocketsphinx, espeak-ng); the callers are `ivr.sim` callers in this process, which
+answer a prompt once it has gone quiet (`Say`) or speak over it (`Barge`), and record
+every arrival time. `--complete-ms 0` runs the server without grammar-aware endpointing
+(`IVR_ENDPOINT_COMPLETE_MS`), the baseline the default is compared with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import aiohttp
+
+from ivr.bench.server import ServerProcess
+from ivr.sim.caller import SimulatedCaller
+from ivr.sim.script import Barge, CallerAction, PutDown, Say
+from ivr.sim.transcript import CallerSaid, CallTranscript, fetch_server_transcript
+
+__all__ = ["CASES", "latency_main", "percentile"]
+
+# (flow, what the caller says to its prompts in turn): each menu choice's first word, and
+# a choice slot reached through a menu. Replies here are prompts, not tool calls, so the
+# figure is the turn-taking, not a webhook.
+CASES: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
+    ("main_menu", ("appointments",)),
+    ("main_menu", ("orders",)),
+    ("main_menu", ("agent",)),
+    ("demo", ("sales",)),
+    ("demo", ("support",)),
+    ("demo", ("hours",)),
+    ("dental_booking", ("book", "cleaning")),
+    ("dental_booking", ("book", "filling")),
+)
+# A barge-in lands this long after the prompt's first audio: inside the menu prompt.
+BARGE_AFTER_MS: Final = 2500
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    flow: str
+    voice: str
+    said: str
+    ms: float
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (of a few dozen samples p99 is the largest but one or so)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(1, -(-len(ordered) * pct // 100))  # ceil
+    return ordered[int(rank) - 1]
+
+
+def voice_to_voice(t: CallTranscript) -> list[tuple[str, float]]:
+    """(what was said, ms from its last loud frame to the first reply frame) per answer."""
+    out = []
+    arrivals = [when for when, _ in t.frames]
+    for event in t.events:
+        if isinstance(event, CallerSaid) and not event.barge:
+            reply = next((a for a in arrivals if a > event.t_end), None)
+            if reply is not None:
+                out.append((event.text, (reply - event.t_end) * 1000))
+    return out
+
+
+def understood(record: dict[str, object] | None) -> tuple[int, int]:
+    """(speech turns the flow matched, speech turns) in the server's record of a call: a
+    turn ended too early would show as a no-match here."""
+    turns = record.get("turns") if record is not None else None
+    if not isinstance(turns, list):
+        return 0, 0
+    spoken = [t for t in turns if isinstance(t, dict) and t.get("input_kind") == "speech"]
+    return sum(1 for t in spoken if t.get("result") == "match"), len(spoken)
+
+
+def barge_in(t: CallTranscript) -> list[tuple[str, float]]:
+    """(what was said, ms from its first voiced frame to the next `clear`) per barge-in."""
+    out = []
+    for event in t.events:
+        if isinstance(event, CallerSaid) and event.barge and event.onset is not None:
+            latency = t.clear_latency(event.onset)
+            if latency is not None:
+                out.append((event.text, latency * 1000))
+    return out
+
+
+async def _call(url: str, flow: str, voice: str, actions: list[CallerAction],
+                session: aiohttp.ClientSession) -> CallTranscript:
+    caller = SimulatedCaller(url, actions, flow=flow, voice=voice, session=session,
+                             call_timeout=90.0)
+    return await caller.run()
+
+
+async def latency_main(voices: list[str], *, concurrency: int = 2, workers: int = 2,
+                       complete_ms: int | None = None) -> int:
+    env = {"IVR_RECOGNIZER_WORKERS": str(workers), "IVR_MAX_LOOP_LAG_MS": "0"}
+    if complete_ms is not None:
+        env["IVR_ENDPOINT_COMPLETE_MS"] = str(complete_ms)
+    v2v: list[Sample] = []
+    barges: list[Sample] = []
+    missing: list[str] = []
+    matched = [0, 0]  # speech turns understood, speech turns
+    gate = asyncio.Semaphore(concurrency)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerProcess(Path(tmp) / "latency.db", env, log=Path(tmp) / "server.log")
+        async with aiohttp.ClientSession() as http:
+            await server.start(http, max_wait=60)
+            try:
+                async def one(flow: str, voice: str, said: tuple[str, ...], barge: bool) -> None:
+                    actions: list[CallerAction] = (
+                        [Barge(said[0], BARGE_AFTER_MS)] if barge else [Say(s) for s in said])
+                    actions.append(PutDown(after_ms=100))
+                    async with gate:
+                        t = await _call(server.base, flow, voice, actions, http)
+                    found = barge_in(t) if barge else voice_to_voice(t)
+                    ok, turns = understood(await fetch_server_transcript(
+                        http, server.base, t.call_sid))
+                    matched[0] += ok
+                    matched[1] += turns
+                    into = barges if barge else v2v
+                    into.extend(Sample(flow, voice, text, ms) for text, ms in found)
+                    expected = 1 if barge else len(said)
+                    if len(found) < expected:
+                        kind = "no clear" if barge else "no reply"
+                        missing.append(f"{flow}/{voice}/{' '.join(said)}: {kind} "
+                                       f"{'; '.join(t.errors)}".rstrip())
+
+                await asyncio.gather(*(
+                    one(flow, voice, said, barge)
+                    for barge in (False, True) for flow, said in CASES for voice in voices
+                ))
+            finally:
+                await server.stop()
+    elapsed = time.perf_counter() - started
+    setting = "server default" if complete_ms is None else f"IVR_ENDPOINT_COMPLETE_MS={complete_ms}"
+    print(f"ivr bench latency: {len(CASES)} answers x voices {', '.join(voices)} "
+          f"({setting}; {workers} recognizer workers, {concurrency} calls at a time; "
+          f"{elapsed:.0f} s)")
+    for name, samples in (("voice-to-voice (last loud caller frame -> first reply frame)", v2v),
+                          ("barge-in (caller's first voiced frame -> clear)", barges)):
+        ms = [s.ms for s in samples]
+        print(f"{name}: n={len(ms)} p50 {percentile(ms, 50):.0f} ms, "
+              f"p99 {percentile(ms, 99):.0f} ms, max {max(ms, default=float('nan')):.0f} ms")
+        by_word: dict[str, list[float]] = {}
+        for s in samples:
+            by_word.setdefault(f"{s.flow}/{s.said}", []).append(s.ms)
+        for key, values in by_word.items():
+            print(f"  {key:32} p50 {percentile(values, 50):5.0f} ms  "
+                  f"max {max(values):5.0f} ms  (n={len(values)})")
+    for line in missing:
+        print(f"  MISSING {line}")
+    print(f"answers understood by the flow (server's record): {matched[0]}/{matched[1]}")
+    command = f"ivr bench latency --voices {','.join(voices)}"
+    if complete_ms is not None:
+        command += f" --complete-ms {complete_ms}"
+    print(f"reproduce: {command}")
+    return 0 if v2v and not missing else 1

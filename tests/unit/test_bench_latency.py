@@ -1,0 +1,45 @@
+"""`ivr bench latency`'s measurements, on hand-made transcripts (the benchmark itself runs
+against a server process and is not part of the tests)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ivr.bench.latency import barge_in, percentile, understood, voice_to_voice
+from ivr.sim.transcript import CallerSaid, CallTranscript
+
+
+def transcript() -> CallTranscript:
+    t = CallTranscript(call_sid="CA1", stream_sid="MZ1", account_sid="AC1", flow="demo")
+    t.frames = [(0.10, 160), (0.12, 160), (2.40, 160), (2.42, 160), (5.00, 160)]
+    t.events = [CallerSaid("sales", 1.50, 2.00, 1.52),
+                CallerSaid("hours", 3.00, 3.80, 3.05, barge=True)]
+    t.clears = [1.0, 3.30]
+    return t
+
+
+def test_voice_to_voice_is_last_loud_frame_to_the_first_reply_frame() -> None:
+    [(said, ms)] = voice_to_voice(transcript())
+    assert said == "sales" and ms == pytest.approx(400)
+
+
+def test_barge_in_is_first_voiced_frame_to_the_next_clear() -> None:
+    [(said, ms)] = barge_in(transcript())
+    assert said == "hours" and ms == pytest.approx(250)
+
+
+def test_nearest_rank_percentile() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50 and percentile(values, 99) == 99
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+
+
+def test_understood_counts_matched_speech_turns_in_the_servers_record() -> None:
+    record: dict[str, object] = {"turns": [
+        {"input_kind": "speech", "result": "match"},
+        {"input_kind": "speech", "result": "no_match"},
+        {"input_kind": "dtmf", "result": "match"},
+    ]}
+    assert understood(record) == (1, 2)
+    assert understood(None) == (0, 0)
