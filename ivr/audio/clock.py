@@ -28,11 +28,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
+
 from ivr.audio.codec import FRAME_SECONDS
 
 __all__ = ["Channel", "FrameClock", "Sink", "Tally", "shared_clock"]
 
 PERIOD = FRAME_SECONDS
+log = structlog.get_logger("ivr.audio.clock")
 
 
 class Sink(Protocol):
@@ -199,7 +202,15 @@ class FrameClock:
         # A channel added while this runs (a callback starting a prompt) is appended to
         # the list being walked, so it is pumped in this tick too and kept if need be.
         for channel in self._active:
-            if channel.pump(now):
+            try:
+                more = channel.pump(now)
+            except Exception:
+                # One call's failure (a sink or a callback raising) must not stop the
+                # tick for every other call: that call's audio stops, logged.
+                log.exception("frame_clock_channel_failed")
+                channel.drop()
+                more = False
+            if more:
                 keep.append(channel)
             else:
                 channel.active = False

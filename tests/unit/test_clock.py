@@ -213,3 +213,22 @@ async def test_a_slow_socket_does_not_delay_other_calls() -> None:
         await writers[names[0]].drained()
     assert writers[names[0]].waiting == 0
     assert [type(parse_outbound(t)) for t in received[names[0]]] == [OutMedia] * 10 + [OutMark]
+
+
+def test_a_failing_call_does_not_stop_the_tick_for_the_others() -> None:
+    time = FakeTime()
+    clock = FrameClock(now=time, autostart=False)
+
+    class Broken(Line):
+        def media(self, piece: str) -> None:
+            if len(self.sent) >= 2:
+                raise RuntimeError("boom")
+            super().media(piece)
+
+    broken, fine = Broken(time), Line(time)
+    for line in (broken, fine):
+        clock.channel(line, lead=0.0).frames(Prompt("p", "x"), frames(10))
+    for k in range(1, 10):
+        clock.tick(time.at_tick(k))
+    assert len(broken.media_times()) == 2 and len(fine.media_times()) == 10
+    assert clock.channels == 0
