@@ -5,10 +5,11 @@ Twilio (`POST /voice`, then the Media Stream it names, started with its paramete
 drives them: media every 20 ms (silence, so the flow's prompts play and
 its no-input timers run), marks echoed when the audio before them would have played.
 It reports the server's CPU per call-second (from /proc), the outbound pacing the callers
-saw (frames per second, the worst gap inside a prompt, calls with a gap of 40 ms or more:
-an audible one), the greeting's first frame after `start` (p50/p99), the server's RSS per
-call, its event-loop lag p99 and late-frame counter, so the cost of one call's media path
-can be extrapolated to 1,000.
+saw (frames per second, the worst gap between two frames with no mark between them, i.e.
+inside a prompt, and the calls with such a gap of 40 ms or more: an audible one), the
+greeting's first frame after `start` (p50/p99), the server's RSS per call, its event-loop
+lag p99 and late-frame counter, so the cost of one call's media path can be extrapolated
+to 1,000.
 
 One shared 20 ms ticker sends every call's frame, and outbound media are recognised by
 their prefix instead of parsed, so the load generator itself stays cheap enough to drive
@@ -52,6 +53,8 @@ class _Call:
     chunk: int = 0
     frames_in: int = 0
     last_in: float = 0.0
+    in_prompt: bool = False  # frames came since the last mark: a silence now is a gap
+    max_dry: float = 0.0  # the longest silence heard inside a prompt (buffer ran dry)
     max_gap: float = 0.0
     buffered_until: float = 0.0
     marks: list[tuple[float, str]] = field(default_factory=list)
@@ -74,20 +77,30 @@ async def _reader(call: _Call) -> None:
             # Not parsed (the generator must stay cheap): the payload is the base64
             # between the prefix and the closing '"}}'.
             b64 = len(text) - len(media) - 3
-            seconds = (b64 // 4 * 3 - text.count("=", len(text) - 5)) / 8000
-            if call.frames_in and now - call.last_in < 1.0:
-                call.max_gap = max(call.max_gap, now - call.last_in)
-            if call.first_in is None:
-                call.first_in = now
-            call.frames_in += 1
-            call.last_in = now
-            call.buffered_until = max(call.buffered_until, now) + seconds
+            _media_in(call, now, (b64 // 4 * 3 - text.count("=", len(text) - 5)) / 8000)
             continue
-        out = outbound.parse_outbound(text)
-        if isinstance(out, outbound.OutMark):
+        out = outbound.parse_outbound(text)  # any other spelling of JSON, marks, clears
+        if isinstance(out, outbound.OutMedia):
+            _media_in(call, now, len(out.payload) / 8000)
+        elif isinstance(out, outbound.OutMark):
             call.marks.append((max(call.buffered_until, now), out.name))
+            call.in_prompt = False  # the pause before the next prompt is no gap
         elif isinstance(out, outbound.OutClear):
             call.buffered_until = now
+            call.in_prompt = False
+
+
+def _media_in(call: _Call, now: float, seconds: float) -> None:
+    if call.in_prompt:
+        call.max_gap = max(call.max_gap, now - call.last_in)
+        # What the caller hears: the far end's buffer (the lead) ran dry before this frame.
+        call.max_dry = max(call.max_dry, now - call.buffered_until)
+    if call.first_in is None:
+        call.first_in = now
+    call.in_prompt = True
+    call.frames_in += 1
+    call.last_in = now
+    call.buffered_until = max(call.buffered_until, now) + seconds
 
 
 def _pct(ordered: list[float], p: float) -> float:
@@ -206,6 +219,8 @@ async def _drive(server: subprocess.Popen[bytes], port: int, n: int, seconds: fl
     frames_in = sum(c.frames_in for c in calls)
     worst_gap = max(c.max_gap for c in calls) * 1000
     gappy = sum(c.max_gap >= AUDIBLE_GAP for c in calls)
+    dry = sum(c.max_dry >= AUDIBLE_GAP for c in calls)
+    worst_dry = max(c.max_dry for c in calls) * 1000
     greet = sorted((c.first_in - c.started) * 1000 for c in calls if c.first_in is not None)
     share = cpu / wall
     print(f"{n} concurrent calls for {wall:.1f} s against {name} (own process)")
@@ -214,6 +229,8 @@ async def _drive(server: subprocess.Popen[bytes], port: int, n: int, seconds: fl
     print(f"  outbound frames received: {frames_in} ({frames_in / wall / n:.1f}/s per call)")
     print(f"  worst gap between outbound frames: {worst_gap:.0f} ms;"
           f" calls with a gap >= {AUDIBLE_GAP * 1000:.0f} ms: {gappy}/{n}")
+    print(f"  heard (the lead buffered at the far end ran dry mid-prompt): calls with a"
+          f" silence >= {AUDIBLE_GAP * 1000:.0f} ms: {dry}/{n}, worst {max(0.0, worst_dry):.0f} ms")
     if greet:
         print(f"  greeting first frame after start: p50 {_pct(greet, 50):.0f} ms,"
               f" p99 {_pct(greet, 99):.0f} ms ({len(greet)}/{n} calls greeted)")
