@@ -233,9 +233,19 @@ async def _open_sqlite(
         raise StoreError(f"cannot open the database {path}: {e}") from e
     conn.row_factory = aiosqlite.Row
     db = SqliteDatabase(conn)
+    # Switching a new file to WAL while another process opens it too is refused at once
+    # (SQLite does not wait on its busy handler for that): try again until `timeout_s`.
+    deadline = asyncio.get_running_loop().time() + timeout_s
     try:
         for pragma in pragmas:
-            await db.execute(f"PRAGMA {pragma}")
+            while True:
+                try:
+                    await db.execute(f"PRAGMA {pragma}")
+                    break
+                except Busy:
+                    if asyncio.get_running_loop().time() >= deadline:
+                        raise
+                    await asyncio.sleep(0.02)
     except BaseException:
         await conn.close()
         raise
