@@ -22,6 +22,7 @@ from ivr.grammar import Grammar
 from ivr.session.inbound import Inbound, SpeechDone
 from ivr.speech.base import Recognition, partial_text
 from ivr.telephony.inbound import Media
+from tests.unit.test_inbound import QuietSpeaker
 
 FRAME_MS = 20
 END_MS = 600  # EndpointConfig's end_silence_ms
@@ -152,14 +153,6 @@ class Recognizer:
         self.grammars.append(grammar)
         self.started.append(PartialUtterance())
         return self.started[-1]
-
-
-class QuietSpeaker:
-    playing = False
-    interruptible = False
-
-    def interrupt(self) -> None:
-        raise AssertionError("nothing is playing")
 
 
 def listen_with(grammar: Grammar) -> engine.Listen:
