@@ -1,39 +1,49 @@
 """Outbound audio: paced 20 ms frames, a mark per prompt, clear on barge-in.
 
 Pacing keeps an estimate of when the audio already sent will have finished playing at
-Twilio (`_buffer_end`). A frame is sent once no more than `lead` seconds are buffered
+Twilio (`buffer_end`). A frame is sent once no more than `lead` seconds are buffered
 ahead of real time, and each frame moves the estimate by exactly 20 ms, so the clock is
-absolute (no drift from sleep overshoot) and at most `lead` of audio can ever be
-cleared or misattributed. When synthesis falls behind, the buffer runs dry and the
-estimate restarts from "now" instead of bursting to catch up.
+absolute (no drift) and at most `lead` of audio can ever be cleared or misattributed.
+When synthesis falls behind, the buffer runs dry and the estimate restarts from "now"
+instead of bursting to catch up.
 
-The player writes through a port, `Outbound` (media, mark, clear): the telephony adapter
-(`ivr.telephony.outbound.TwilioOutbound`) turns those into Twilio frames, so this module
-knows neither the wire format nor the stream it goes out on.
+The sending itself is not done here: the player frames a prompt's audio, has the port
+encode it once (`Outbound.encode`, one opaque piece per frame, cached by the adapter for
+static prompts), and queues the pieces on the call's `clock.Channel`; the process's one
+shared 20 ms clock (`ivr.audio.clock`) sends every call's due frames and the mark after
+each prompt's last frame.
+
+The player writes through a port, `Outbound` (encode, media, mark, clear): the telephony
+adapter (`ivr.telephony.outbound.TwilioOutbound`) turns those into Twilio frames, so this
+module knows neither the wire format nor the stream it goes out on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ivr.audio.codec import FRAME_BYTES, FRAME_SECONDS, Framer
+from ivr.audio.clock import FrameClock, shared_clock
+from ivr.audio.codec import FRAME_BYTES, FRAME_SECONDS, ULAW_SILENCE
 
 
 class Outbound(Protocol):
-    """A call's outbound audio channel, as the player needs it."""
+    """A call's outbound audio channel, as the player needs it. The writes never block:
+    the shared clock makes them for every call in one tick."""
 
-    async def media(self, ulaw: bytes) -> None:
-        """Send one 20 ms frame of 8 kHz µ-law."""
+    def encode(self, ulaw: bytes) -> Sequence[str]:
+        """Whole 20 ms frames of 8 kHz µ-law -> one piece per frame for `media`."""
 
-    async def mark(self, name: str) -> None:
+    def media(self, piece: str) -> None:
+        """Send one 20 ms frame, encoded by `encode`."""
+
+    def mark(self, name: str) -> None:
         """Send a mark: echoed back once the audio sent before it has played (or is cleared)."""
 
-    async def clear(self) -> None:
+    def clear(self) -> None:
         """Drop all audio sent and not yet played; pending marks are echoed at once."""
 
 
@@ -65,18 +75,25 @@ class Player:
         out: Outbound,
         *,
         lead: float = 0.160,
-        clock: Callable[[], float] = time.monotonic,
+        frames: FrameClock | None = None,
     ) -> None:
         self._out = out
-        self._lead = lead
-        self._clock = clock
-        self._buffer_end = 0.0
+        frames = frames if frames is not None else shared_clock()
+        # One time base: the frame clock's, which dates first frames as it sends them.
+        self._clock: Callable[[], float] = frames.now
+        self._channel = frames.channel(out, lead=lead)
         self._ids = itertools.count(1)
         self._pending: dict[str, Prompt] = {}  # marks sent, not yet echoed
         self._current: Prompt | None = None
-        self.frames_sent = 0
-        self.late_frames = 0
         self.clears = 0
+
+    @property
+    def frames_sent(self) -> int:
+        return self._channel.frames_sent
+
+    @property
+    def late_frames(self) -> int:
+        return self._channel.late_frames
 
     @property
     def playing(self) -> bool:
@@ -90,51 +107,57 @@ class Player:
         """Send µ-law `audio` (any chunk sizes) as paced frames, then a mark.
 
         Returns once the mark is sent; `await prompt.done.wait()` for the echo. Cancelling
-        the task that runs this stops sending at the next frame (barge-in).
+        the task that runs this stops sending at once (barge-in).
         """
         self._current = prompt
-        framer = Framer()
+        channel, encode = self._channel, self._out.encode
+        rest = b""
+        queued = 0
         try:
             async for chunk in audio:
-                for frame in framer.push(chunk):
-                    await self._send_frame(prompt, frame)
-            tail = framer.flush(pad=True)
-            for frame in tail:
-                await self._send_frame(prompt, frame)
-            if prompt.frames == 0:
+                data = rest + chunk if rest else chunk
+                whole = len(data) - len(data) % FRAME_BYTES
+                if whole:
+                    # One encoding per chunk: a cached prompt is one chunk, encoded once
+                    # per process (the port caches it), not once per frame per call.
+                    pieces = encode(data[:whole] if whole < len(data) else data)
+                    channel.frames(prompt, pieces)
+                    queued += len(pieces)
+                rest = data[whole:]
+            if rest:
+                channel.frames(prompt, encode(rest + ULAW_SILENCE * (FRAME_BYTES - len(rest))))
+                queued += 1
+            if queued == 0:
                 prompt.state = "played"
                 prompt.done.set()
                 return prompt
+            sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def mark_sent() -> None:
+                prompt.state = "sent"
+                prompt.mark_sent = True
+                if not sent.done():
+                    sent.set_result(None)
+
+            # Pending before the mark can go out: its echo must find the prompt.
             self._pending[prompt.name] = prompt
-            prompt.state = "sent"
-            await self._out.mark(prompt.name)
-            prompt.mark_sent = True
+            channel.mark(prompt.name, mark_sent)
+            await sent
             return prompt
         except asyncio.CancelledError:
-            # Barge-in: the caller heard what was sent until now, at most.
+            # Barge-in: no more frames; the caller heard what was sent until now, at most.
+            channel.drop()
+            if not prompt.mark_sent:
+                self._pending.pop(prompt.name, None)
             self._cut(prompt, self._clock())
             raise
         finally:
             self._current = None
 
-    async def _send_frame(self, prompt: Prompt, frame: bytes) -> None:
-        assert len(frame) == FRAME_BYTES
-        now = self._clock()
-        if self._buffer_end < now:
-            if prompt.frames and now - self._buffer_end > FRAME_SECONDS:
-                # Twilio's buffer ran dry mid-prompt: the caller heard a gap.
-                prompt.late_frames += 1
-                self.late_frames += 1
-            self._buffer_end = now
-        wait = self._buffer_end - self._lead - now
-        if wait > 0:
-            await asyncio.sleep(wait)
-        await self._out.media(frame)
-        if prompt.first_frame_at is None:
-            prompt.first_frame_at = self._clock()
-        self._buffer_end += FRAME_SECONDS
-        prompt.frames += 1
-        self.frames_sent += 1
+    def stop(self) -> None:
+        """Send no more frames, from now on (barge-in): not at the play task's next step,
+        a tick of the shared clock could come first."""
+        self._channel.drop()
 
     def on_mark(self, name: str) -> Prompt | None:
         """An echoed mark: that prompt has played (unless it was cleared before)."""
@@ -150,7 +173,7 @@ class Player:
     async def clear(self) -> list[Prompt]:
         """Drop everything buffered at Twilio; returns the prompts cut short.
 
-        The caller of this cancels the play task first so no frame follows the clear.
+        No frame follows the clear: the call's queue on the clock is dropped first.
         Twilio echoes pending marks right after a clear; they are recorded here as
         interrupted, so the echoes are recognised as stale rather than "played".
         """
@@ -158,14 +181,14 @@ class Player:
         cut: list[Prompt] = []
         if self._current is not None:
             cut.append(self._current)
-        cut.extend(self._pending.values())
+        cut.extend(p for p in self._pending.values() if p is not self._current)
         self._pending.clear()
         for prompt in cut:
             self._cut(prompt, now)
         self._current = None
-        self._buffer_end = now
+        self._channel.restart(now)
         self.clears += 1
-        await self._out.clear()
+        self._out.clear()
         return cut
 
     @staticmethod
@@ -176,7 +199,9 @@ class Player:
         prompt.done.set()
 
     def abandon(self) -> None:
-        """The call ended: release anyone waiting on a mark that will never come."""
+        """The call ended: nothing more is sent; release anyone waiting on a mark that
+        will never come."""
+        self._channel.drop()
         for prompt in self._pending.values():
             prompt.state = "unheard" if prompt.state == "sent" else prompt.state
             prompt.done.set()

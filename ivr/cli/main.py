@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--calls", type=int, default=100)
     load.add_argument("--seconds", type=float, default=10.0)
     load.add_argument("--workers", type=int, default=1, help="server recognizer workers")
+    load.add_argument("--baseline", action="store_true",
+                      help="then the same load against a minimal in-repo pacing server "
+                           "(ivr/bench/baseline.py), and the CPU ratio")
     slots = bench_sub.add_parser(
         "slots", help="slot answers (dates, times, digits, ...) through the phone path")
     slots.add_argument("--voices", default="en-us,en-gb,en-us+m3,en-us+f3",
@@ -205,7 +208,7 @@ async def _bench(args: argparse.Namespace) -> int:
     if args.bench == "load":
         from ivr.bench.load import load_main
 
-        return await load_main(args.calls, args.seconds, args.workers)
+        return await load_main(args.calls, args.seconds, args.workers, args.baseline)
     if args.bench == "soak":
         from ivr.bench.soak import soak_main
 

@@ -38,7 +38,7 @@ from ivr.session.speaker import Speaker
 from ivr.store.db import FAILED
 from ivr.telephony import control
 from ivr.telephony.inbound import Dtmf, Mark, Media, Start
-from ivr.telephony.outbound import TwilioOutbound
+from ivr.telephony.outbound import TwilioOutbound, Writer
 from ivr.telephony.stream_token import StreamClaims
 
 FILLERS = ("One moment, please.", "Still working on it.", "Thanks for waiting.",
@@ -47,13 +47,14 @@ T = TypeVar("T")
 
 
 def outbound_player(ws: web.WebSocketResponse, stream_sid: str, settings: Settings) -> Player:
-    """The call's outbound audio: what the player sends goes out on the stream's socket."""
+    """The call's outbound audio: what the player sends goes out on the stream's socket,
+    written by the shared frame clock without waiting (`Writer`)."""
 
     async def send(text: str) -> None:
         if not ws.closed:
             await ws.send_str(text)
 
-    return Player(TwilioOutbound(send, stream_sid), lead=settings.lead_ms / 1000)
+    return Player(TwilioOutbound(Writer(send), stream_sid), lead=settings.lead_ms / 1000)
 
 
 class CallSession:

@@ -74,6 +74,7 @@ class Speaker:
 
     def interrupt(self) -> None:
         """Barge-in: stop sending, and drop what Twilio has buffered."""
+        self.player.stop()
         if self._play_task is not None:
             self._play_task.cancel()
         self._spawn(self.player.clear())

@@ -6,20 +6,35 @@ Both sides of this direction live here, because the server and the simulated cal
     media_message(), mark_message(), clear_message()   the server writing to Twilio
     parse_outbound(frame) -> OutboundMessage           the simulated caller reading as Twilio
 
-`TwilioOutbound` binds the builders to one stream and a send function: it is the
+`TwilioOutbound` binds the builders to one stream and a write function: it is the
 implementation of the player's outbound port (`ivr.audio.player.Outbound`), so the
 player sends audio, marks and clears without knowing Twilio's JSON or the stream SID.
 
-The builders and the parser are pure; `TwilioOutbound` only calls the send it is given.
+Media is encoded once per prompt, not per frame per call: `media_pieces` turns a
+prompt's audio into one string per 20 ms frame (its base64 and the JSON that closes the
+message), cached by audio content so a static prompt is encoded once per process; a
+stream's media message is then its fixed prefix (event, stream SID) + a piece.
+
+The shared frame clock writes every call's frames in one tick, so the writes may not
+wait: `Writer` makes an `async` send (aiohttp's `send_str`) non-blocking. It runs the
+send's first step at once (it completes there unless the socket's buffer is full); a
+send that has to wait on the transport is finished by a task, and later writes queue
+behind it, in order (media beyond `max_backlog` are dropped and counted).
+
+The builders and the parser are pure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import binascii
+from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
+from ivr.errors import InvalidValue
 from ivr.telephony import wire
 from ivr.telephony.wire import DEFAULT_MAX_BYTES
 
@@ -30,14 +45,19 @@ __all__ = [
     "OutboundMessage",
     "Send",
     "TwilioOutbound",
+    "Writer",
     "clear_message",
     "mark_message",
     "media_message",
+    "media_pieces",
     "parse_outbound",
 ]
 
-Send: TypeAlias = Callable[[str], Awaitable[None]]
+Send: TypeAlias = Callable[[str], Coroutine[Any, Any, None]]
 """Sends one text frame on the call's WebSocket."""
+
+FRAME_BYTES = 160  # 20 ms of 8 kHz µ-law: one media message
+_PIECES_BUDGET = 4 << 20  # bytes of audio whose encoding is kept (~8 min of prompts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +84,35 @@ def media_message(stream_sid: str, payload: bytes) -> str:
     """Outbound audio: one whole chunk of raw 8 kHz µ-law, base64 in a single string."""
     # Built by hand: this runs 50 times a second per call and json.dumps of the
     # dict costs several times more than quoting the one field that needs it.
+    return f'{_media_prefix(stream_sid)}{wire.b64(payload)}"}}}}'
+
+
+def _media_prefix(stream_sid: str) -> str:
     sid = encode_basestring_ascii(wire.check_sid(stream_sid))
-    return f'{{"event":"media","streamSid":{sid},"media":{{"payload":"{wire.b64(payload)}"}}}}'
+    return f'{{"event":"media","streamSid":{sid},"media":{{"payload":"'
+
+
+_pieces: dict[bytes, tuple[str, ...]] = {}
+_pieces_bytes = 0
+
+
+def media_pieces(ulaw: bytes) -> tuple[str, ...]:
+    """Each 160-byte frame of `ulaw` (a whole number of frames) as the stream-independent
+    tail of its media message; `media_message` = a stream's prefix + piece. Cached by
+    content (least recently used out past a budget): static prompts repeat."""
+    global _pieces_bytes
+    if not ulaw or len(ulaw) % FRAME_BYTES:
+        raise InvalidValue(f"media must be whole {FRAME_BYTES}-byte frames")
+    found = _pieces.pop(ulaw, None)
+    if found is None:
+        b2a = binascii.b2a_base64
+        found = tuple(b2a(ulaw[i:i + FRAME_BYTES], newline=False).decode("ascii") + '"}}'
+                      for i in range(0, len(ulaw), FRAME_BYTES))
+        _pieces_bytes += len(ulaw)
+        while _pieces and _pieces_bytes > _PIECES_BUDGET:
+            _pieces_bytes -= len(_pieces.pop(next(iter(_pieces))))
+    _pieces[ulaw] = found  # (re)inserted last: the most recently used
+    return found
 
 
 def mark_message(stream_sid: str, name: str) -> str:
@@ -93,20 +140,101 @@ def parse_outbound(text: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> 
     wire.fail("unknown_event", f"unknown outbound event {event[:40]!r}")
 
 
-class TwilioOutbound:
-    """One Media Stream's outbound side: audio, marks and clears as Twilio frames."""
+class Writer:
+    """Non-blocking, in-order writes over an async `send` (see the module docstring)."""
 
-    __slots__ = ("_send", "_stream_sid")
+    __slots__ = ("_backlog", "_max", "_send", "_task", "broken", "dropped")
 
-    def __init__(self, send: Send, stream_sid: str) -> None:
+    def __init__(self, send: Send, *, max_backlog: int = 500) -> None:
         self._send = send
+        self._max = max_backlog
+        self._backlog: deque[str] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0  # media dropped behind a socket backed up past max_backlog
+        self.broken = False  # a send failed: the socket is gone, later writes are dropped
+
+    @property
+    def waiting(self) -> int:
+        """Writes queued behind a send that waits on the transport."""
+        return len(self._backlog) + (self._task is not None)
+
+    async def drained(self) -> None:
+        """Wait until every write queued behind a slow send went out (or failed)."""
+        while self._task is not None:
+            await asyncio.shield(self._task)
+
+    def __call__(self, text: str, *, droppable: bool = False) -> None:
+        if self.broken:
+            return
+        if self._task is not None:
+            if droppable and len(self._backlog) >= self._max:
+                self.dropped += 1
+            else:
+                self._backlog.append(text)
+            return
+        coro = self._send(text)
+        try:
+            waits_on = coro.send(None)
+        except StopIteration:
+            return  # written at once: the usual case
+        except Exception:
+            self.broken = True
+            return
+        self._task = asyncio.create_task(self._finish(coro, waits_on))
+
+    async def _finish(self, coro: Coroutine[Any, Any, None], waits_on: Any) -> None:
+        try:
+            await _resume(coro, waits_on)
+            while self._backlog:
+                await self._send(self._backlog.popleft())
+        except Exception:
+            self.broken = True
+            self._backlog.clear()
+        finally:
+            self._task = None
+
+
+async def _resume(coro: Coroutine[Any, Any, None], waits_on: Any) -> None:
+    """Drive a coroutine whose first step already ran and yielded `waits_on` (what it
+    waits for, as a task would), to its end."""
+    while True:
+        try:
+            if waits_on is None:
+                await asyncio.sleep(0)  # a bare yield: it only gave way
+            else:
+                await waits_on
+        except BaseException as exc:  # cancelled, or the wait failed: the send sees it
+            try:
+                waits_on = coro.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            waits_on = coro.send(None)
+        except StopIteration:
+            return
+
+
+class TwilioOutbound:
+    """One Media Stream's outbound side: audio, marks and clears as Twilio frames.
+
+    `write` must not block (a `Writer`); media writes are the ones it may drop."""
+
+    __slots__ = ("_prefix", "_stream_sid", "_write")
+
+    def __init__(self, write: Callable[..., None], stream_sid: str) -> None:
+        self._write = write
         self._stream_sid = stream_sid
+        self._prefix = _media_prefix(stream_sid)
 
-    async def media(self, ulaw: bytes) -> None:
-        await self._send(media_message(self._stream_sid, ulaw))
+    def encode(self, ulaw: bytes) -> tuple[str, ...]:
+        return media_pieces(ulaw)
 
-    async def mark(self, name: str) -> None:
-        await self._send(mark_message(self._stream_sid, name))
+    def media(self, piece: str) -> None:
+        self._write(self._prefix + piece, droppable=True)
 
-    async def clear(self) -> None:
-        await self._send(clear_message(self._stream_sid))
+    def mark(self, name: str) -> None:
+        self._write(mark_message(self._stream_sid, name))
+
+    def clear(self) -> None:
+        self._write(clear_message(self._stream_sid))

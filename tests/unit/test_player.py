@@ -10,22 +10,27 @@ from ivr.audio.player import Player
 
 
 class Wire:
-    """The player's outbound port, recording what was sent and when."""
+    """The player's outbound port, recording what was sent and when (frames "encoded"
+    as hex, so what was sent can be compared with the audio)."""
 
     def __init__(self, *, signal_after: int = 0) -> None:
         self.sent: list[tuple[float, str, bytes | str | None]] = []
         self.signal_after = signal_after
         self.frames_sent = asyncio.Event()  # set once `signal_after` frames went out
 
-    async def media(self, ulaw: bytes) -> None:
-        self.sent.append((time.monotonic(), "media", ulaw))
+    def encode(self, ulaw: bytes) -> list[str]:
+        assert len(ulaw) % 160 == 0
+        return [ulaw[i:i + 160].hex() for i in range(0, len(ulaw), 160)]
+
+    def media(self, piece: str) -> None:
+        self.sent.append((time.monotonic(), "media", bytes.fromhex(piece)))
         if self.signal_after and self.events().count("media") >= self.signal_after:
             self.frames_sent.set()
 
-    async def mark(self, name: str) -> None:
+    def mark(self, name: str) -> None:
         self.sent.append((time.monotonic(), "mark", name))
 
-    async def clear(self) -> None:
+    def clear(self) -> None:
         self.sent.append((time.monotonic(), "clear", None))
 
     def events(self) -> list[str]:

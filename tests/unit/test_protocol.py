@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import copy
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from ivr.errors import (
     ConfigError,
     FlowError,
+    InvalidValue,
     IvrError,
     ProtocolError,
     SpeechError,
@@ -45,9 +47,11 @@ from ivr.telephony.outbound import (
     OutMark,
     OutMedia,
     TwilioOutbound,
+    Writer,
     clear_message,
     mark_message,
     media_message,
+    media_pieces,
     parse_outbound,
 )
 from ivr.telephony.wire import DEFAULT_MAX_BYTES
@@ -160,20 +164,63 @@ def test_golden_outbound(name: str, built: str, expected: object) -> None:
     assert parse_outbound(built) == expected
 
 
-async def test_twilio_outbound_sends_the_golden_frames() -> None:
+def test_twilio_outbound_sends_the_golden_frames() -> None:
     """The player's port on a Twilio stream sends exactly the outbound golden frames."""
     sent: list[str] = []
 
-    async def send(text: str) -> None:
+    def write(text: str, *, droppable: bool = False) -> None:
         sent.append(text)
 
-    out = TwilioOutbound(send, SID)
-    await out.media(TONE)
-    await out.mark("prompt-3")
-    await out.clear()
+    out = TwilioOutbound(write, SID)
+    (piece,) = out.encode(TONE)
+    out.media(piece)
+    out.mark("prompt-3")
+    out.clear()
     assert sent == [built for _, built, _ in GOLDEN_OUTBOUND]
     names = ["outbound_media", "outbound_mark", "outbound_clear"]
     assert [json.loads(text) for text in sent] == [golden_dict(name) for name in names]
+
+
+def test_media_pieces_make_the_media_messages_and_are_encoded_once() -> None:
+    """A prompt's frames are encoded once (same pieces object for the same audio), and a
+    stream's prefix + piece is exactly `media_message` for each frame."""
+    audio = bytes(range(256)) * 5  # 8 frames
+    pieces = media_pieces(audio)
+    assert media_pieces(bytes(audio)) is pieces  # by content, not by object
+    sent: list[str] = []
+    out = TwilioOutbound(lambda text, droppable=False: sent.append(text), SID)
+    for piece in pieces:
+        out.media(piece)
+    assert sent == [media_message(SID, audio[i:i + 160]) for i in range(0, len(audio), 160)]
+    with pytest.raises(InvalidValue):
+        media_pieces(audio[:100])
+
+
+async def test_writer_never_blocks_and_keeps_order_behind_a_slow_send() -> None:
+    """A send waiting on the transport is finished by a task; later writes queue behind
+    it in order, and media past the backlog bound are dropped, marks never."""
+    gate = asyncio.get_running_loop().create_future()
+    sent: list[str] = []
+
+    async def send(text: str) -> None:
+        if text == "slow":
+            await gate
+        sent.append(text)
+
+    write = Writer(send, max_backlog=2)
+    write("a")
+    assert sent == ["a"]  # written synchronously
+    write("slow")
+    write("m1", droppable=True)
+    write("m2", droppable=True)
+    write("m3", droppable=True)  # past the bound: dropped
+    write("mark")  # never dropped
+    assert sent == ["a"] and write.dropped == 1 and write.waiting == 4
+    gate.set_result(None)
+    async with asyncio.timeout(5):
+        await write.drained()
+    assert write.waiting == 0
+    assert sent == ["a", "slow", "m1", "m2", "mark"]
 
 
 def test_outbound_media_is_one_whole_base64_string_without_header() -> None:
