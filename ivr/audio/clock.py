@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -72,8 +73,8 @@ class _Mark:
 class Channel:
     """One call's queue of encoded frames and marks, paced on the shared clock."""
 
-    __slots__ = ("_clock", "_lead", "_now", "_queue", "_sink", "active", "buffer_end",
-                 "frames_sent", "late_frames")
+    __slots__ = ("_clock", "_drops", "_lead", "_now", "_pumping", "_queue", "_sink",
+                 "active", "buffer_end", "frames_sent", "late_frames")
 
     def __init__(self, clock: FrameClock, sink: Sink, *, lead: float,
                  now: Callable[[], float]) -> None:
@@ -82,6 +83,8 @@ class Channel:
         self._lead = lead
         self._now = now
         self._queue: deque[_Frames | _Mark] = deque()
+        self._pumping = False
+        self._drops = 0  # bumped by drop/restart: a pump under way stops at once
         self.active = False  # in the clock's list of channels to pump
         self.buffer_end = 0.0  # when the audio sent so far ends playing at the far end
         self.frames_sent = 0
@@ -105,24 +108,39 @@ class Channel:
     def drop(self) -> None:
         """Stop at once: nothing queued is sent (barge-in, clear, the call ended)."""
         self._queue.clear()
+        self._drops += 1
 
     def restart(self, now: float) -> None:
         """The far end dropped its buffer (a clear): pacing starts again from `now`."""
         self._queue.clear()
+        self._drops += 1
         self.buffer_end = now
 
     def _start(self) -> None:
         # The first frames of a prompt go out now, not at the next tick (the greeting's
-        # latency); then the clock carries the channel.
+        # latency); then the clock carries the channel. Queued from inside a pump (a
+        # sink or a mark's callback starting audio): that pump sends it, paced on its
+        # own running estimate; a nested pump would pace on a stale one.
+        if self._pumping:
+            return
         if self.pump(self._now()) and not self.active:
             self._clock.add(self)
 
     def pump(self, now: float) -> bool:
         """Send what is due at `now`; True while anything is left queued."""
         queue = self._queue
-        if not queue:
-            return False
-        sink = self._sink
+        if not queue or self._pumping:
+            return bool(queue)
+        self._pumping = True
+        try:
+            return self._pump(queue, now)
+        finally:
+            self._pumping = False
+
+    def _pump(self, queue: deque[_Frames | _Mark], now: float) -> bool:
+        # A sink write or a mark's callback may drop the queue (the call ended, a
+        # clear): `drops` changes, and nothing more is sent or paced on this pass.
+        sink, drops = self._sink, self._drops
         # 1 µs of slack: 20 ms steps summed in floating point may pass an exact
         # deadline by a rounding error, and the frame due then would slip a whole tick.
         limit = now + self._lead + 1e-6
@@ -133,6 +151,8 @@ class Channel:
                 queue.popleft()
                 sink.mark(head.name)
                 head.on_sent()
+                if self._drops != drops:
+                    return bool(queue)
                 continue
             if end > limit:
                 break
@@ -152,8 +172,12 @@ class Channel:
                 pos += 1
                 sent += 1
                 end += PERIOD
+                if self._drops != drops:
+                    break
             tally.frames += sent
             self.frames_sent += sent
+            if self._drops != drops:
+                return bool(queue)
             if pos < stop:
                 head.pos = pos
                 break
@@ -242,12 +266,25 @@ class FrameClock:
         self._handle = self._loop.call_at(self._loop.time() + (self._next - now), self._fire)
 
 
-_shared: FrameClock | None = None
+_clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FrameClock] = (
+    weakref.WeakKeyDictionary())
+_unbound: FrameClock | None = None
 
 
 def shared_clock() -> FrameClock:
-    """The process-wide clock every call's player sends through."""
-    global _shared
-    if _shared is None:
-        _shared = FrameClock()
-    return _shared
+    """The clock every call's player on the running event loop sends through.
+
+    One per loop, never one per process: a process may run several loops (a server in a
+    thread beside a test's or a benchmark's own), and a clock must only ever write
+    sockets of its own loop."""
+    global _unbound
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # built outside a loop (a unit test): binds on first use
+        if _unbound is None:
+            _unbound = FrameClock()
+        return _unbound
+    clock = _clocks.get(loop)
+    if clock is None:
+        clock = _clocks[loop] = FrameClock()
+    return clock

@@ -232,3 +232,63 @@ def test_a_failing_call_does_not_stop_the_tick_for_the_others() -> None:
         clock.tick(time.at_tick(k))
     assert len(broken.media_times()) == 2 and len(fine.media_times()) == 10
     assert clock.channels == 0
+
+
+def test_audio_queued_from_a_marks_callback_keeps_the_pace() -> None:
+    """A mark's callback that queues the next prompt at once (inside the pump) does not
+    start a second pump on a stale estimate: the next prompt follows at one frame per
+    tick, no burst beyond the lead."""
+    time = FakeTime()
+    clock = FrameClock(now=time, autostart=False)
+    line = Line(time)
+    channel = clock.channel(line, lead=0.060)
+
+    def next_prompt() -> None:
+        channel.frames(Prompt("b", "x"), frames(10))
+
+    channel.frames(Prompt("a", "x"), frames(5))
+    channel.mark("a", next_prompt)
+    for k in range(1, 30):
+        clock.tick(time.at_tick(k))
+    times = line.media_times()
+    assert len(times) == 15
+    for i, t in enumerate(times):
+        # Never more than the lead (3 frames) ahead of one frame per tick from the start.
+        assert t >= 100.0 + (i - 3) * STEP - 1e-9, (i, t)
+
+
+def test_a_sink_that_ends_the_call_stops_the_pump_at_once() -> None:
+    """The call ends inside a write (its socket broke): nothing more goes out."""
+    time = FakeTime()
+    clock = FrameClock(now=time, autostart=False)
+
+    class Ending(Line):
+        channel: object = None
+
+        def media(self, piece: str) -> None:
+            super().media(piece)
+            if len(self.sent) == 2:
+                self.channel.drop()  # type: ignore[attr-defined]
+
+    line = Ending(time)
+    line.channel = channel = clock.channel(line, lead=0.0)
+    channel.frames(Prompt("p", "x"), frames(10))
+    channel.mark("p", lambda: None)
+    for k in range(1, 20):
+        clock.tick(time.at_tick(k))
+    assert [e for _, e, _ in line.sent] == ["media", "media"]
+    assert not channel.queued and clock.channels == 0
+
+
+def test_each_event_loop_has_its_own_clock() -> None:
+    """A clock writes only its own loop's sockets: two loops (a server in a thread beside
+    a test's own) never share one."""
+    from ivr.audio.clock import shared_clock
+
+    async def get() -> FrameClock:
+        first = shared_clock()
+        assert shared_clock() is first  # one per loop
+        return first
+
+    a, b = asyncio.run(get()), asyncio.run(get())
+    assert a is not b
