@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from ivr.jsgf import compile_jsgf
+
 ONES: Final[tuple[str, ...]] = tuple(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen "
     "fourteen fifteen sixteen seventeen eighteen nineteen".split()
@@ -30,11 +32,9 @@ class Grammar:
 
     phrases: tuple[str, ...] = ()
     jsgf: str | None = None
-    # For `complete()`: `phrases` grouped by the answer they mean ("yes", "yes please"),
-    # and for a JSGF grammar the number of words after which no answer goes on (a digit
-    # string of fixed length). Neither changes what a recognizer listens for.
+    # For `complete()`: `phrases` grouped by the answer they mean ("yes", "yes please").
+    # It does not change what a recognizer listens for.
     answers: tuple[tuple[str, ...], ...] = ()
-    final_words: int | None = None
 
     def complete(self, text: str) -> bool:
         """Is `text` (a partial hypothesis) a whole answer that more words cannot change?
@@ -43,14 +43,17 @@ class Grammar:
         phrase list: `text` is one of the phrases, and every longer phrase it begins
         means the same answer (in `answers`), so "yes" is complete beside "yes please"
         but "account" is not beside a different answer "account balance". For a JSGF
-        grammar only a hypothesis of `final_words` words is: "twenty" may yet become
-        "twenty two", and this leaf does not walk the grammar to tell.
+        grammar: `text` is a sentence of it and no longer sentence starts with it, so
+        "twenty" is not complete while "twenty two" may follow, nor "ten" while "ten
+        thirty" may, but "twenty two" (up to 99) and "ten a.m." are. A grammar the
+        walker cannot follow (`ivr.jsgf`) never ends a turn early.
         """
         words = _words(text)
         if not words:
             return False
         if self.jsgf is not None:
-            return self.final_words is not None and len(words) == self.final_words
+            walker = compile_jsgf(self.jsgf, _words)
+            return walker is not None and walker.complete(words)
         spoken = {_words(p): p for p in self.phrases}
         phrase = spoken.get(words)
         if phrase is None:

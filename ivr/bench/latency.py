@@ -2,7 +2,8 @@
 
 Voice-to-voice: from the end of the caller's speech (the moment the simulated caller sent
 its last loud frame) to the first frame of the reply, over spoken answers of the shipped
-flows (their menus, and a slot after one) in several espeak voices. Barge-in: from the
+flows (their menus, a slot after one, an order number) and of a flow of the bench's own
+that asks a number and a time (`ANSWER_CASES`), in several espeak voices. Barge-in: from the
 caller's first voiced frame, spoken over a prompt, to the `clear` the server sends.
 
 The server is `ivr serve` in its own process (`ServerProcess`), with the embedded engines
@@ -15,12 +16,14 @@ every arrival time. `--complete-ms 0` runs the server without grammar-aware endp
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 
@@ -29,7 +32,7 @@ from ivr.sim.caller import SimulatedCaller
 from ivr.sim.script import Barge, CallerAction, PutDown, Say
 from ivr.sim.transcript import CallerSaid, CallTranscript, fetch_server_transcript
 
-__all__ = ["CASES", "latency_main", "percentile"]
+__all__ = ["ANSWERS_FLOW", "ANSWER_CASES", "CASES", "latency_main", "percentile"]
 
 # (flow, what the caller says to its prompts in turn): each menu choice's first word, and
 # a choice slot reached through a menu. Replies here are prompts, not tool calls, so the
@@ -44,6 +47,36 @@ CASES: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("dental_booking", ("book", "cleaning")),
     ("dental_booking", ("book", "filling")),
 )
+# Structured answers, voice-to-voice only (their prompts are too short to barge into):
+# a digit string (order_status), and a number up to 99 and a time in the full JSGF
+# grammar (`ANSWERS_FLOW`), which grammar-aware endpointing walks (`ivr.jsgf`) to tell
+# "twenty two" (complete) from "twenty" (may go on). None of the shipped flows asks a
+# number, and their dates and times are phrase lists.
+ANSWER_CASES: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
+    ("order_status", ("one two three four",)),
+    ("bench_answers", ("twenty two", "ten a m")),
+    ("bench_answers", ("seven", "three thirty p m")),
+    ("bench_answers", ("fifteen", "noon")),
+)
+ANSWERS_FLOW: Final = """\
+name: bench_answers
+description: A number, then a time, for ivr bench latency.
+start: how_many
+slots:
+  party: {type: number, min: 1, max: 99}
+  time: {type: time, grammar: full}
+steps:
+  how_many:
+    ask: How many people?
+    slot: party
+    next: what_time
+  what_time:
+    ask: What time?
+    slot: time
+    next: bye
+  bye:
+    hangup: Thank you. Goodbye.
+"""
 # A barge-in lands this long after the prompt's first audio: inside the menu prompt.
 BARGE_AFTER_MS: Final = 2500
 
@@ -87,6 +120,18 @@ def understood(record: dict[str, object] | None) -> tuple[int, int]:
     return sum(1 for t in spoken if t.get("result") == "match"), len(spoken)
 
 
+def ended_complete(record: dict[str, Any] | None) -> int:
+    """Speech turns of a call that ended on the short silence of a complete answer."""
+    stats = record.get("stats") if record is not None else None
+    count = stats.get("turns_ended_complete", 0) if isinstance(stats, dict) else 0
+    return count if isinstance(count, int) else 0
+
+
+def _summary(ms: Sequence[float]) -> str:
+    return (f"n={len(ms)} p50 {percentile(ms, 50):.0f} ms, p99 {percentile(ms, 99):.0f} ms, "
+            f"max {max(ms, default=float('nan')):.0f} ms")
+
+
 def barge_in(t: CallTranscript) -> list[tuple[str, float]]:
     """(what was said, ms from its first voiced frame to the next `clear`) per barge-in."""
     out = []
@@ -114,9 +159,14 @@ async def latency_main(voices: list[str], *, concurrency: int = 2, workers: int 
     barges: list[Sample] = []
     missing: list[str] = []
     matched = [0, 0]  # speech turns understood, speech turns
+    early: dict[str, list[int]] = {}  # flow -> [turns ended on the short silence, turns]
     gate = asyncio.Semaphore(concurrency)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
+        flows = Path(tmp) / "flows"  # the shipped flows and the bench's own
+        shutil.copytree(os.environ.get("IVR_FLOWS", "flows"), flows)
+        (flows / "bench_answers.yaml").write_text(ANSWERS_FLOW, "utf-8")
+        env["IVR_FLOWS"] = str(flows)
         server = ServerProcess(Path(tmp) / "latency.db", env, log=Path(tmp) / "server.log")
         async with aiohttp.ClientSession() as http:
             await server.start(http, max_wait=60)
@@ -128,10 +178,14 @@ async def latency_main(voices: list[str], *, concurrency: int = 2, workers: int 
                     async with gate:
                         t = await _call(server.base, flow, voice, actions, http)
                     found = barge_in(t) if barge else voice_to_voice(t)
-                    ok, turns = understood(await fetch_server_transcript(
-                        http, server.base, t.call_sid))
+                    record = await fetch_server_transcript(http, server.base, t.call_sid)
+                    ok, turns = understood(record)
                     matched[0] += ok
                     matched[1] += turns
+                    if not barge:
+                        counts = early.setdefault(flow, [0, 0])
+                        counts[0] += ended_complete(record)
+                        counts[1] += turns
                     into = barges if barge else v2v
                     into.extend(Sample(flow, voice, text, ms) for text, ms in found)
                     expected = 1 if barge else len(said)
@@ -142,20 +196,26 @@ async def latency_main(voices: list[str], *, concurrency: int = 2, workers: int 
 
                 await asyncio.gather(*(
                     one(flow, voice, said, barge)
-                    for barge in (False, True) for flow, said in CASES for voice in voices
+                    for barge in (False, True)
+                    for flow, said in (CASES if barge else CASES + ANSWER_CASES)
+                    for voice in voices
                 ))
             finally:
                 await server.stop()
     elapsed = time.perf_counter() - started
     setting = "server default" if complete_ms is None else f"IVR_ENDPOINT_COMPLETE_MS={complete_ms}"
-    print(f"ivr bench latency: {len(CASES)} answers x voices {', '.join(voices)} "
+    cases = len(CASES) + len(ANSWER_CASES)
+    print(f"ivr bench latency: {cases} answers x voices {', '.join(voices)} "
           f"({setting}; {workers} recognizer workers, {concurrency} calls at a time; "
           f"{elapsed:.0f} s)")
     for name, samples in (("voice-to-voice (last loud caller frame -> first reply frame)", v2v),
                           ("barge-in (caller's first voiced frame -> clear)", barges)):
-        ms = [s.ms for s in samples]
-        print(f"{name}: n={len(ms)} p50 {percentile(ms, 50):.0f} ms, "
-              f"p99 {percentile(ms, 99):.0f} ms, max {max(ms, default=float('nan')):.0f} ms")
+        print(f"{name}: {_summary([s.ms for s in samples])}")
+        if samples is v2v:
+            structured = {flow for flow, _ in ANSWER_CASES}
+            for part, keep in (("menus and choices", False), ("numbers, times, digits", True)):
+                part_ms = [s.ms for s in v2v if (s.flow in structured) == keep]
+                print(f"  {part}: {_summary(part_ms)}")
         by_word: dict[str, list[float]] = {}
         for s in samples:
             by_word.setdefault(f"{s.flow}/{s.said}", []).append(s.ms)
@@ -165,6 +225,8 @@ async def latency_main(voices: list[str], *, concurrency: int = 2, workers: int 
     for line in missing:
         print(f"  MISSING {line}")
     print(f"answers understood by the flow (server's record): {matched[0]}/{matched[1]}")
+    print("speech turns ended on the short silence (complete for the grammar): " + ", ".join(
+        f"{flow} {done}/{turns}" for flow, (done, turns) in early.items()))
     command = f"ivr bench latency --voices {','.join(voices)}"
     if complete_ms is not None:
         command += f" --complete-ms {complete_ms}"

@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from ivr.bench.latency import barge_in, percentile, understood, voice_to_voice
+from ivr.bench.latency import (
+    ANSWER_CASES,
+    ANSWERS_FLOW,
+    barge_in,
+    ended_complete,
+    percentile,
+    understood,
+    voice_to_voice,
+)
+from ivr.flows.load import load_flow_text
+from ivr.flows.slots import grammar_for
 from ivr.sim.transcript import CallerSaid, CallTranscript
 
 
@@ -43,3 +53,17 @@ def test_understood_counts_matched_speech_turns_in_the_servers_record() -> None:
     ]}
     assert understood(record) == (1, 2)
     assert understood(None) == (0, 0)
+
+
+def test_turns_ended_complete_come_from_the_call_stats() -> None:
+    assert ended_complete({"stats": {"turns_ended_complete": 2}}) == 2
+    assert ended_complete({"stats": {}}) == 0 and ended_complete(None) == 0
+
+
+def test_the_bench_flow_asks_a_number_and_a_full_time() -> None:
+    """Its answers are JSGF ones, the kind grammar-aware endpointing walks."""
+    flow = load_flow_text(ANSWERS_FLOW, "bench_answers.yaml")
+    assert flow.name == "bench_answers"
+    assert {s.type for s in flow.slots.values()} == {"number", "time"}
+    assert all(grammar_for(s).jsgf is not None for s in flow.slots.values())
+    assert all(len(said) == 2 for f, said in ANSWER_CASES if f == flow.name)

@@ -6,6 +6,7 @@ a fake utterance whose partial hypotheses the test sets: nothing here is timed."
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ from ivr.audio.endpoint import EndpointConfig, Endpointer, SpeechEnded, SpeechSt
 from ivr.flows import engine
 from ivr.flows.engine.collection import listen
 from ivr.flows.model import AskStep, Choice, SlotDef
-from ivr.flows.slots import grammar_for
+from ivr.flows.slots import grammar_for, parse_text
 from ivr.grammar import Grammar
 from ivr.session.inbound import Inbound, SpeechDone
 from ivr.speech.base import Recognition, partial_text
@@ -64,8 +65,9 @@ def test_same_answer_extension_keeps_a_phrase_complete() -> None:
 def test_number_that_may_go_on_is_not_complete() -> None:
     number = grammar_for(SlotDef(type="number", min=1, max=99))
     assert number.jsgf is not None
-    assert not number.complete("twenty")
-    assert not number.complete("twenty two")  # the leaf does not walk JSGF: never early
+    assert not number.complete("twenty")  # may yet be "twenty two"
+    assert number.complete("twenty two")  # nothing goes on from it up to 99
+    assert not number.complete("twenty five hundred")  # not an answer of this grammar
     digits = grammar_for(SlotDef(type="digits", length=4))
     assert not digits.complete("one two three")
     assert digits.complete("one two three four")
@@ -247,3 +249,51 @@ def test_remote_utterances_without_partials_give_none() -> None:
         async def cancel(self) -> None: ...
 
     assert partial_text(Remote()) is None
+
+
+# -- acceptance (issue #12): "twenty", a pause, "two" is twenty two ------------------------
+
+PAUSE_FRAMES = 22  # 440 ms: past the short silence (VAD hangover included), short of END_MS
+
+
+async def pause_then_go_on(grammar: Grammar) -> tuple[bool, str, int]:
+    """The caller says "twenty", pauses, then "two", then is silent: (whether the turn
+    ended during the pause, what the ended turn's utterance recognized, the silence that
+    ended it after "two")."""
+    caller = Caller(grammar)
+    utt = await caller.says("twenty")
+    for _ in range(PAUSE_FRAMES):
+        caller.send(SILENCE)
+    ended_in_pause = not caller.inbound.inputs.empty()
+    silence_ms = 0
+    if not ended_in_pause:
+        caller.send(voiced(100))
+        utt.heard = "twenty two"
+        caller.send(voiced(200))
+        silence_ms = caller.silence_until_turn_ends()
+    task = caller.inbound.claim_utterance()
+    assert task is not None
+    recognized = await task
+    caller.inbound.release(task)
+    assert caller.recognizer.started == [utt]  # one turn, one utterance
+    return ended_in_pause, (await recognized.finish()).text, silence_ms
+
+
+async def test_twenty_pause_two_is_twenty_two() -> None:
+    """A number slot (1-99): "twenty" may go on, so the pause does not end the turn; the
+    answer heard to its end is 22, not 20, and it ends after the short silence."""
+    slot = SlotDef(type="number", min=1, max=99)
+    grammar = grammar_for(slot)
+    ended_in_pause, text, silence_ms = await pause_then_go_on(grammar)
+    assert not ended_in_pause
+    assert text == "twenty two"
+    value = parse_text(slot, text, now=datetime.datetime(2026, 1, 5, 9, 0))
+    assert value is not None and value.value == 22
+    assert silence_ms < END_MS  # "twenty two" is complete up to 99: the short silence
+
+
+async def test_a_complete_twenty_ends_in_the_pause() -> None:
+    """The control: where "twenty" is a whole answer, the same pause ends the turn."""
+    grammar = Grammar(("twenty",), "#JSGF V1.0;\ngrammar g;\npublic <answer> = twenty | thirty;\n")
+    ended_in_pause, text, _ = await pause_then_go_on(grammar)
+    assert ended_in_pause and text == "twenty"

@@ -195,7 +195,7 @@ def grammar_for(slot: SlotDef) -> Grammar:
     if kind == "digits":
         n = slot.length or slot.min_length or 4
         example = " ".join(ONES[1 + i % 9] for i in range(n))
-        return Grammar((example,), _digits_jsgf(slot), final_words=slot.length)
+        return Grammar((example,), _digits_jsgf(slot))
     if kind == "number":
         low = slot.min or 0
         high = slot.max if slot.max is not None else _DEFAULT_NUMBER_MAX
