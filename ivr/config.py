@@ -72,6 +72,7 @@ _ENV: dict[str, str] = {
     "db_queue_max": "IVR_DB_QUEUE_MAX",
     "tts_first_audio_ms": "IVR_TTS_FIRST_AUDIO_MS",
     "drain_s": "IVR_DRAIN_S",
+    "event_loop": "IVR_EVENT_LOOP",
 }
 
 # Settings where 0 switches something off: what 0 means, and what other values count.
@@ -86,6 +87,7 @@ _ZERO_MEANS: dict[str, tuple[str, str]] = {
 }
 
 BUSY_MODES = ("message", "reject")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 # Server processes one supervisor runs (IVR_PROCESSES): past a few per core they only
 # compete for it; this bound catches a typo (80 for 8), not a policy.
 MAX_PROCESSES = 64
@@ -262,6 +264,9 @@ class Settings:
     # What a caller turned away hears: "message" (the call is answered, `busy_message`
     # is spoken, then hang-up) or "reject" (<Reject reason="busy">: a busy tone, never
     # answered, never billed). A stream refused after /voice always hears the message.
+    # The event loop `ivr serve` runs on (`server.loop`): "auto" is uvloop where it is
+    # installed (a default dependency off Windows), else asyncio's own.
+    event_loop: str = "auto"
     busy: str = "message"
     busy_message: str = "All our lines are busy right now. Please call back in a few minutes."
     # What a caller hears when the call fails on our side (a bug in the conductor), before
@@ -356,6 +361,9 @@ class Settings:
                      "media_flood_ms", "media_start_timeout_ms", "media_idle_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_ENV[name]}={getattr(self, name)} must be at least 1 ms")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ConfigError(f"IVR_EVENT_LOOP={self.event_loop!r} must be auto, uvloop or"
+                              " asyncio")
         if self.busy not in BUSY_MODES:
             raise ConfigError(f"IVR_BUSY={self.busy!r} must be message or reject")
         if not self.busy_message.strip() or len(self.busy_message) > 1000:

@@ -267,14 +267,15 @@ def serve(args: argparse.Namespace) -> None:
             "insecure", detail="IVR_INSECURE / --insecure: started without the checks that "
                                "keep strangers from starting calls; a test bench only")
     from ivr.server.lifecycle import serve as serve_app
+    from ivr.server.loop import run
 
     # Not web.run_app: its signal handling cancels live calls; ours drains them first.
     from ivr.server.supervisor import child_ready_notifier
 
     ready = child_ready_notifier()  # set: one of `--processes N`, sharing the port
-    asyncio.run(serve_app(create_app(settings), settings.host, settings.port,
-                          print=lambda m: print(m, file=sys.stderr),
-                          reuse_port=ready is not None, ready=ready))
+    run(serve_app(create_app(settings), settings.host, settings.port,
+                  print=lambda m: print(m, file=sys.stderr),
+                  reuse_port=ready is not None, ready=ready), settings.event_loop)
 
 
 def _supervise(args: argparse.Namespace, settings: Settings) -> int:

@@ -232,7 +232,8 @@ async def healthz(request: web.Request) -> web.Response:
             "llm": services.settings.llm.name if services.settings.llm else None,
         },
         # What `ivr bench soak` watches for leaks across thousands of calls.
-        "process": {"tasks": len(asyncio.all_tasks()), "threads": threading.active_count(),
+        "process": {"event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
+                    "tasks": len(asyncio.all_tasks()), "threads": threading.active_count(),
                     "fds": _open_fds(), "heap_trims": services.heap_trims,
                     "heap_trim_pending": services.heap_trimmed_through is not None
                     and services.heap_trimmed_through != services.counters["calls_started"]},
