@@ -26,6 +26,7 @@ from ivr.store.db import DROPPED
 from ivr.telephony import twiml
 from ivr.telephony.inbound import Connected, Dtmf, Mark, Media, Start, Stop, parse_inbound
 from ivr.telephony.limits import MediaLimits, StreamGuard
+from ivr.telephony.socket import MediaSocket
 from ivr.telephony.stream_token import StartRejected
 
 log = structlog.get_logger("ivr.media")
@@ -52,6 +53,10 @@ class MediaConnection:
         """Why the call ends if the stream goes without `stop` (the record's end_reason)."""
         self._watchdog: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task[bool] | None = None
+        self.busy = False
+        """The read loop is awaiting on a frame: later ones wait their turn in the queue."""
+        self.lane_off = False
+        """A frame needed the read loop: every later one takes the queue too."""
 
     def error(self, reason: ProtocolReason, message: str) -> None:
         self.errors += 1
@@ -63,33 +68,68 @@ class MediaConnection:
             self.log.warning("protocol_error", reason=reason, detail=message[:200],
                              count=self.errors)
 
+    def on_text_now(self, data: str) -> bool:
+        """The socket's fast lane (`telephony.socket`): a call's media, marks and keys
+        handled as they are read, with no task switch. Anything else, anything while the
+        read loop awaits an earlier frame, and everything once a frame needs the read
+        loop (a flood to refuse, a failure) is left to the queue (False): the loop stops
+        reading where it must, so the close handshake drains what the peer still sends.
+        """
+        if self.busy or self.lane_off or self.session is None:
+            return False
+        try:
+            msg = parse_inbound(data, max_bytes=self.limits.max_message_bytes)
+        except ProtocolError as exc:
+            self.guard.received()
+            self.error(exc.reason, exc.message)
+            return True
+        if not isinstance(msg, Media | Dtmf | Mark):
+            return False  # start, stop, connected: the read loop's
+        self.guard.received()
+        try:
+            if self.on_call_frame(msg, lane=True):
+                return True
+        except Exception:
+            # Handled again by the read loop, which logs it and ends this call only.
+            pass
+        self.lane_off = True
+        return False
+
+    def on_call_frame(self, msg: Media | Dtmf | Mark, *, lane: bool = False) -> bool:
+        """A call's frame; False (only in the lane) when the read loop must take it."""
+        session = self.session
+        if session is None:
+            self.error("media_before_start", f"{type(msg).__name__.lower()} before start")
+        elif msg.stream_sid != session.stream_sid:
+            self.error("bad_stream_sid", f"streamSid {msg.stream_sid!r} is not this call's")
+        elif isinstance(msg, Media):
+            if self.guard.floods(len(msg.payload)):
+                if lane:
+                    return False
+                self.refuse("flood", f"audio {self.guard.ahead_ms():.0f} ms ahead of the"
+                                     " wall clock since start")
+                return True
+            session.on_media(msg)
+        elif isinstance(msg, Dtmf):
+            session.on_dtmf(msg)
+        else:
+            session.on_mark(msg)
+        return True
+
     async def on_text(self, data: str) -> None:
         try:
             msg = parse_inbound(data, max_bytes=self.limits.max_message_bytes)
         except ProtocolError as exc:
             self.error(exc.reason, exc.message)
             return
-        session = self.session
         if isinstance(msg, Media | Dtmf | Mark):
-            if session is None:
-                self.error("media_before_start", f"{type(msg).__name__.lower()} before start")
-            elif msg.stream_sid != session.stream_sid:
-                self.error("bad_stream_sid", f"streamSid {msg.stream_sid!r} is not this call's")
-            elif isinstance(msg, Media):
-                if self.guard.floods(len(msg.payload)):
-                    self.refuse("flood", f"audio {self.guard.ahead_ms():.0f} ms ahead of the"
-                                         " wall clock since start")
-                    return
-                session.on_media(msg)
-            elif isinstance(msg, Dtmf):
-                session.on_dtmf(msg)
-            else:
-                session.on_mark(msg)
+            self.on_call_frame(msg)
         elif isinstance(msg, Start):
             await self.on_start(msg)
             if self.session is not None:
                 self.guard.started()
         elif isinstance(msg, Stop):
+            session = self.session
             if session is None or msg.stream_sid != session.stream_sid:
                 self.error("bad_stream_sid", "stop for a stream that is not this call's")
                 return
@@ -223,19 +263,24 @@ async def media(request: web.Request) -> web.StreamResponse:
     limits = MediaLimits.from_settings(services.settings)
     # aiohttp refuses a message at its header, before buffering it, when its length is
     # not below max_msg_size: so limit + 1 admits exactly `max_message_bytes`.
-    ws = web.WebSocketResponse(max_msg_size=limits.max_message_bytes + 1, autoping=True)
+    ws = MediaSocket(max_msg_size=limits.max_message_bytes + 1, autoping=True)
     try:
         await ws.prepare(request)
     except BaseException:
         slot.opened()
         raise
     conn = MediaConnection(services, ws, limits, slot)
+    ws.fast_lane(conn.on_text_now)
     conn.watch()
     try:
         async for msg in ws:
             conn.guard.received()
             if msg.type == WSMsgType.TEXT:
-                await conn.on_text(msg.data)
+                conn.busy = True
+                try:
+                    await conn.on_text(msg.data)
+                finally:
+                    conn.busy = False
             elif msg.type == WSMsgType.BINARY:
                 conn.error("binary_frame", f"{len(msg.data)}-byte binary frame")
             elif msg.type == WSMsgType.ERROR:

@@ -151,8 +151,10 @@ async def test_outbound_audio_is_160_byte_frames_on_a_20_ms_clock(
     for seg in prompt_segments(t):
         t0 = seg[0]
         for i, arrival in enumerate(seg):
-            # Never more than the lead ahead of real time: no burst.
-            assert arrival >= t0 + i * FRAME_S - LEAD_S - JITTER_S, (i, arrival - t0)
+            # Never more than the lead ahead of real time: no burst. One frame of slack:
+            # these callers share the server's event loop, and a caller that reads a
+            # tick late reads two ticks' frames at once (a burst its own, not sent).
+            assert arrival >= t0 + (i - 1) * FRAME_S - LEAD_S - JITTER_S, (i, arrival - t0)
         gaps = [b - a for a, b in itertools.pairwise(seg)]
         assert max(gaps, default=0.0) <= 0.040 + JITTER_S, max(gaps)
 
