@@ -38,6 +38,7 @@ _ENV: dict[str, str] = {
     "endpoint_complete_ms": "IVR_ENDPOINT_COMPLETE_MS",
     "recognizer_wait_ms": "IVR_RECOGNIZER_WAIT_MS",
     "recognizer_hold_ms": "IVR_RECOGNIZER_HOLD_MS",
+    "recognizer_slots": "IVR_RECOGNIZER_SLOTS",
     # Personal data (docs/security.md)
     "redact_digits": "IVR_REDACT_DIGITS",
     "retention_days": "IVR_RETENTION_DAYS",
@@ -211,9 +212,13 @@ class Settings:
     # An utterance that waits this long for a free recognizer worker is a no-match (the
     # flow's retry or keypad path takes over) rather than a turn that waits on every call.
     recognizer_wait_ms: int = 5000
-    # A worker holding one utterance this long is killed and respawned: the flows' longest
-    # max_utterance_ms (60 s) plus 10 s to decode; only a leak or a wedged worker gets here.
+    # An utterance held by a worker this long is cancelled inside it (a worker that does not
+    # acknowledge is killed and respawned): the flows' longest max_utterance_ms (60 s) plus
+    # 10 s to decode; only a leak or a wedged worker gets here.
     recognizer_hold_ms: int = 70000
+    # Utterances one recognizer worker decodes at once (`ivr bench recognizer --rate`);
+    # each slot costs a ~6 MB decoder once used.
+    recognizer_slots: int = 8
     # Personal data (docs/security.md): mask digit runs of 4+ (order, card, phone numbers)
     # in stored turns and in logs; purge turns older than this many days (0: keep them).
     redact_digits: bool = False
@@ -364,6 +369,8 @@ class Settings:
         if self.event_loop not in EVENT_LOOPS:
             raise ConfigError(f"IVR_EVENT_LOOP={self.event_loop!r} must be auto, uvloop or"
                               " asyncio")
+        if not 1 <= self.recognizer_slots <= 64:
+            raise ConfigError(f"IVR_RECOGNIZER_SLOTS={self.recognizer_slots} must be within 1..64")
         if self.busy not in BUSY_MODES:
             raise ConfigError(f"IVR_BUSY={self.busy!r} must be message or reject")
         if not self.busy_message.strip() or len(self.busy_message) > 1000:

@@ -47,7 +47,7 @@ REQUEST_RESULTS: dict[str, str] = {"requests": "sent", "failures": "failed", "re
 # The wait for a free recognizer worker: ~0 with one free, up to IVR_RECOGNIZER_WAIT_MS.
 WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 # `stats` keys of the recognizer pool exported as ivr_recognizer_events_total{event=...}.
-RECOGNIZER_EVENTS = ("respawns", "hold_kills", "wait_expired")
+RECOGNIZER_EVENTS = ("respawns", "hold_cancels", "hold_kills", "wait_expired")
 
 
 class BreakerLike(Protocol):
@@ -158,8 +158,9 @@ class _RecognizerCollector(Collector):
         )
         events = CounterMetricFamily(
             "ivr_recognizer_events",
-            "Recognizer pool events: respawns (a worker exited), hold_kills (killed for "
-            "holding one utterance too long), wait_expired (no worker free in time)",
+            "Recognizer pool events: respawns (a worker exited), hold_cancels (an utterance "
+            "held too long, cancelled in its worker), hold_kills (a worker killed for not "
+            "acknowledging that cancel), wait_expired (no worker slot free in time)",
             labels=["event"],
         )
         if pool is not None:

@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--utterances", type=int, default=4, help="decoded at the same time")
     rec.add_argument("--no-sched-idle", dest="sched_idle", action="store_false",
                      help="workers at nice 10 only, without SCHED_IDLE")
+    rec.add_argument("--rate", type=float, default=0.0,
+                     help="instead: this many callers per second answer a menu, in real "
+                          "time; prints utterances per CPU-second and result latency")
+    rec.add_argument("--seconds", type=float, default=10.0, help="with --rate: how long")
+    rec.add_argument("--slots", type=int, default=None,
+                     help="with --rate: utterances per worker (env IVR_RECOGNIZER_SLOTS; "
+                          "1: one at a time, as before)")
     lat = bench_sub.add_parser(
         "latency", help="voice-to-voice and barge-in latency of spoken answers to the "
                         "shipped flows, through a server process")
@@ -227,6 +234,11 @@ async def _bench(args: argparse.Namespace) -> int:
         from ivr.bench.slots import slots_main
 
         return await slots_main(args.voices.split(","), workers=args.workers)
+    if args.bench == "recognizer" and args.rate > 0:
+        from ivr.bench.answer_rate import answer_rate_main
+
+        return await answer_rate_main(args.rate, args.seconds, workers=args.workers,
+                                      slots=args.slots, sched_idle=args.sched_idle)
     if args.bench == "recognizer":
         from ivr.bench.recognizer import recognizer_main
 

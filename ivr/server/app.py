@@ -147,7 +147,7 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     s = services.settings
     pool = RecognizerPool(size=s.recognizer_workers, max_wait=s.recognizer_wait_ms / 1000,
-                          max_hold=s.recognizer_hold_ms / 1000,
+                          max_hold=s.recognizer_hold_ms / 1000, slots=s.recognizer_slots,
                           on_wait=services.metrics.recognizer_waited)
     services.metrics.observe_recognizer(pool)
     services.workers_starting = starting = asyncio.create_task(

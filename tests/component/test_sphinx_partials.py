@@ -55,8 +55,9 @@ def test_worker_sends_changed_partials_until_end_then_the_result() -> None:
     assert proc.stdin is not None and proc.stdout is not None
     try:
         assert read_frame(proc.stdout)[0] == wire.READY
-        proc.stdin.write(wire.encode_frame(wire.BEGIN, wire.UTTERANCE_ID.pack(7) + jsgf.encode())
-                         + wire.encode_frame(wire.AUDIO, speech("support")))
+        uid = wire.UTTERANCE_ID.pack(7)
+        proc.stdin.write(wire.encode_frame(wire.BEGIN, uid + jsgf.encode())
+                         + wire.encode_frame(wire.AUDIO, uid + speech("support")))
         proc.stdin.flush()
         partials: list[str] = []
         while "support" not in partials:

@@ -67,6 +67,10 @@ def test_recognizer_bounds_default_and_refuse_zero() -> None:
     assert Settings.from_env({"IVR_RECOGNIZER_WAIT_MS": "250"}).recognizer_wait_ms == 250
     with pytest.raises(ConfigError, match="IVR_RECOGNIZER_HOLD_MS=0 must be at least 1 ms"):
         Settings.from_env({"IVR_RECOGNIZER_HOLD_MS": "0"})
+    assert s.recognizer_slots == 8
+    assert Settings.from_env({"IVR_RECOGNIZER_SLOTS": "1"}).recognizer_slots == 1
+    with pytest.raises(ConfigError, match="IVR_RECOGNIZER_SLOTS=0 must be within"):
+        Settings.from_env({"IVR_RECOGNIZER_SLOTS": "0"})
 
 
 def test_processes_default_to_one_and_need_a_fixed_port() -> None:

@@ -5,14 +5,21 @@ pocketsphinx holds the GIL while decoding, so each worker is a separate process
 priority. Nothing here blocks the event loop: audio goes out through non-blocking pipe
 writes and results come back through a reader task per worker.
 
-A worker decodes one utterance at a time. An utterance started while every worker is busy
-buffers its audio in memory and takes the next worker that frees up, in FIFO order, so
-`start()` and `feed()` never wait.
+A worker holds up to `slots` utterances at once and decodes each one's audio as it arrives
+(`ivr.speech.sphinx.worker`): a caller's answer takes a fraction of its length to decode,
+so a worker given one utterance at a time sat idle while the caller spoke and callers who
+answered together queued for whole utterances. A new utterance goes to the least-loaded
+worker with a free slot (at most one free-speech utterance per worker: it needs the
+worker's one language-model decoder). When every slot is taken it buffers its audio in
+memory and takes the next slot that frees up, in FIFO order, so `start()` and `feed()`
+never wait.
 
-Nothing can hold a worker for good: an utterance that waits for a worker longer than
-`max_wait` fails (its turn is a no-match and the flow's retry or keypad path takes over);
-a worker that holds one utterance longer than `max_hold` is killed; a worker that exits is
-respawned and the utterance it held fails at once.
+Nothing can hold a slot for good: an utterance that waits for one longer than `max_wait`
+fails (its turn is a no-match and the flow's retry or keypad path takes over); one held
+longer than `max_hold`, or whose result misses `finish()`'s `timeout`, is cancelled inside
+its worker while the worker's other utterances go on. A worker that does not acknowledge
+that cancel within `cancel_grace` is wedged and is killed; a worker that exits is respawned
+and every utterance it held fails at once.
 """
 
 from __future__ import annotations
@@ -38,6 +45,10 @@ from ivr.speech.sphinx.utterance import ENGINE, RecognitionError, SphinxUtteranc
 __all__ = ["RecognizerPool"]
 
 _GRAMMAR_CACHE: Final = 128
+# Utterances one worker decodes at once. A grammar answer costs ~15 ms of CPU per second
+# of speech and ~6 MB per decoder slot (`ivr.speech.sphinx.decoding`); see `ivr bench
+# recognizer --rate` for how the figure was chosen.
+DEFAULT_SLOTS: Final = 8
 
 
 class RecognizerPool:
@@ -47,8 +58,10 @@ class RecognizerPool:
     `timeout` bounds `finish()` (waiting for a worker, decoding, the reply); `log_path`
     collects the workers' stderr; `sched_idle` runs them under SCHED_IDLE on top of nice 10
     (see `ivr.speech.sphinx.worker.lower_priority`). `max_wait` bounds the wait for a free
-    worker and `max_hold` how long one utterance may hold a worker (None: no bound);
-    `on_wait` is told each wait for a worker, in seconds.
+    slot and `max_hold` how long one utterance may hold one (None: no bound); `on_wait`
+    is told each wait for a slot, in seconds. `slots` is how many utterances one worker
+    decodes at once (1: one after another, as before issue 12); `cancel_grace` how long
+    a worker may take to acknowledge a cancel before it is killed as wedged.
     """
 
     name = ENGINE
@@ -64,9 +77,13 @@ class RecognizerPool:
         max_wait: float | None = None,
         max_hold: float | None = None,
         on_wait: Callable[[float], None] | None = None,
+        slots: int = DEFAULT_SLOTS,
+        cancel_grace: float = 2.0,
     ) -> None:
         if size < 1:
             raise InvalidValue("a pool needs at least one worker")
+        if slots < 1:
+            raise InvalidValue("a worker needs at least one slot")
         for name, bound in (("max_wait", max_wait), ("max_hold", max_hold)):
             if bound is not None and bound <= 0:
                 raise InvalidValue(f"{name} must be positive, got {bound}")
@@ -76,12 +93,15 @@ class RecognizerPool:
         self.max_wait = max_wait
         self.max_hold = max_hold
         self.on_wait = on_wait
-        # respawns, hold_kills (a worker held past max_hold), wait_expired (no free worker)
+        self.slots = slots
+        self.cancel_grace = cancel_grace
+        # respawns; hold_cancels (an utterance held past max_hold or timeout, cancelled in
+        # its worker); hold_kills (a worker that did not acknowledge such a cancel);
+        # wait_expired (no free slot in max_wait)
         self.stats: Counter[str] = Counter()
         self._log_path = log_path
         self._worker_args = ["--sched-idle"] if sched_idle else []
         self._workers: list[WorkerProcess] = []
-        self._idle: deque[WorkerProcess] = deque()
         self._waiting: deque[SphinxUtterance] = deque()
         self._ids = itertools.count(1)
         self._grammars: OrderedDict[Grammar, CompiledGrammar | str] = OrderedDict()
@@ -142,14 +162,15 @@ class RecognizerPool:
         for task in list(self._tasks):
             task.cancel()
         workers, self._workers = self._workers, []
-        self._idle.clear()
         await asyncio.gather(*(self._stop(w, closed) for w in workers))
 
     async def _stop(self, worker: WorkerProcess, error: RecognitionError) -> None:
-        if worker.current is not None:
+        for utterance in list(worker.utterances.values()):
             # Otherwise the worker would finish decoding it before noticing EOF.
-            worker.send(wire.CANCEL, wire.UTTERANCE_ID.pack(worker.current.id))
-            self._free(worker).settle(error)
+            worker.send(wire.CANCEL, wire.UTTERANCE_ID.pack(utterance.id))
+            self._release(worker, utterance)
+            utterance.settle(error)
+        self._stop_watchdogs(worker)
         worker.alive = False
         stdin = worker.proc.stdin
         if stdin is not None:
@@ -215,6 +236,8 @@ class RecognizerPool:
                     self._on_result(worker, message)
                 elif kind == wire.PARTIAL:
                     self._on_partial(worker, json.loads(payload))
+                elif kind == wire.DROPPED:
+                    self._on_dropped(worker, wire.UTTERANCE_ID.unpack_from(payload)[0])
                 elif kind == wire.READY:
                     self._on_ready(worker)
         except asyncio.IncompleteReadError:
@@ -227,25 +250,30 @@ class RecognizerPool:
 
     def _on_ready(self, worker: WorkerProcess) -> None:
         worker.startup_seconds = time.monotonic() - worker.spawned
-        self._idle.append(worker)
         self._dispatch()
         if self._ready is not None:
             self._ready.set()
 
     def _on_result(self, worker: WorkerProcess, message: dict[str, object]) -> None:
-        utterance = worker.current
-        if utterance is None or message.get("id") != utterance.id:
+        utterance = _held(worker, message.get("id"))
+        if utterance is None:
             return  # a reply to an utterance that was cancelled meanwhile
-        self._free(worker)
+        self._release(worker, utterance)
         utterance.settle(utterance.recognition(message))
-        self._idle.append(worker)
         self._dispatch()
 
     def _on_partial(self, worker: WorkerProcess, message: object) -> None:
-        utterance = worker.current
-        if not isinstance(message, dict) or utterance is None or message.get("id") != utterance.id:
-            return  # for an utterance cancelled meanwhile
-        utterance.on_partial(str(message.get("text") or ""))
+        if not isinstance(message, dict):
+            return
+        utterance = _held(worker, message.get("id"))
+        if utterance is not None:  # else for an utterance cancelled meanwhile
+            utterance.on_partial(str(message.get("text") or ""))
+
+    def _on_dropped(self, worker: WorkerProcess, uid: int) -> None:
+        watchdog = worker.cancelling.pop(uid, None)
+        if watchdog is not None:
+            watchdog.cancel()
+            self._dispatch()  # alive after all: it may take new work again
 
     def _on_exit(self, worker: WorkerProcess, reason: str) -> None:
         worker.alive = False
@@ -253,12 +281,12 @@ class RecognizerPool:
         code = worker.proc.returncode
         with contextlib.suppress(ValueError):
             self._workers.remove(worker)
-        with contextlib.suppress(ValueError):
-            self._idle.remove(worker)
         if self._ready is not None:
             self._ready.set()
-        if worker.current is not None:
-            utterance = self._free(worker)
+        self._stop_watchdogs(worker)
+        # Every turn it held is a no-match now, not when each one's timeout runs out.
+        for utterance in list(worker.utterances.values()):
+            self._release(worker, utterance)
             utterance.settle(
                 RecognitionError(
                     f"recognition worker {worker.pid} {reason} (exit code {code}) "
@@ -277,43 +305,79 @@ class RecognizerPool:
     # -- scheduling ------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        while self._idle and self._waiting:
-            worker = self._idle.popleft()
-            if not worker.alive:
-                continue
-            utterance = self._waiting.popleft()
-            utterance.stop_timer()
-            worker.current = utterance
-            if self.on_wait is not None:
-                self.on_wait(time.monotonic() - utterance.created)
-            if self.max_hold is not None:
-                worker.hold_timer = asyncio.get_running_loop().call_later(
-                    self.max_hold, self._held_too_long, worker, utterance
-                )
-            utterance.attach(worker)
-
-    def _free(self, worker: WorkerProcess) -> SphinxUtterance:
-        """`worker` lets go of its utterance (the caller settles it and idles the worker)."""
-        utterance = worker.current
-        assert utterance is not None
-        worker.current = None
-        if worker.hold_timer is not None:
-            worker.hold_timer.cancel()
-            worker.hold_timer = None
-        return utterance
-
-    def _held_too_long(self, worker: WorkerProcess, utterance: SphinxUtterance) -> None:
-        if worker.current is not utterance:
+        """Give waiting utterances free slots, oldest first, each on the least-loaded
+        worker that can take it."""
+        if not self._waiting:
             return
-        # Longer than any utterance plus its decoding: a session that never let go of it,
-        # or a wedged worker. Either way a fresh worker serves the next caller.
-        self.stats["hold_kills"] += 1
-        self._free(worker)
-        utterance.settle(
-            RecognitionError(f"utterance {utterance.id} held worker {worker.pid} "
-                             f"past {self.max_hold:g} s")
-        )
-        worker.kill()  # the reader sees it exit and respawns it
+        still: deque[SphinxUtterance] = deque()
+        while self._waiting:
+            utterance = self._waiting.popleft()
+            worker = self._pick(utterance)
+            if worker is None:
+                still.append(utterance)
+            else:
+                self._assign(worker, utterance)
+        self._waiting = still
+
+    def _pick(self, utterance: SphinxUtterance) -> WorkerProcess | None:
+        fits = [
+            w for w in self._workers
+            if w.ready and len(w.utterances) < self.slots
+            and not (utterance.wants_lm and w.lm_busy)
+        ]
+        return min(fits, key=lambda w: len(w.utterances), default=None)
+
+    def _assign(self, worker: WorkerProcess, utterance: SphinxUtterance) -> None:
+        utterance.stop_timer()
+        worker.utterances[utterance.id] = utterance
+        if self.on_wait is not None:
+            self.on_wait(time.monotonic() - utterance.created)
+        if self.max_hold is not None:
+            utterance.hold_timer = asyncio.get_running_loop().call_later(
+                self.max_hold, self._held_too_long, worker, utterance, self.max_hold
+            )
+        utterance.attach(worker)
+
+    def _release(self, worker: WorkerProcess, utterance: SphinxUtterance) -> None:
+        """`worker` lets go of `utterance` (the caller settles it and dispatches)."""
+        worker.utterances.pop(utterance.id, None)
+        utterance.stop_hold_timer()
+
+    def _cancel_stuck(
+        self, worker: WorkerProcess, utterance: SphinxUtterance, error: RecognitionError
+    ) -> None:
+        """Cancel `utterance` inside its worker; the worker's other utterances go on unless
+        it does not acknowledge within `cancel_grace` (then it is wedged and is killed)."""
+        self.stats["hold_cancels"] += 1
+        self._release(worker, utterance)
+        utterance.settle(error)
+        worker.send(wire.CANCEL, wire.UTTERANCE_ID.pack(utterance.id))
+        if worker.alive:
+            worker.cancelling[utterance.id] = asyncio.get_running_loop().call_later(
+                self.cancel_grace, self._unacknowledged, worker, utterance.id
+            )
+        self._dispatch()
+
+    def _unacknowledged(self, worker: WorkerProcess, uid: int) -> None:
+        if worker.cancelling.pop(uid, None) is not None and worker.alive:
+            self.stats["hold_kills"] += 1
+            worker.kill()  # the reader sees it exit, fails what it held and respawns it
+
+    @staticmethod
+    def _stop_watchdogs(worker: WorkerProcess) -> None:
+        for watchdog in worker.cancelling.values():
+            watchdog.cancel()
+        worker.cancelling.clear()
+
+    def _held_too_long(
+        self, worker: WorkerProcess, utterance: SphinxUtterance, hold: float
+    ) -> None:
+        if _held(worker, utterance.id) is not utterance:
+            return
+        # Longer than any utterance plus its decoding: a session that never let go of it.
+        self._cancel_stuck(worker, utterance, RecognitionError(
+            f"utterance {utterance.id} held worker {worker.pid} past {hold:g} s"
+        ))
 
     def _waited_too_long(self, utterance: SphinxUtterance) -> None:
         if utterance not in self._waiting:
@@ -327,20 +391,17 @@ class RecognizerPool:
         )
 
     def _worker_of(self, utterance: SphinxUtterance) -> WorkerProcess | None:
-        return next((w for w in self._workers if w.current is utterance), None)
+        return next((w for w in self._workers if _held(w, utterance.id) is utterance), None)
 
     def utterance_cancelled(self, utterance: SphinxUtterance) -> None:
-        """Called by an utterance that is abandoned: free its worker or its queue place."""
+        """Called by an utterance that is abandoned: free its slot or its queue place."""
         if utterance.settled:
             return
         worker = self._worker_of(utterance)
-        utterance.stop_timer()
         utterance.settle(RecognitionError(f"utterance {utterance.id} was cancelled"))
         if worker is not None:
             worker.send(wire.CANCEL, wire.UTTERANCE_ID.pack(utterance.id))
-            self._free(worker)
-            if worker.alive:
-                self._idle.append(worker)
+            self._release(worker, utterance)
             self._dispatch()
         else:
             with contextlib.suppress(ValueError):
@@ -350,15 +411,11 @@ class RecognizerPool:
         """Called by an utterance whose `finish()` ran out of time."""
         worker = self._worker_of(utterance)
         if worker is not None:
-            # A worker that misses the deadline is wedged or hopelessly behind; a fresh one
-            # serves the next caller better.
-            self._free(worker)
-            utterance.settle(
-                RecognitionError(f"no result from worker {worker.pid} in {self.timeout:g} s")
-            )
-            worker.kill()
+            # Wedged, or hopelessly behind: whether it acknowledges the cancel tells which.
+            self._cancel_stuck(worker, utterance, RecognitionError(
+                f"no result from worker {worker.pid} in {self.timeout:g} s"
+            ))
         else:
-            utterance.stop_timer()
             with contextlib.suppress(ValueError):
                 self._waiting.remove(utterance)
             utterance.settle(
@@ -382,7 +439,7 @@ class RecognizerPool:
         utterance = SphinxUtterance(self, next(self._ids), compiled, note)
         self._waiting.append(utterance)
         self._dispatch()
-        if self.max_wait is not None and not utterance.settled and utterance.worker is None:
+        if self.max_wait is not None and utterance in self._waiting:
             utterance.timer = asyncio.get_running_loop().call_later(
                 self.max_wait, self._waited_too_long, utterance
             )
@@ -415,12 +472,28 @@ class RecognizerPool:
 
     @property
     def idle_workers(self) -> int:
-        return len(self._idle)
+        """Workers ready for work and holding no utterance."""
+        return sum(1 for w in self._workers if w.ready and not w.utterances)
 
     @property
     def busy_workers(self) -> int:
-        return sum(1 for w in self._workers if w.current is not None)
+        """Workers holding at least one utterance."""
+        return sum(1 for w in self._workers if w.utterances)
+
+    @property
+    def busy_slots(self) -> int:
+        """Utterances held by workers (at most `size * slots`)."""
+        return sum(len(w.utterances) for w in self._workers)
+
+    def pid_of(self, utterance: SphinxUtterance) -> int | None:
+        """The worker holding `utterance`, if one does."""
+        worker = self._worker_of(utterance)
+        return worker.pid if worker is not None else None
 
     @property
     def queued(self) -> int:
         return len(self._waiting)
+
+
+def _held(worker: WorkerProcess, uid: object) -> SphinxUtterance | None:
+    return worker.utterances.get(uid) if isinstance(uid, int) else None

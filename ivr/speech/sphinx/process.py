@@ -23,21 +23,33 @@ _DRAIN_THRESHOLD: Final = 1024 * 1024  # ~30 s of audio the worker has not read 
 
 @dataclass(eq=False)
 class WorkerProcess:
-    """A running worker: at most one utterance (`current`) at a time."""
+    """A running worker and the utterances it holds (at most the pool's `slots`)."""
 
     proc: asyncio.subprocess.Process
     drain_timeout: float  # a worker that reads nothing for this long is wedged
     spawned: float = field(default_factory=time.monotonic)
     startup_seconds: float | None = None
     alive: bool = True
-    current: SphinxUtterance | None = None
-    hold_timer: asyncio.TimerHandle | None = None  # the pool's bound on holding `current`
+    utterances: dict[int, SphinxUtterance] = field(default_factory=dict)  # by id
+    # Utterances the pool cancelled because they were stuck, until the worker acknowledges
+    # (DROPPED): the timer kills a worker that does not. No new work meanwhile.
+    cancelling: dict[int, asyncio.TimerHandle] = field(default_factory=dict)
     reader: asyncio.Task[None] | None = None
     drainer: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    @property
+    def ready(self) -> bool:
+        """Alive, models loaded, and not suspected of being wedged."""
+        return self.alive and self.startup_seconds is not None and not self.cancelling
+
+    @property
+    def lm_busy(self) -> bool:
+        """Its one language-model decoder is taken (see `ivr.speech.sphinx.decoding`)."""
+        return any(u.wants_lm for u in self.utterances.values())
 
     def send(self, kind: bytes, payload: bytes = b"") -> None:
         stdin = self.proc.stdin

@@ -66,6 +66,8 @@ class SphinxUtterance:
         self.created = time.monotonic()
         self.finished: float | None = None
         self.timer: asyncio.TimerHandle | None = None  # the pool's bound on the wait for a worker
+        self.hold_timer: asyncio.TimerHandle | None = None  # its bound on holding a worker slot
+        self._audio_prefix = wire.UTTERANCE_ID.pack(uid)
         self._partial: str | None = None
         self.outcome: asyncio.Future[Recognition | RecognitionError] = (
             asyncio.get_running_loop().create_future()
@@ -74,6 +76,11 @@ class SphinxUtterance:
     @property
     def settled(self) -> bool:
         return self.outcome.done()
+
+    @property
+    def wants_lm(self) -> bool:
+        """Decoded with the language model (no grammar, or one that could not compile)."""
+        return self.compiled is None
 
     def feed(self, pcm16_16k: bytes) -> None:
         # Audio after a failure or cancel has nowhere to go; the failure surfaces in finish().
@@ -90,7 +97,7 @@ class SphinxUtterance:
         self.buffer.clear()
         self.buffered = 0
         for i in range(0, len(audio), _AUDIO_FRAME_BYTES):
-            worker.send(wire.AUDIO, audio[i : i + _AUDIO_FRAME_BYTES])
+            worker.send(wire.AUDIO, self._audio_prefix + audio[i : i + _AUDIO_FRAME_BYTES])
 
     async def finish(self) -> Recognition:
         if not self.ended and not self.settled:
@@ -140,8 +147,14 @@ class SphinxUtterance:
             self.timer.cancel()
             self.timer = None
 
+    def stop_hold_timer(self) -> None:
+        if self.hold_timer is not None:
+            self.hold_timer.cancel()
+            self.hold_timer = None
+
     def settle(self, outcome: Recognition | RecognitionError) -> None:
         self.stop_timer()
+        self.stop_hold_timer()
         self.worker = None
         self.buffer.clear()
         self.buffered = 0

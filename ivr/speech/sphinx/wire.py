@@ -4,15 +4,18 @@ Every message is a frame: 1 byte type, 4 byte big-endian payload length, payload
 
 parent -> worker
   BEGIN  "B"  4-byte utterance id + JSGF grammar (UTF-8; empty = the language model)
-  AUDIO  "A"  16 kHz mono PCM16 for the utterance begun last
+  AUDIO  "A"  4-byte id + 16 kHz mono PCM16 (a worker holds several utterances at once)
   END    "E"  4-byte id: no more audio, reply with RESULT
-  CANCEL "C"  4-byte id: drop the utterance, no reply
+  CANCEL "C"  4-byte id: drop the utterance, reply with DROPPED
 worker -> parent
   READY  "Y"  JSON {"pid", "load_seconds"} once the models are loaded
   RESULT "R"  JSON {"id", "text", "confidence", "score", "audio_seconds", "cpu_seconds",
               "search", "error"}
   PARTIAL "P" JSON {"id", "text"}: the hypothesis so far, sent after a decoded block
               when it changed, until END (grammar-aware endpointing reads it)
+  DROPPED "D" 4-byte id: a CANCEL was read (known id or not). The pool's proof that a
+              worker it asked to drop a stuck utterance is still alive, so it need not be
+              killed with the other utterances it holds.
 
 Pure framing, no I/O and no pocketsphinx: both sides import it.
 """
@@ -29,6 +32,7 @@ __all__ = [
     "BEGIN",
     "BLOCK_BYTES",
     "CANCEL",
+    "DROPPED",
     "END",
     "HEADER",
     "MAX_PAYLOAD",
@@ -49,6 +53,7 @@ CANCEL: Final = b"C"
 READY: Final = b"Y"
 RESULT: Final = b"R"
 PARTIAL: Final = b"P"
+DROPPED: Final = b"D"
 
 HEADER: Final = struct.Struct(">cI")
 UTTERANCE_ID: Final = struct.Struct(">I")

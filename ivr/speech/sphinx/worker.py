@@ -3,15 +3,17 @@
 pocketsphinx holds the GIL while it decodes, so it runs in its own process, spoken to over
 stdin/stdout in the frames `ivr.speech.sphinx.wire` describes.
 
-Frames are handled in order, but decoding lags behind reading: the worker reads all input
-that is available before decoding each ~100 ms block, so a CANCEL that arrives while a long
-utterance is still being decoded takes effect at once rather than after the backlog.
+A worker holds several utterances at once, each on its own decoder (`ivr.speech.sphinx.
+decoding`), and decodes their audio as it arrives, one ~100 ms block at a time in turn
+(round-robin), so overlapping callers are served together instead of one after another.
+Decoding lags behind reading: the worker reads all input that is available before decoding
+each block, so a CANCEL that arrives while a long backlog is being decoded takes effect at
+once rather than after the backlog.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import select
@@ -19,18 +21,23 @@ import signal
 import struct
 import sys
 import time
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from ivr.speech.sphinx.model import model_paths
+from ivr.speech.sphinx.decoding import (
+    Job,
+    Slot,
+    band_fill,
+    make_full_decoder,
+    make_lean_decoder,
+)
 from ivr.speech.sphinx.wire import (
     AUDIO,
     BEGIN,
     BLOCK_BYTES,
     CANCEL,
+    DROPPED,
     END,
     PARTIAL,
     READY,
@@ -45,61 +52,32 @@ from ivr.speech.sphinx.wire import (
 if TYPE_CHECKING:
     from pocketsphinx import Decoder
 
-# Telephone audio upsampled to 16 kHz has nothing at all above 4 kHz, and the bundled
-# acoustic model was trained on full-band speech: its top mel filters then see log(0)
-# and the decoder loses its way (a 6-phrase grammar found no complete path for 8 of 18
-# synthesized answers). Faint noise in that band (about -50 dBFS) gives those filters
-# the floor they saw in training. Measured with `ivr bench accuracy`: see the README.
-BAND_FILL_LEVEL = 100.0
-# The same reasoning for digital silence (µ-law 0xFF decodes to exact zeros, as a muted
-# or very clean line sends): a faint white floor (about -55 dBFS) under everything.
-WHITE_LEVEL = 60.0
-
-# Cepstral mean of phone-path speech (espeak voices -> 8 kHz µ-law -> 16 kHz, band-filled),
-# endpointed as a call does, read with `Decoder.get_cmn()` after 150 such utterances. Live
-# CMN starts from the model's full-band prior and adapts during an utterance, so a worker's
-# first short answers were decoded with the wrong mean ("support" heard as "hours") and
-# results depended on what the worker had decoded before. Every utterance now starts from
-# this phone prior.
-PHONE_CMN = (
-    "53.8512,-9.97024,-1.45364,6.29877,-9.66028,-9.31558,5.37292,-7.23894,-5.78264,"
-    "-3.58242,-3.85585,-2.07563,-0.770549"
-)
-_GRAMMAR_CACHE_SIZE = 32
 _READ_SIZE = 256 * 1024
-
-
-@dataclass(slots=True)
-class _Job:
-    id: int
-    jsgf: str
-    pending: bytearray = field(default_factory=bytearray)
-    ended: bool = False
-    started: bool = False
-    error: str | None = None
-    search: str = "lm"
-    audio_bytes: int = 0
-    cpu_seconds: float = 0.0
-    partial: str = ""  # the last partial hypothesis sent
-    # Seeded per utterance so the same audio always decodes the same way.
-    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
-
-
-def band_fill(pcm16: bytes, rng: np.random.Generator, level: float = BAND_FILL_LEVEL) -> bytes:
-    """Add faint high-frequency-tilted noise (first difference of white noise)."""
-    samples = np.frombuffer(pcm16, dtype=np.int16).astype(np.float32)
-    tilted = np.diff(rng.standard_normal(len(samples) + 1).astype(np.float32))
-    white = rng.standard_normal(len(samples)).astype(np.float32)
-    noisy = samples + level * tilted + WHITE_LEVEL * white
-    return bytes(np.clip(noisy, -32768, 32767).astype(np.int16).tobytes())
+_ID = UTTERANCE_ID.size
 
 
 class Worker:
-    def __init__(self, decoder: Decoder, out_fd: int) -> None:
-        self._decoder = decoder
+    """The utterances one worker holds and the decoders serving them.
+
+    Language-model utterances need the full decoder (one per worker; the pool sends at
+    most one such utterance at a time, and another waits here for it); grammar utterances
+    each get a lean decoder, created on first need and kept for the next utterance.
+    """
+
+    def __init__(
+        self, decoder: Decoder, out_fd: int, make_lean: Callable[[], Decoder] = make_lean_decoder
+    ) -> None:
+        self._full = Slot(decoder)
+        self._lean: list[Slot] = []
+        self._make_lean = make_lean
         self._out_fd = out_fd
-        self._jobs: deque[_Job] = deque()
-        self._grammars: OrderedDict[str, str] = OrderedDict()  # JSGF digest -> search name
+        self._jobs: dict[int, Job] = {}
+        self._turns: deque[Job] = deque()  # jobs with a decoder, in round-robin order
+        self._waiting: deque[Job] = deque()  # language-model jobs waiting for the full decoder
+
+    @property
+    def decoders(self) -> int:
+        return 1 + len(self._lean)
 
     # -- input -------------------------------------------------------------------------
 
@@ -110,15 +88,18 @@ class Worker:
             raise WireError(f"malformed {kind!r} frame: {exc}") from exc
 
     def _handle(self, kind: bytes, payload: bytes) -> None:
-        if kind == BEGIN:
+        if kind == AUDIO:
             (uid,) = UTTERANCE_ID.unpack_from(payload)
-            jsgf = payload[UTTERANCE_ID.size :].decode("utf-8", errors="replace")
-            self._jobs.append(_Job(uid, jsgf))
-        elif kind == AUDIO:
-            if self._jobs and not self._jobs[-1].ended:
-                job = self._jobs[-1]
-                job.pending += payload
-                job.audio_bytes += len(payload)
+            job = self._jobs.get(uid)
+            if job is not None and not job.ended:
+                job.pending += memoryview(payload)[_ID:]
+                job.audio_bytes += len(payload) - _ID
+        elif kind == BEGIN:
+            (uid,) = UTTERANCE_ID.unpack_from(payload)
+            jsgf = payload[_ID:].decode("utf-8", errors="replace")
+            job = Job(uid, jsgf)
+            self._jobs[uid] = job
+            self._assign(job)
         elif kind == END:
             job_or_none = self._find(payload)
             if job_or_none is not None:
@@ -127,113 +108,117 @@ class Worker:
             job_or_none = self._find(payload)
             if job_or_none is not None:
                 self._drop(job_or_none)
+            self.send(DROPPED, payload[:_ID])
         else:
             raise WireError(f"unknown frame type {kind!r}")
 
-    def _find(self, payload: bytes) -> _Job | None:
+    def _find(self, payload: bytes) -> Job | None:
         (uid,) = UTTERANCE_ID.unpack_from(payload)
-        for job in self._jobs:
-            if job.id == uid:
-                return job
-        return None
+        return self._jobs.get(uid)
 
-    def _drop(self, job: _Job) -> None:
-        if job is self._jobs[0] and job.started and job.error is None:
-            try:
-                self._decoder.end_utt()  # discard the partial search
-            except RuntimeError:
-                pass
-        self._jobs.remove(job)
+    def _assign(self, job: Job) -> None:
+        if job.wants_lm:
+            if self._full.job is not None:
+                self._waiting.append(job)
+                return
+            slot = self._full
+        else:
+            slot = next((s for s in self._lean if s.job is None), None) or self._new_lean()
+        slot.job, job.slot = job, slot
+        self._turns.append(job)
+
+    def _new_lean(self) -> Slot:
+        slot = Slot(self._make_lean(), lexicon=self._full.decoder)
+        self._lean.append(slot)
+        return slot
+
+    def _release(self, job: Job) -> None:
+        """`job` is done or dropped: free its decoder for the next one."""
+        del self._jobs[job.id]
+        slot = job.slot
+        if slot is None:
+            self._waiting.remove(job)
+            return
+        self._turns.remove(job)
+        slot.job, job.slot = None, None
+        if slot is self._full and self._waiting:
+            self._assign(self._waiting.popleft())
+
+    def _drop(self, job: Job) -> None:
+        if job.slot is not None and job.started and job.error is None:
+            job.slot.abandon()
+        self._release(job)
 
     # -- decoding ----------------------------------------------------------------------
 
     def finish_ended(self) -> None:
-        while self._jobs and self._jobs[0].ended:
+        """At EOF: finish what was ended, drop the rest (nobody will end it)."""
+        for job in [j for j in self._jobs.values() if not j.ended]:
+            self._drop(job)
+        while self.has_work():
             self.step()
-        self._jobs.clear()
+
+    @staticmethod
+    def _ready(job: Job) -> bool:
+        return not job.started or job.ended or len(job.pending) >= BLOCK_BYTES
 
     def has_work(self) -> bool:
         """True when a decode step can make progress without more input."""
-        if not self._jobs:
-            return False
-        job = self._jobs[0]
-        return not job.started or job.ended or len(job.pending) >= BLOCK_BYTES
+        return any(self._ready(job) for job in self._turns)
 
     def step(self) -> None:
-        """Decode at most one block of the oldest utterance, or finish it."""
-        job = self._jobs[0]
+        """Decode one block of the next utterance in turn that has one, or finish it."""
+        for _ in range(len(self._turns)):
+            job = self._turns[0]
+            self._turns.rotate(-1)
+            if self._ready(job):
+                self._step(job)
+                return
+
+    def _step(self, job: Job) -> None:
+        slot = job.slot
+        assert slot is not None
+        start = time.process_time()
         if not job.started:
             job.started = True
-            self._start(job)
+            slot.begin(job)
+            job.cpu_seconds += time.process_time() - start
+            return
         if job.error is not None:
             job.pending.clear()
             if job.ended:
                 self._reply(job, None)
             return
-        start = time.process_time()
+        decoder = slot.decoder
         try:
             if len(job.pending) >= BLOCK_BYTES or (job.ended and len(job.pending) > 1):
                 take = min(BLOCK_BYTES, len(job.pending)) & ~1
                 block = band_fill(bytes(job.pending[:take]), job.rng)
-                self._decoder.process_raw(block, False, False)
+                decoder.process_raw(block, False, False)
                 del job.pending[:take]
                 if not job.ended:
-                    self._send_partial(job)
+                    self._send_partial(job, decoder)
             elif job.ended:
-                self._decoder.end_utt()
+                decoder.end_utt()
                 job.cpu_seconds += time.process_time() - start
-                self._reply(job, self._decoder.hyp())
+                self._reply(job, decoder.hyp())
                 return
         except RuntimeError as exc:
             job.error = f"decoding failed: {exc}"
             job.pending.clear()
-            try:
-                self._decoder.end_utt()
-            except RuntimeError:
-                pass
+            slot.abandon()
         job.cpu_seconds += time.process_time() - start
 
-    def _send_partial(self, job: _Job) -> None:
+    def _send_partial(self, job: Job, decoder: Decoder) -> None:
         # Only while the caller may still be talking: after END the result follows.
-        hyp = self._decoder.hyp()
+        hyp = decoder.hyp()
         text = (hyp.hypstr or "") if hyp is not None else ""
         if text != job.partial:
             job.partial = text
             self.send(PARTIAL, json.dumps({"id": job.id, "text": text}).encode())
 
-    def _start(self, job: _Job) -> None:
-        start = time.process_time()
-        try:
-            if job.jsgf.strip():
-                job.search = self._grammar_search(job.jsgf)
-                self._decoder.activate_search(job.search)
-            else:
-                self._decoder.activate_search()  # the default search: the language model
-            self._decoder.set_cmn(PHONE_CMN)
-            self._decoder.start_utt()
-        except (ValueError, RuntimeError, KeyError) as exc:
-            job.error = f"{type(exc).__name__}: {exc}"
-        job.cpu_seconds += time.process_time() - start
-
-    def _grammar_search(self, jsgf: str) -> str:
-        digest = hashlib.sha1(jsgf.encode()).hexdigest()[:16]
-        name = self._grammars.get(digest)
-        if name is not None:
-            self._grammars.move_to_end(digest)
-            return name
-        name = "g_" + digest
-        self._decoder.add_jsgf_string(name, jsgf)  # ValueError on a bad grammar
-        self._grammars[digest] = name
-        if len(self._grammars) > _GRAMMAR_CACHE_SIZE:
-            _, old = self._grammars.popitem(last=False)
-            try:
-                self._decoder.remove_search(old)
-            except KeyError:
-                pass
-        return name
-
-    def _reply(self, job: _Job, hyp: Any) -> None:
-        self._jobs.popleft()
+    def _reply(self, job: Job, hyp: Any) -> None:
+        self._release(job)
         message: dict[str, object] = {
             "id": job.id,
             "text": "",
@@ -257,15 +242,9 @@ class Worker:
             view = view[written:]
 
 
-def _make_decoder() -> Decoder:
-    from pocketsphinx import Decoder
-
-    return Decoder(**model_paths(), samprate=SAMPLE_RATE, loglevel="FATAL")
-
-
 def run(in_fd: int, out_fd: int) -> int:
     loaded = time.perf_counter()
-    worker = Worker(_make_decoder(), out_fd)
+    worker = Worker(make_full_decoder(), out_fd)
     worker.send(
         READY,
         json.dumps({"pid": os.getpid(), "load_seconds": time.perf_counter() - loaded}).encode(),
