@@ -15,14 +15,15 @@ load against `ivr.bench.baseline` (a naive media server) and prints the CPU rati
 The generator must not pass for a slow server: it prints its own late ticks and CPU per
 call-second. It is built to be cheap: it runs on uvloop where installed, one shared
 20 ms ticker sends every call's frames, media messages are filled into per-call string
-templates, frames are written without awaiting each one (aiohttp's frame writer is
-synchronous; the awaitable `send_str` only adds a coroutine per frame), and outbound
-media are recognised by their prefix instead of parsed.
+templates, and the Media Stream sockets are spoken by hand (`_Stream`): each frame sent
+is one synchronous write, each one received is handled as it arrives, with no task or
+coroutine per message, and outbound media are recognised by their prefix, not parsed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -32,15 +33,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import cast
+from urllib.parse import urlsplit
 
 import aiohttp
 
-from ivr.bench.load_peer import CALLED, TICK, Caller, Figures, measure, table
+from ivr.bench.load_peer import (
+    CALLED,
+    TICK,
+    Caller,
+    Figures,
+    measure,
+    read_frames,
+    table,
+    text_frame,
+)
 from ivr.bench.server import rss_mb
+from ivr.errors import IvrError
 from ivr.sim.dial import call_urls, dial, voice_form
 from ivr.sim.run import free_port
 from ivr.telephony import inbound, outbound
@@ -52,45 +63,95 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
 
 
-def _sender(ws: aiohttp.ClientWebSocketResponse) -> Callable[[str], Any]:
-    """A synchronous write of one text frame on `ws`.
+class _Stream(asyncio.Protocol):
+    """One call's Media Stream socket, spoken by hand.
 
-    aiohttp's `send_str` is a coroutine only to wait for the transport to drain past a
-    limit; the frame itself is masked and written synchronously. A thousand calls at
-    50 frames a second make that coroutine a large share of the generator's CPU, so the
-    writer is called directly (the kernel's socket buffer absorbs what a slow server
-    does not read yet). Another aiohttp without it gets the public coroutine.
+    aiohttp's client WebSocket wakes a task for every message and awaits a coroutine
+    for every send; at a thousand calls that is most of the generator's CPU. Here the
+    upgrade is one request, each frame the server sends is handled in `data_received`
+    as it arrives (outbound media recognised by their prefix, not parsed) and each frame
+    the caller sends is one synchronous write.
     """
-    write = getattr(getattr(ws, "_writer", None), "_write_websocket_frame", None)
-    if write is None:
-        return lambda text: asyncio.ensure_future(ws.send_str(text))
-    text_frame = aiohttp.WSMsgType.TEXT
-    return lambda text: write(text.encode(), text_frame, 0)
+
+    def __init__(self, host: str, path: str) -> None:
+        self.request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                        f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                        f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}"
+                        f"\r\n\r\n").encode()
+        self.upgraded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+        self.call: Caller | None = None
+        self.media = b""  # the prefix of this stream's outbound media, compact JSON
+        self.spaced = b""  # and as json.dumps spells it (the baseline's)
+        self.buf = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        if not self.upgraded.done():
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                self.upgraded.set_exception(IvrError(f"no upgrade: {buf[:40]!r}"))
+                return
+            self.upgraded.set_result(None)
+            buf = buf[end + 4:]
+        self.buf = buf[read_frames(buf, self._frame):]
+
+    def _frame(self, opcode: int, payload: bytes) -> None:
+        call = self.call
+        if opcode == 0x1 and call is not None:
+            now = time.monotonic()
+            prefix = self.media if payload.startswith(self.media) else (
+                self.spaced if payload.startswith(self.spaced) else None)
+            if prefix is not None:
+                # The payload is the base64 between the prefix and the closing '"}}'.
+                b64 = len(payload) - len(prefix) - 3
+                call.media_in(now, (b64 // 4 * 3 - payload.count(b"=", -5)) / 8000)
+                return
+            out = outbound.parse_outbound(payload)  # other spellings of JSON, marks, clears
+            if isinstance(out, outbound.OutMedia):
+                call.media_in(now, len(out.payload) / 8000)
+            elif isinstance(out, outbound.OutMark):
+                call.mark_in(now, out.name)
+            elif isinstance(out, outbound.OutClear):
+                call.clear_in(now)
+        elif opcode == 0x8 and self.transport is not None:
+            self.transport.close()
+
+    def send(self, text: str) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("the stream is closed")
+        self.transport.write(text_frame(text.encode()))
+
+    def close(self) -> None:
+        """A normal closure (1000), then the socket."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"\x88\x82\0\0\0\0\x03\xe8")
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.upgraded.done():
+            self.upgraded.set_exception(ConnectionResetError("closed before the upgrade"))
+        if self.call is not None and self.call.ended is None:
+            self.call.ended = time.monotonic()
 
 
-async def _reader(call: Caller, ws: aiohttp.ClientWebSocketResponse) -> None:
-    media = outbound.media_message(call.sid, b"\0")[:-7]  # this stream's media prefix
-    monotonic = time.monotonic
-    async for msg in ws:
-        if msg.type != aiohttp.WSMsgType.TEXT:
-            break
-        now = monotonic()
-        text: str = msg.data
-        if text.startswith(media):
-            # Not parsed (the generator must stay cheap): the payload is the base64
-            # between the prefix and the closing '"}}'.
-            b64 = len(text) - len(media) - 3
-            call.media_in(now, (b64 // 4 * 3 - text.count("=", len(text) - 5)) / 8000)
-            continue
-        out = outbound.parse_outbound(text)  # any other spelling of JSON, marks, clears
-        if isinstance(out, outbound.OutMedia):
-            call.media_in(now, len(out.payload) / 8000)
-        elif isinstance(out, outbound.OutMark):
-            call.mark_in(now, out.name)
-        elif isinstance(out, outbound.OutClear):
-            call.clear_in(now)
-    if call.ended is None:
-        call.ended = monotonic()
+async def _open(url: str, sid: str) -> _Stream:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    loop = asyncio.get_running_loop()
+    _, stream = await loop.create_connection(lambda: _Stream(parts.netloc, parts.path), host, port)
+    await asyncio.wait_for(stream.upgraded, 10)
+    stream.media = outbound.media_message(sid, b"\0")[:-7].encode()
+    stream.spaced = json.dumps({"event": "media", "streamSid": sid,
+                                "media": {"payload": ""}})[:-3].encode()
+    return stream
 
 
 async def _loop_lag_ms(http: aiohttp.ClientSession, base: str) -> float | None:
@@ -178,7 +239,7 @@ class _Ticker:
                 if c.ended is None:
                     try:
                         c.tick(monotonic())
-                    except (aiohttp.ClientError, ConnectionError):
+                    except ConnectionError:
                         c.ended = monotonic()
             n += 1
             delay = start + n * TICK - monotonic()
@@ -201,8 +262,7 @@ async def _drive(server: subprocess.Popen[bytes], port: int, n: int, seconds: fl
                         break
             await asyncio.sleep(0.1)
         calls: list[Caller] = []
-        sockets: list[aiohttp.ClientWebSocketResponse] = []
-        readers: list[asyncio.Task[None]] = []
+        streams: list[_Stream] = []
         rss0 = rss_mb(server.pid)
         urls = call_urls(base)
         ticker = _Ticker(calls)
@@ -214,13 +274,13 @@ async def _drive(server: subprocess.Popen[bytes], port: int, n: int, seconds: fl
                 call_sid, account_sid = "CA" + secrets.token_hex(16), "AC" + secrets.token_hex(16)
                 dialled = await dial(http, urls.base, voice_form(
                     call_sid, account_sid, f"+1555{i:07d}", CALLED))
-                ws = await http.ws_connect(urls.media, max_msg_size=0)
-                sockets.append(ws)
                 sid = "MZ" + secrets.token_hex(16)
-                await ws.send_str(inbound.connected_message())
-                call = Caller(sid, time.monotonic(), _sender(ws), random.Random(rng.random()))
-                readers.append(asyncio.create_task(_reader(call, ws)))  # before the start
-                await ws.send_str(inbound.start_message(
+                stream = await _open(urls.media, sid)
+                streams.append(stream)
+                stream.send(inbound.connected_message())
+                stream.call = call = Caller(sid, time.monotonic(), stream.send,
+                                            random.Random(rng.random()))
+                stream.send(inbound.start_message(
                     1, sid, account_sid, call_sid, dialled.parameters))
                 calls.append(call)  # the ticker sends its frames from the next tick on
             cpu0, t0, own0 = _cpu_seconds(server.pid), time.monotonic(), time.process_time()
@@ -237,10 +297,8 @@ async def _drive(server: subprocess.Popen[bytes], port: int, n: int, seconds: fl
             health = await resp.json()
         rss = rss_mb(server.pid) - rss0
         lag = await _loop_lag_ms(http, base)
-        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-        for r in readers:
-            r.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
+        for stream in streams:
+            stream.close()
     figures = measure(name, calls, seconds=wall, cpu_s=cpu, rss_kib=rss * 1024,
                       loop_lag_ms=lag, late_ticks=ticker.late, ticks=ticker.ticks,
                       generator_cpu_s=own, until=until)

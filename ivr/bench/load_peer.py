@@ -17,7 +17,9 @@ service question (no-input reprompts) well past any run's --seconds.
 The generator must stay cheap enough to drive 1,000 calls from one core: a call's media
 messages differ only in their numbers, so they are filled into string templates built
 once per call (`Templates`), and every outgoing message goes through a plain
-synchronous `send` (`ivr.bench.load` writes the frame without awaiting).
+synchronous `send`: `ivr.bench.load` speaks the WebSocket itself (`text_frame`,
+`read_frames`), a frame written and the server's frames handled as they arrive, with no
+task woken per message.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ivr.errors import IvrError
 from ivr.telephony import inbound, wire
 
 CALLED = "+15550100002"  # the number every call dials: main_menu (flows/routes.yaml)
@@ -53,6 +56,48 @@ class Templates:
     def media(self, seq: int, chunk: int) -> str:
         """Frame `chunk` (1-based), its timestamp 20 ms per chunk as Twilio counts."""
         return f'{self._head}{seq}{self._chunk}{chunk}","timestamp":"{chunk * 20}{self._tail}'
+
+
+def text_frame(data: bytes) -> bytes:
+    """A client's WebSocket text frame (RFC 6455 5.2): final, masked as a client's must
+    be, with the all-zero key, one of the keys a client may draw: the payload then goes
+    out as it is (XOR with zeros), while the server still unmasks every frame as it does
+    Twilio's."""
+    n = len(data)
+    if n < 126:
+        head = bytes((0x81, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x81, 0xFE, n >> 8, n & 0xFF))
+    else:
+        head = bytes((0x81, 0xFF)) + n.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + data
+
+
+def read_frames(buf: bytes, on_frame: Callable[[int, bytes], Any]) -> int:
+    """Hand each whole frame at the start of `buf` (a server's: unmasked) to
+    `on_frame(opcode, payload)`; returns the bytes used (the rest is a partial frame).
+    A fragmented message is refused: no server of this benchmark sends one."""
+    pos, end = 0, len(buf)
+    while end - pos >= 2:
+        first, length = buf[pos], buf[pos + 1] & 0x7F
+        head = 2
+        if length == 126:
+            head = 4
+            if end - pos < head:
+                break
+            length = int.from_bytes(buf[pos + 2:pos + 4], "big")
+        elif length == 127:
+            head = 10
+            if end - pos < head:
+                break
+            length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+        if buf[pos + 1] & 0x80 or not first & 0x80:
+            raise IvrError("a masked or fragmented frame from the server")
+        if end - pos < head + length:
+            break
+        on_frame(first & 0x0F, buf[pos + head:pos + head + length])
+        pos += head + length
+    return pos
 
 
 @dataclass(eq=False)

@@ -24,10 +24,13 @@ from ivr.bench.load_peer import (
     Templates,
     measure,
     percentile,
+    read_frames,
     table,
+    text_frame,
 )
 from ivr.cli.main import build_parser
 from ivr.config import Settings
+from ivr.errors import IvrError
 from ivr.flows.engine import Digits, FlowRunner, GotoFlow, Play, Transfer
 from ivr.flows.load import load_flow_text
 from ivr.telephony import inbound
@@ -52,6 +55,24 @@ def test_media_template_is_exactly_what_twilio_sends() -> None:
         assert text == inbound.inbound_media_message(seq, SID, chunk, chunk * 20, SILENCE)
         assert inbound.parse_inbound(text) == inbound.Media(
             seq, SID, "inbound", chunk, chunk * 20, SILENCE)
+
+
+def test_websocket_frames_as_rfc_6455_writes_them() -> None:
+    """A client's frame is masked (zero key: the payload as is); a server's frames are
+    read whole, one at a time, a partial one left for the next read."""
+    assert text_frame(b"Hello") == b"\x81\x85\0\0\0\0Hello"  # RFC 6455 5.7, masked
+    long = b"x" * 300
+    assert text_frame(long) == b"\x81\xfe\x01\x2c\0\0\0\0" + long
+    frames: list[tuple[int, bytes]] = []
+    buf = b"\x81\x05Hello" + b"\x81\x7e\x01\x2c" + long + b"\x88\x02\x03\xe8" + b"\x81\x05He"
+    used = read_frames(buf, lambda op, payload: frames.append((op, payload)))
+    assert frames == [(1, b"Hello"), (1, long), (8, b"\x03\xe8")]
+    assert buf[used:] == b"\x81\x05He"
+    assert read_frames(b"\x81\x7e\x01", lambda op, payload: None) == 0
+    with pytest.raises(IvrError):
+        read_frames(b"\x81\x85\0\0\0\0Hello", lambda op, payload: None)  # masked
+    with pytest.raises(IvrError):
+        read_frames(b"\x01\x05Hello", lambda op, payload: None)  # a first fragment
 
 
 def test_a_key_is_pressed_only_after_every_prompt_was_heard_then_its_reply_is_timed() -> None:
