@@ -283,12 +283,12 @@ async def _drive(server: subprocess.Popen[bytes], port: int, n: int, seconds: fl
                 stream.send(inbound.start_message(
                     1, sid, account_sid, call_sid, dialled.parameters))
                 calls.append(call)  # the ticker sends its frames from the next tick on
-            cpu0, t0, own0 = _cpu_seconds(server.pid), time.monotonic(), time.process_time()
+            cpu0, t0, own0 = _cpu_seconds(server.pid), time.monotonic(), os.times()
             ticker.measuring = True
             await asyncio.sleep(seconds)
             cpu = _cpu_seconds(server.pid) - cpu0
             wall = time.monotonic() - t0
-            own = time.process_time() - own0
+            own1 = os.times()
             until = time.monotonic()
         finally:
             ticking.cancel()
@@ -301,7 +301,8 @@ async def _drive(server: subprocess.Popen[bytes], port: int, n: int, seconds: fl
             stream.close()
     figures = measure(name, calls, seconds=wall, cpu_s=cpu, rss_kib=rss * 1024,
                       loop_lag_ms=lag, late_ticks=ticker.late, ticks=ticker.ticks,
-                      generator_cpu_s=own, until=until)
+                      generator_cpu_s=own1.user + own1.system - own0.user - own0.system,
+                      generator_sys_s=own1.system - own0.system, until=until)
     figures.counters = health.get("counters") or {}
     return figures
 
@@ -325,5 +326,6 @@ def _print(f: Figures) -> None:
     print(f"  server RSS: {f.rss_kib_per_call:.0f} KiB per call; event-loop lag p99: {lag}")
     print(f"  streams the server closed during the run: {f.ended_early}/{n}")
     print(f"  load generator: ticks late {f.late_ticks}/{f.ticks},"
-          f" CPU {f.generator_cpu_ms_per_call_s:.2f} ms per call-second")
+          f" CPU {f.generator_cpu_ms_per_call_s:.2f} ms per call-second"
+          f" ({f.generator_sys_ms_per_call_s:.2f} of it in the kernel)")
     print(f"  server counters: {f.counters}")

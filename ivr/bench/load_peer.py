@@ -228,12 +228,13 @@ class Figures:
     late_ticks: int  # generator ticks that began late, of `ticks`
     ticks: int
     generator_cpu_ms_per_call_s: float
+    generator_sys_ms_per_call_s: float  # of which in the kernel (loopback TCP, mostly)
     counters: dict[str, Any] = field(default_factory=dict)
 
 
 def measure(server: str, callers: Sequence[Caller], *, seconds: float, cpu_s: float,
             rss_kib: float, loop_lag_ms: float | None, late_ticks: int, ticks: int,
-            generator_cpu_s: float, until: float) -> Figures:
+            generator_cpu_s: float, generator_sys_s: float, until: float) -> Figures:
     """The figures of a run from its callers and the counters read around it; `until`
     is when the run ended (streams closed after it were closed by the generator)."""
     n = len(callers)
@@ -256,6 +257,7 @@ def measure(server: str, callers: Sequence[Caller], *, seconds: float, cpu_s: fl
         ended_early=sum(c.ended is not None and c.ended <= until for c in callers),
         late_ticks=late_ticks, ticks=ticks,
         generator_cpu_ms_per_call_s=generator_cpu_s / call_s * 1000,
+        generator_sys_ms_per_call_s=generator_sys_s / call_s * 1000,
     )
 
 

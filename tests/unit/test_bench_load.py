@@ -191,7 +191,8 @@ def figures(server: str, cpu_s: float) -> Figures:
         c.ended = 5.0 if i == 3 else None
         callers.append(c)
     return measure(server, callers, seconds=10.0, cpu_s=cpu_s, rss_kib=400.0,
-                   loop_lag_ms=None, late_ticks=3, ticks=500, generator_cpu_s=0.2, until=4.0)
+                   loop_lag_ms=None, late_ticks=3, ticks=500, generator_cpu_s=0.2,
+                   generator_sys_s=0.1, until=4.0)
 
 
 def test_figures_and_the_summary_table() -> None:
@@ -217,6 +218,7 @@ def test_json_figures(tmp_path: Path) -> None:
     data = json.loads(path.read_text())
     assert data["cpu_ratio"] == pytest.approx(0.5)
     assert data["runs"][0]["dtmf_p99_ms"] == pytest.approx(20)
+    assert data["runs"][1]["generator_sys_ms_per_call_s"] == pytest.approx(2.5)
     assert data["command"] == "ivr bench load --calls 4"
 
 
