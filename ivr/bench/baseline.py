@@ -3,10 +3,11 @@
 What the naive version of a media server does and no less: every inbound frame parsed
 (`json.loads`, base64, µ-law -> PCM16, webrtcvad), a prompt paced out by a task per call
 that sleeps 20 ms between frames (each frame `json.dumps`-ed and base64-encoded as it
-goes), a mark after it, then a listening pause before the prompt again, like a reprompt.
-No flows, no recognizer, no records. The ratio of `ivr serve`'s CPU per call-second to
-this server's under the same load is what the load benchmark prints, so the figure means
-the same on any machine.
+goes), a mark after it, then a listening pause before the prompt again, like a reprompt;
+a key pressed during the pause starts the next prompt at once (the naive DTMF reply the
+load benchmark times). No flows, no recognizer, no records. The ratio of `ivr serve`'s
+CPU per call-second to this server's under the same load is what the load benchmark
+prints, so the figure means the same on any machine.
 
 Run: `python -m ivr.bench.baseline --port P` (127.0.0.1 only).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import time
 
@@ -42,7 +44,8 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "counters": {}})
 
 
-async def _speak(ws: web.WebSocketResponse, sid: str, marks: asyncio.Queue[str]) -> None:
+async def _speak(ws: web.WebSocketResponse, sid: str, marks: asyncio.Queue[str],
+                 pressed: asyncio.Event) -> None:
     n = 0
     while not ws.closed:
         n += 1
@@ -58,7 +61,9 @@ async def _speak(ws: web.WebSocketResponse, sid: str, marks: asyncio.Queue[str])
                                       "mark": {"name": name}}))
         while await marks.get() != name:
             pass
-        await asyncio.sleep(PAUSE_S)
+        pressed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pressed.wait(), PAUSE_S)
 
 
 async def _media(request: web.Request) -> web.WebSocketResponse:
@@ -66,6 +71,7 @@ async def _media(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     vad = webrtcvad.Vad(2)
     marks: asyncio.Queue[str] = asyncio.Queue()
+    pressed = asyncio.Event()
     speaker: asyncio.Task[None] | None = None
     voiced = 0
     try:
@@ -79,8 +85,10 @@ async def _media(request: web.Request) -> web.WebSocketResponse:
                 voiced += vad.is_speech(pcm, 8000)
             elif event == "mark":
                 marks.put_nowait(data["mark"]["name"])
+            elif event == "dtmf":
+                pressed.set()
             elif event == "start" and speaker is None:
-                speaker = asyncio.create_task(_speak(ws, data["streamSid"], marks))
+                speaker = asyncio.create_task(_speak(ws, data["streamSid"], marks, pressed))
     finally:
         if speaker is not None:
             speaker.cancel()

@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--baseline", action="store_true",
                       help="then the same load against a minimal in-repo pacing server "
                            "(ivr/bench/baseline.py), and the CPU ratio")
+    load.add_argument("--json", type=Path, default=None, metavar="PATH",
+                      help="also write the figures to PATH as JSON")
+    load.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                      help="the load generator's event loop (auto: uvloop where installed)")
     slots = bench_sub.add_parser(
         "slots", help="slot answers (dates, times, digits, ...) through the phone path")
     slots.add_argument("--voices", default="en-us,en-gb,en-us+m3,en-us+f3",
@@ -205,6 +209,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             from ivr.cli import authoring
 
             sys.exit(authoring.main(args))
+        elif args.command == "bench" and args.bench == "load":
+            from ivr.server.loop import run
+
+            sys.exit(run(_bench(args), args.loop))  # a cheap generator: uvloop
         elif args.command == "bench":
             sys.exit(asyncio.run(_bench(args)))
     except IvrError as exc:
@@ -215,7 +223,8 @@ async def _bench(args: argparse.Namespace) -> int:
     if args.bench == "load":
         from ivr.bench.load import load_main
 
-        return await load_main(args.calls, args.seconds, args.workers, args.baseline)
+        return await load_main(args.calls, args.seconds, args.workers, args.baseline,
+                               json_path=args.json)
     if args.bench == "soak":
         from ivr.bench.soak import soak_main
 
