@@ -80,16 +80,17 @@ class MediaSocket(web.WebSocketResponse):
     def _post_start(self, request: web.BaseRequest, protocol: Any, writer: Any) -> None:
         super()._post_start(request, protocol, writer)
         global _lane_failed
+        detail = "aiohttp has no WebSocketDataQueue/WebSocketReader"
         try:
-            self._open_lane(request)
+            if _QUEUE is not None and WebSocketReader is not None:
+                self._open_lane(request)
         except Exception as exc:  # internals not as expected: the plain socket works
-            if not _lane_failed:
-                _lane_failed = True
-                log.warning("media_fast_lane_off", detail=repr(exc)[:200])
+            detail = repr(exc)[:200]
+        if not self.lane_open and not _lane_failed:
+            _lane_failed = True
+            log.warning("media_fast_lane_off", detail=detail)
 
     def _open_lane(self, request: web.BaseRequest) -> None:
-        if _QUEUE is None or WebSocketReader is None:
-            raise LookupError("aiohttp has no WebSocketDataQueue/WebSocketReader")
         old = self._reader
         assert old is not None and not old._buffer  # nothing parsed yet: upgrade just done
         queue = _QUEUE(request._protocol, old._limit, loop=self._loop)
