@@ -300,5 +300,6 @@ async def media(request: web.Request) -> web.StreamResponse:
         conn.log.exception("media_handler_failed")
         services.counters["handler_failures"] += 1
     finally:
+        ws.fast_lane(None)  # the lane holds the connection, which holds the socket
         await conn.close()
     return ws

@@ -71,9 +71,10 @@ class MediaSocket(web.WebSocketResponse):
         self._lane: Any = None  # the queue with the lane, once the socket is open
         self.lane_open = False
 
-    def fast_lane(self, fast: FastLane) -> None:
+    def fast_lane(self, fast: FastLane | None) -> None:
         """Send text frames to `fast` from now on (frames queued before take the
-        queue: the lane opens only behind them)."""
+        queue: the lane opens only behind them); None closes the lane (and lets go of
+        `fast`, which holds the call: do it when the call's read loop ends)."""
         if self._lane is not None:
             self._lane.fast = fast
 
