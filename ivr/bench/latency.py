@@ -16,6 +16,7 @@ every arrival time. `--complete-ms 0` runs the server without grammar-aware endp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -120,11 +121,49 @@ def understood(record: dict[str, object] | None) -> tuple[int, int]:
     return sum(1 for t in spoken if t.get("result") == "match"), len(spoken)
 
 
+def heard(record: dict[str, Any] | None) -> list[str]:
+    """What the server recognized in each speech turn of a call, in order."""
+    turns = record.get("turns") if record is not None else None
+    return [str(t.get("input_text") or "") for t in turns if isinstance(t, dict)
+            and t.get("input_kind") == "speech"] if isinstance(turns, list) else []
+
+
+def _squash(text: str) -> str:
+    """Letters and digits only: "ten a.m." and "ten a m" are the same answer."""
+    return "".join(c for c in text.lower() if c.isalnum())
+
+
 def ended_complete(record: dict[str, Any] | None) -> int:
     """Speech turns of a call that ended on the short silence of a complete answer."""
     stats = record.get("stats") if record is not None else None
     count = stats.get("turns_ended_complete", 0) if isinstance(stats, dict) else 0
     return count if isinstance(count, int) else 0
+
+
+# The server's side of a voice-to-voice figure, from its turn timings: the endpointer's
+# wait after the last voiced audio (caller clock, VAD hangover included), the recognizer's
+# final result after the end-of-speech decision, and the reply's first frame after that.
+STAGES: Final = (
+    ("end of voice -> endpoint", "caller_speech_end", "caller_endpoint"),
+    ("endpoint -> recognized", "endpoint", "recognized"),
+    ("recognized -> first reply frame", "recognized", "reply_first_frame"),
+)
+
+
+def stage_ms(record: dict[str, Any] | None) -> list[dict[str, float]]:
+    """Per speech turn of a call: {stage: ms} over the `STAGES` its timings have (a
+    reply's first frame is recorded only once the reply has played)."""
+    turns = record.get("turns") if record is not None else None
+    out = []
+    for turn in turns if isinstance(turns, list) else []:
+        timings = turn.get("timings") if isinstance(turn, dict) else None
+        if not isinstance(timings, dict) or turn.get("input_kind") != "speech":
+            continue
+        values = {name: timings[b] - timings[a] for name, a, b in STAGES
+                  if isinstance(timings.get(a), int | float)
+                  and isinstance(timings.get(b), int | float)}
+        out.append(values)
+    return out
 
 
 def _summary(ms: Sequence[float]) -> str:
@@ -151,8 +190,12 @@ async def _call(url: str, flow: str, voice: str, actions: list[CallerAction],
 
 
 async def latency_main(voices: list[str], *, concurrency: int = 2, workers: int = 2,
-                       complete_ms: int | None = None) -> int:
+                       complete_ms: int | None = None, keep: Path | None = None) -> int:
+    """`keep`: run in that folder and leave the server's debug log and database there."""
     env = {"IVR_RECOGNIZER_WORKERS": str(workers), "IVR_MAX_LOOP_LAG_MS": "0"}
+    if keep is not None:
+        env["IVR_LOG_LEVEL"] = "debug"
+        os.makedirs(keep, exist_ok=True)
     if complete_ms is not None:
         env["IVR_ENDPOINT_COMPLETE_MS"] = str(complete_ms)
     v2v: list[Sample] = []
@@ -160,11 +203,17 @@ async def latency_main(voices: list[str], *, concurrency: int = 2, workers: int 
     missing: list[str] = []
     matched = [0, 0]  # speech turns understood, speech turns
     early: dict[str, list[int]] = {}  # flow -> [turns ended on the short silence, turns]
+    stages: dict[bool, list[dict[str, float]]] = {False: [], True: []}  # structured?
+    # said -> [heard as said, heard otherwise, what instead]: the structured answers
+    # (menu answers map to choices with other words, and `understood` counts those).
+    misheard: dict[str, list[Any]] = {s: [0, 0, []] for _, said in ANSWER_CASES for s in said}
     gate = asyncio.Semaphore(concurrency)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    folder = (contextlib.nullcontext(str(keep)) if keep is not None
+              else tempfile.TemporaryDirectory())
+    with folder as tmp:
         flows = Path(tmp) / "flows"  # the shipped flows and the bench's own
-        shutil.copytree(os.environ.get("IVR_FLOWS", "flows"), flows)
+        shutil.copytree(os.environ.get("IVR_FLOWS", "flows"), flows, dirs_exist_ok=True)
         (flows / "bench_answers.yaml").write_text(ANSWERS_FLOW, "utf-8")
         env["IVR_FLOWS"] = str(flows)
         server = ServerProcess(Path(tmp) / "latency.db", env, log=Path(tmp) / "server.log")
@@ -186,6 +235,12 @@ async def latency_main(voices: list[str], *, concurrency: int = 2, workers: int 
                         counts = early.setdefault(flow, [0, 0])
                         counts[0] += ended_complete(record)
                         counts[1] += turns
+                        stages[flow in {f for f, _ in ANSWER_CASES}].extend(stage_ms(record))
+                        if flow in {f for f, _ in ANSWER_CASES}:
+                            for text, got in zip(said, heard(record), strict=False):
+                                misheard[text][0 if _squash(text) == _squash(got) else 1] += 1
+                                if _squash(text) != _squash(got):
+                                    misheard[text][2].append(got)
                     into = barges if barge else v2v
                     into.extend(Sample(flow, voice, text, ms) for text, ms in found)
                     expected = 1 if barge else len(said)
@@ -213,9 +268,12 @@ async def latency_main(voices: list[str], *, concurrency: int = 2, workers: int 
         print(f"{name}: {_summary([s.ms for s in samples])}")
         if samples is v2v:
             structured = {flow for flow, _ in ANSWER_CASES}
-            for part, keep in (("menus and choices", False), ("numbers, times, digits", True)):
-                part_ms = [s.ms for s in v2v if (s.flow in structured) == keep]
+            for part, kind in (("menus and choices", False), ("numbers, times, digits", True)):
+                part_ms = [s.ms for s in v2v if (s.flow in structured) == kind]
                 print(f"  {part}: {_summary(part_ms)}")
+                for stage, _, _ in STAGES:
+                    print(f"    {stage:32} " + _summary(
+                        [t[stage] for t in stages[kind] if stage in t]))
         by_word: dict[str, list[float]] = {}
         for s in samples:
             by_word.setdefault(f"{s.flow}/{s.said}", []).append(s.ms)
@@ -225,10 +283,17 @@ async def latency_main(voices: list[str], *, concurrency: int = 2, workers: int 
     for line in missing:
         print(f"  MISSING {line}")
     print(f"answers understood by the flow (server's record): {matched[0]}/{matched[1]}")
+    right = sum(r for r, _, _ in misheard.values())
+    wrong_n = sum(w for _, w, _ in misheard.values())
+    print(f"numbers, times, digits recognized as said: {right}/{right + wrong_n}"
+          + "".join(f"; {said!r} heard as {', '.join(repr(x) for x in wrong)}"
+                    for said, (_, _, wrong) in misheard.items() if wrong))
     print("speech turns ended on the short silence (complete for the grammar): " + ", ".join(
         f"{flow} {done}/{turns}" for flow, (done, turns) in early.items()))
     command = f"ivr bench latency --voices {','.join(voices)}"
     if complete_ms is not None:
         command += f" --complete-ms {complete_ms}"
     print(f"reproduce: {command}")
+    if keep is not None:
+        print(f"server log and database kept in {keep}")
     return 0 if v2v and not missing else 1

@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--complete-ms", type=int, default=None,
                      help="IVR_ENDPOINT_COMPLETE_MS for the server (0: grammar-aware "
                           "endpointing off, the baseline); default: the server's default")
+    lat.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                     help="run in DIR and keep it: the server's debug log (server.log: "
+                          "partial hypotheses, end-of-speech decisions; it holds what the "
+                          "callers said) and its database")
     _bench_fault_parsers(bench_sub)
     return parser
 
@@ -256,7 +260,8 @@ async def _bench(args: argparse.Namespace) -> int:
         from ivr.bench.latency import latency_main
 
         return await latency_main(args.voices.split(","), concurrency=args.concurrency,
-                                  workers=args.workers, complete_ms=args.complete_ms)
+                                  workers=args.workers, complete_ms=args.complete_ms,
+                                  keep=args.keep)
     from ivr.bench.accuracy import accuracy_main
 
     return await accuracy_main(args.flow, args.voices.split(","), repeat=args.repeat)

@@ -78,6 +78,7 @@ class Answers:
             turn.timings.update({
                 "caller_speech_start": float(started.at_ms if started else ev.at_ms),
                 "caller_speech_end": float(ev.last_voice_ms),
+                "caller_endpoint": float(ev.at_ms),  # caller clock, like the two above
                 "speech_start": record.at(inbound.speech_started_at),
                 "endpoint": record.ms(),
             })

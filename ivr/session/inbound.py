@@ -122,6 +122,8 @@ class Inbound:
             elif isinstance(event, SpeechEnded):
                 if self.endpointer.answer_complete:
                     self.stats["turns_ended_complete"] += 1
+                self.log.debug("speech_ended", at_ms=event.at_ms, last_voice_ms=event.last_voice_ms,
+                               complete=self.endpointer.answer_complete, partial=self._partial)
                 self._feed(self.upsampler.flush())
                 self.inputs.put_nowait(SpeechDone(event))
             else:
@@ -138,6 +140,9 @@ class Inbound:
         if text != self._partial:
             self._partial = text
             self._complete = text is not None and grammar.complete(text)
+            # What the caller said is personal data: at debug level only.
+            self.log.debug("partial", text=text, complete=self._complete,
+                           caller_ms=self.endpointer.now_ms)
         self.endpointer.answer_complete = self._complete
 
     def on_dtmf(self, msg: Dtmf) -> None:

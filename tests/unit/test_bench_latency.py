@@ -10,7 +10,9 @@ from ivr.bench.latency import (
     ANSWERS_FLOW,
     barge_in,
     ended_complete,
+    heard,
     percentile,
+    stage_ms,
     understood,
     voice_to_voice,
 )
@@ -67,3 +69,30 @@ def test_the_bench_flow_asks_a_number_and_a_full_time() -> None:
     assert {s.type for s in flow.slots.values()} == {"number", "time"}
     assert all(grammar_for(s).jsgf is not None for s in flow.slots.values())
     assert all(len(said) == 2 for f, said in ANSWER_CASES if f == flow.name)
+
+
+def test_stages_come_from_the_servers_turn_timings() -> None:
+    record: dict[str, object] = {"turns": [
+        {"input_kind": "speech", "timings": {
+            "caller_speech_end": 2000.0, "caller_endpoint": 2260.0,
+            "endpoint": 2250.0, "recognized": 2256.0, "reply_first_frame": 2257.0}},
+        {"input_kind": "speech", "timings": {  # its reply never played out
+            "caller_speech_end": 4000.0, "caller_endpoint": 4600.0,
+            "endpoint": 4590.0, "recognized": 4630.0}},
+        {"input_kind": "dtmf", "timings": {"digits_done": 10.0}},
+    ]}
+    assert stage_ms(record) == [
+        {"end of voice -> endpoint": 260.0, "endpoint -> recognized": 6.0,
+         "recognized -> first reply frame": 1.0},
+        {"end of voice -> endpoint": 600.0, "endpoint -> recognized": 40.0},
+    ]
+    assert stage_ms(None) == []
+
+
+def test_heard_is_the_recognized_text_of_each_speech_turn() -> None:
+    record: dict[str, object] = {"turns": [
+        {"input_kind": "speech", "input_text": "fifty"},
+        {"input_kind": "dtmf", "input_text": "12"},
+        {"input_kind": "speech", "input_text": None},
+    ]}
+    assert heard(record) == ["fifty", ""]

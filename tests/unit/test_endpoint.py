@@ -124,10 +124,11 @@ def test_speech_started_with_preroll_then_ended_by_silence(mode: int) -> None:
     assert started.at_ms == 500 and t_start == 640
     # Preroll: 300 ms before the onset through the confirming frame.
     assert started.preroll == audio[200 * 16 : 660 * 16]
-    # Ends end_silence_ms after the last voiced frame (the VAD's hangover included).
-    last_voice = voice_end_ms(audio, mode)
-    assert ended == SpeechEnded(at_ms=last_voice + 600, reason="silence", last_voice_ms=last_voice)
-    assert t_end == last_voice + 580
+    # Ends end_silence_ms after the voice stopped (1500 ms): the frames webrtcvad still
+    # flags after it (its hangover) are silence on this quiet line.
+    assert voice_end_ms(audio, mode) > 1500
+    assert ended == SpeechEnded(at_ms=2100, reason="silence", last_voice_ms=1500)
+    assert t_end == 2080
     # The recognizer got everything from preroll start to the end of speech, no gaps.
     assert forwarded == audio[200 * 16 : t_end * 16]
     assert not ep.in_speech and not ep.armed
@@ -154,8 +155,60 @@ def test_click_neither_starts_speech_nor_holds_the_turn_open() -> None:
     speech = voiced(400) + silence(300)
     audio = speech + voiced(20) + silence(600)
     evs = events(feed(ep, audio, start_ms=3000))
-    last_voice = 3000 + voice_end_ms(speech)
-    assert evs[1] == SpeechEnded(last_voice + 600, "silence", last_voice)
+    assert evs[1] == SpeechEnded(3400 + 600, "silence", 3400)
+
+
+def noisy(audio: bytes, rms: float) -> bytes:
+    """`audio` on a line with white noise of `rms` (PCM16 units)."""
+    x = np.frombuffer(audio, np.int16).astype(np.float64)
+    x += np.random.default_rng(0).normal(0.0, rms, len(x))
+    return np.clip(x, -32768, 32767).astype(np.int16).tobytes()
+
+
+def ended_at(config: EndpointConfig, audio: bytes) -> SpeechEnded:
+    ep = Endpointer()
+    ep.arm(config, now_ms=0)
+    ended = [e for e in events(feed(ep, audio)) if isinstance(e, SpeechEnded)]
+    assert len(ended) == 1
+    return ended[0]
+
+
+def test_the_vad_hangover_is_not_the_callers_sound_on_a_quiet_line() -> None:
+    audio = silence(500) + voiced(1000) + silence(1000)
+    hangover_end = voice_end_ms(audio)
+    assert hangover_end >= 1560  # webrtcvad flags 60-160 ms of silence after the voice
+    for complete_ms, end_ms in ((None, 2100), (250, 1760)):  # whole 20 ms frames
+        ep = Endpointer()
+        ep.arm(EndpointConfig(complete_silence_ms=complete_ms), now_ms=0)
+        ended = []
+        for _, _, event in feed(ep, audio):
+            ep.answer_complete = True  # as the session says of a whole answer
+            if isinstance(event, SpeechEnded):
+                ended.append(event)
+        # The silence is timed from where the voice stopped, not from the hangover's end.
+        assert ended == [SpeechEnded(end_ms, "silence", 1500)]
+    # Without trail_db the hangover counts, as webrtcvad alone has it.
+    assert ended_at(EndpointConfig(trail_db=None), audio) == SpeechEnded(
+        hangover_end + 600, "silence", hangover_end)
+
+
+def test_on_a_noisy_line_the_hangover_counts() -> None:
+    # Noise ~28 dB below the voice: the hangover's frames are as loud as the line, within
+    # trail_db of the voice, so the turn ends as late as the VAD alone would have it.
+    audio = noisy(silence(500) + voiced(1000) + silence(1000), rms=100)
+    hangover_end = voice_end_ms(audio)
+    assert hangover_end >= 1560
+    assert ended_at(EndpointConfig(), audio) == SpeechEnded(
+        hangover_end + 600, "silence", hangover_end)
+
+
+def test_a_weak_ending_within_trail_db_holds_the_turn() -> None:
+    # Voice, then 200 ms of it 10 dB down (a weak ending webrtcvad still hears; 20 dB
+    # down it hears only its hangover's worth): the caller's sound, within trail_db.
+    weak = (np.frombuffer(voiced(200), np.int16) * 10 ** (-10 / 20)).astype(np.int16)
+    audio = silence(500) + voiced(800) + weak.tobytes() + silence(1000)
+    assert vad_flags(audio)[65:75] == "1" * 10  # the VAD hears the weak part
+    assert ended_at(EndpointConfig(), audio).last_voice_ms == 1500
 
 
 def test_start_needs_most_of_the_window_voiced() -> None:
