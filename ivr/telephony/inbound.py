@@ -19,6 +19,7 @@ Pure: no I/O, no logging, no clock.
 from __future__ import annotations
 
 import binascii
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
@@ -113,8 +114,55 @@ InboundMessage: TypeAlias = Connected | Start | Media | Dtmf | Mark | Stop
 # --------------------------------------------------------------------------- parsing
 
 
+def _media_pattern(sid_first: bool) -> re.Pattern[str]:
+    """A canonical media frame, as Twilio writes it: these keys, in this order (the
+    stream SID before or after `media`), any JSON whitespace, no escapes."""
+    sep = r"\s*,\s*"
+    def key(name: str) -> str:
+        return rf'"{name}"\s*:\s*'
+    text = r'"([^"\\\x00-\x1f]*)"'
+    number = rf'"(\d{{1,{MAX_UINT_DIGITS - 1}}})"'
+    sid = key("streamSid") + r'"([^"\\\x00-\x1f]+)"'
+    media = (key("media") + r"\{\s*" + key("track") + text + sep + key("chunk") + number
+             + sep + key("timestamp") + number + sep + key("payload")
+             + r'"([A-Za-z0-9+/]*={0,2})"\s*\}')
+    head = r'\s*\{\s*"event"\s*:\s*"media"' + sep + key("sequenceNumber") + number + sep
+    body = sid + sep + media if sid_first else media + sep + sid
+    return re.compile(head + body + r"\s*\}\s*")
+
+
+# (sequence, sid, track, chunk, timestamp, payload) group numbers of each pattern.
+_FAST_MEDIA: Final = ((_media_pattern(True).fullmatch, (1, 2, 3, 4, 5, 6)),
+                      (_media_pattern(False).fullmatch, (1, 6, 2, 3, 4, 5)))
+
+
+def _fast_media(text: str, max_bytes: int) -> Media | None:
+    """The hot path (50 frames a second per call): a canonical media frame read with
+    one regular expression, no JSON decoding. Anything else (another key order, an
+    escape, a bad payload, too big) is None, for the precise parser to accept or refuse
+    with its exact reason."""
+    if len(text) > max_bytes or not text.isascii():
+        return None
+    for match, (seq, sid, track, chunk, timestamp, payload) in _FAST_MEDIA:
+        m = match(text)
+        if m is not None:
+            try:
+                audio = binascii.a2b_base64(m.group(payload), strict_mode=True)
+            except ValueError:
+                return None
+            if not audio:
+                return None
+            return Media(int(m.group(seq)), m.group(sid), m.group(track),
+                         int(m.group(chunk)), int(m.group(timestamp)), audio)
+    return None
+
+
 def parse_inbound(text: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> InboundMessage:
     """Parse one frame Twilio sent us; raise `ProtocolError` if it is not a valid one."""
+    if type(text) is str and text.startswith('{"event":"media"'):
+        fast = _fast_media(text, max_bytes)
+        if fast is not None:
+            return fast
     data = wire.load(text, max_bytes)
     event = data.get("event")
     if event == "media":
