@@ -111,25 +111,35 @@ class Upsampler:
     """
 
     def __init__(self, quality: Quality = _DEFAULT_QUALITY) -> None:
-        self._stream = soxr.ResampleStream(TELEPHONY_RATE, 16000, 1, dtype="int16", quality=quality)
+        self._quality = quality
+        # soxr's stream state is ~50 KB: held only while an utterance is being fed (a
+        # call listens far more than its caller speaks), made again at the next one.
+        self._stream: soxr.ResampleStream | None = None
         self._carry = b""
 
     def process(self, pcm16_8k: bytes) -> bytes:
         data, self._carry = _take_even(self._carry, pcm16_8k)
         if not data:
             return b""
-        out: np.ndarray = self._stream.resample_chunk(_as_int16(data))
+        stream = self._stream
+        if stream is None:
+            stream = self._stream = soxr.ResampleStream(
+                TELEPHONY_RATE, 16000, 1, dtype="int16", quality=self._quality)
+        out: np.ndarray = stream.resample_chunk(_as_int16(data))
         return out.tobytes()
 
     def flush(self) -> bytes:
         """End of the stream: return the pending tail, then reset for reuse."""
+        if self._stream is None:
+            self._carry = b""
+            return b""
         out: np.ndarray = self._stream.resample_chunk(np.zeros(0, dtype=np.int16), last=True)
         self.reset()
         return out.tobytes()
 
     def reset(self) -> None:
-        """Drop pending audio (an utterance abandoned) and start a fresh stream."""
-        self._stream.clear()
+        """Drop pending audio (an utterance abandoned) and the stream with it."""
+        self._stream = None
         self._carry = b""
 
 

@@ -54,7 +54,9 @@ def outbound_player(ws: web.WebSocketResponse, stream_sid: str, settings: Settin
         if not ws.closed:
             await ws.send_str(text)
 
-    return Player(TwilioOutbound(Writer(send), stream_sid), lead=settings.lead_ms / 1000)
+    # A `telephony.socket.MediaSocket` writes frames below `send_str` when it can.
+    writer = Writer(send, now=getattr(ws, "write_now", None))
+    return Player(TwilioOutbound(writer, stream_sid), lead=settings.lead_ms / 1000)
 
 
 class CallSession:

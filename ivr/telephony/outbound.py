@@ -143,10 +143,13 @@ def parse_outbound(text: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> 
 class Writer:
     """Non-blocking, in-order writes over an async `send` (see the module docstring)."""
 
-    __slots__ = ("_backlog", "_max", "_send", "_task", "broken", "dropped")
+    __slots__ = ("_backlog", "_max", "_now", "_send", "_task", "broken", "dropped")
 
-    def __init__(self, send: Send, *, max_backlog: int = 500) -> None:
+    def __init__(self, send: Send, *, max_backlog: int = 500,
+                 now: Callable[[str], bool] | None = None) -> None:
         self._send = send
+        # Writes a frame at once if it can (True): `telephony.socket.MediaSocket.write_now`.
+        self._now = now
         self._max = max_backlog
         self._backlog: deque[str] = deque()
         self._task: asyncio.Task[None] | None = None
@@ -171,6 +174,8 @@ class Writer:
                 self.dropped += 1
             else:
                 self._backlog.append(text)
+            return
+        if self._now is not None and self._now(text):
             return
         coro = self._send(text)
         try:

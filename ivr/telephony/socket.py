@@ -1,4 +1,4 @@
-"""The Media Stream's WebSocket: aiohttp's, with a synchronous lane for media frames.
+"""The Media Stream's WebSocket: aiohttp's, with fast lanes for media frames in and out.
 
 A call receives 50 media frames a second. Through `async for msg in ws` each one is
 queued by aiohttp's frame parser, wakes the handler task, and goes back through
@@ -12,6 +12,11 @@ and the handler declines while it is in the middle of an `await` on an earlier f
 `start`), so frames are handled in the order they came whichever way they go. Control
 frames (ping, close) never take the lane: aiohttp answers them in `receive()`.
 
+Out, `write_now` writes a text frame straight to the transport (the frame clock sends
+every call's frames in one tick, ~50 a second per call): a header and one write, where
+`send_str` costs several coroutines per frame. It steps aside (False) while the peer is
+not reading, so the `Writer` waits on aiohttp's drain and nothing piles up unbounded.
+
 This sits on aiohttp internals (its frame parser's queue): where they differ from what
 this expects (another aiohttp version), the socket is aiohttp's own, unchanged, and
 every frame takes the queue (`lane_open` is False; logged once).
@@ -20,7 +25,7 @@ every frame takes the queue (`lane_open` is False; logged once).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from aiohttp import WSMsgType, web
@@ -33,6 +38,9 @@ FastLane = Callable[[str], bool]
 """Handle one text frame now (True), or leave it to the queue (False)."""
 
 _lane_failed = False  # logged once per process
+# Past this many bytes waiting in the transport, a write takes aiohttp's path, which
+# waits for the peer to read (the `Writer` queues behind it): nothing piles up here.
+_HIGH_WATER: Final = 64 * 1024
 
 _reader: Any
 try:
@@ -70,6 +78,26 @@ class MediaSocket(web.WebSocketResponse):
         super().__init__(**kwargs)
         self._lane: Any = None  # the queue with the lane, once the socket is open
         self.lane_open = False
+
+    def write_now(self, text: str) -> bool:
+        """Write `text` as one text frame at once, below aiohttp's `send_str` (a frame
+        header and one transport write, no coroutine): True, or False when it cannot
+        (closing, the peer not reading, no transport) and `send_str` must."""
+        writer = self._writer
+        transport = getattr(writer, "transport", None)
+        if (transport is None or self._closed or self._closing or transport.is_closing()
+                or transport.get_write_buffer_size() > _HIGH_WATER):
+            return False
+        data = text.encode()
+        n = len(data)
+        if n < 126:
+            header = bytes((0x81, n))  # FIN + text; a server's frames are not masked
+        elif n < 65536:
+            header = b"\x81\x7e" + n.to_bytes(2, "big")
+        else:
+            header = b"\x81\x7f" + n.to_bytes(8, "big")
+        transport.write(header + data)
+        return True
 
     def fast_lane(self, fast: FastLane | None) -> None:
         """Send text frames to `fast` from now on (frames queued before take the

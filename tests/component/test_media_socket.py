@@ -89,3 +89,31 @@ async def test_a_frame_arriving_behind_a_queued_one_waits_its_turn() -> None:
         await ws.close()
     texts = [t for _, t in seen]
     assert texts.index("slow") < texts.index("x") < texts.index("y")
+
+
+async def test_frames_written_below_send_str_reach_the_peer_whole() -> None:
+    """`write_now` frames of each header size (7-bit, 16-bit, 64-bit lengths) arrive as
+    the peer's aiohttp parses them, in order with `send_str` frames."""
+    sizes = (5, 125, 126, 300, 65535, 65536, 70000)
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = MediaSocket()
+        await ws.prepare(request)
+        for i, n in enumerate(sizes):
+            text = str(i) * n
+            # A peer that has not read 64 KB yet gets the rest through send_str (which
+            # waits for it): write_now steps aside rather than pile data up.
+            if i % 3 == 2 or not ws.write_now(text):
+                await ws.send_str(text)
+                if i % 3 != 2:
+                    assert n > 60000, "write_now refused a small frame on an idle socket"
+        await ws.close()
+        assert not ws.write_now("x")  # closed: never a frame after the close
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    async with TestClient(TestServer(app)) as client:
+        ws = await client.ws_connect("/ws", max_msg_size=0)
+        got = [msg.data async for msg in ws]
+    assert got == [str(i) * n for i, n in enumerate(sizes)]
