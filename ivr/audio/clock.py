@@ -42,7 +42,7 @@ log = structlog.get_logger("ivr.audio.clock")
 class Sink(Protocol):
     """A call's outbound writes as the clock makes them: non-blocking, in order."""
 
-    def media(self, piece: str) -> None:
+    def media(self, piece: bytes) -> None:
         """Send one encoded 20 ms frame (a piece from the port's `encode`)."""
 
     def mark(self, name: str) -> None:
@@ -60,7 +60,7 @@ class Tally(Protocol):
 @dataclass(slots=True)
 class _Frames:
     tally: Tally
-    pieces: Sequence[str]
+    pieces: Sequence[bytes]
     pos: int = 0
 
 
@@ -94,7 +94,7 @@ class Channel:
     def queued(self) -> bool:
         return bool(self._queue)
 
-    def frames(self, tally: Tally, pieces: Sequence[str]) -> None:
+    def frames(self, tally: Tally, pieces: Sequence[bytes]) -> None:
         """Queue encoded frames; what is due goes out now, the rest on the ticks."""
         if pieces:
             self._queue.append(_Frames(tally, pieces))

@@ -34,10 +34,10 @@ class Outbound(Protocol):
     """A call's outbound audio channel, as the player needs it. The writes never block:
     the shared clock makes them for every call in one tick."""
 
-    def encode(self, ulaw: bytes) -> Sequence[str]:
+    def encode(self, ulaw: bytes) -> Sequence[bytes]:
         """Whole 20 ms frames of 8 kHz µ-law -> one piece per frame for `media`."""
 
-    def media(self, piece: str) -> None:
+    def media(self, piece: bytes) -> None:
         """Send one 20 ms frame, encoded by `encode`."""
 
     def mark(self, name: str) -> None:

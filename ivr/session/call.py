@@ -56,7 +56,8 @@ def outbound_player(ws: web.WebSocketResponse, stream_sid: str, settings: Settin
 
     # A `telephony.socket.MediaSocket` writes frames below `send_str` when it can.
     writer = Writer(send, now=getattr(ws, "write_now", None))
-    return Player(TwilioOutbound(writer, stream_sid), lead=settings.lead_ms / 1000)
+    out = TwilioOutbound(writer, stream_sid, raw=getattr(ws, "media_writer", None))
+    return Player(out, lead=settings.lead_ms / 1000)
 
 
 class CallSession:

@@ -71,6 +71,15 @@ def _queue_type() -> Any:
 _QUEUE = _queue_type()
 
 
+def _header(n: int) -> bytes:
+    """A server's text frame header (FIN, opcode 1, not masked) for an `n`-byte payload."""
+    if n < 126:
+        return bytes((0x81, n))
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big")
+    return b"\x81\x7f" + n.to_bytes(8, "big")
+
+
 class MediaSocket(web.WebSocketResponse):
     """`web.WebSocketResponse` whose text frames go to `fast` first (see the module)."""
 
@@ -89,15 +98,31 @@ class MediaSocket(web.WebSocketResponse):
                 or transport.get_write_buffer_size() > _HIGH_WATER):
             return False
         data = text.encode()
-        n = len(data)
-        if n < 126:
-            header = bytes((0x81, n))  # FIN + text; a server's frames are not masked
-        elif n < 65536:
-            header = b"\x81\x7e" + n.to_bytes(2, "big")
-        else:
-            header = b"\x81\x7f" + n.to_bytes(8, "big")
-        transport.write(header + data)
+        transport.write(_header(len(data)) + data)
         return True
+
+    def media_writer(self, prefix: str) -> Callable[[bytes], bool]:
+        """`write_now` for media messages of one stream: `prefix` (ASCII, the same in
+        every message) encoded and framed once, each frame then one transport write of
+        header + prefix + the piece (its tail, ASCII bytes)."""
+        pre = prefix.encode("ascii")
+        heads: dict[int, bytes] = {}
+
+        def write(piece: bytes) -> bool:
+            writer = self._writer
+            transport = getattr(writer, "transport", None)
+            if (transport is None or self._closed or self._closing
+                    or transport.is_closing()
+                    or transport.get_write_buffer_size() > _HIGH_WATER):
+                return False
+            n = len(piece)
+            head = heads.get(n)
+            if head is None:
+                head = heads[n] = _header(len(pre) + n) + pre
+            transport.write(head + piece)
+            return True
+
+        return write
 
     def fast_lane(self, fast: FastLane | None) -> None:
         """Send text frames to `fast` from now on (frames queued before take the

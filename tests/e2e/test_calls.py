@@ -6,6 +6,7 @@ by one module fixture; each test then checks one behaviour of the results.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
 from ivr.server.app import create_app
+from ivr.server.services import SERVICES
 from ivr.sim.run import run_call
 from ivr.sim.script import Barge, CallerAction, PressKeys, Say, Silence
 from ivr.sim.transcript import CallTranscript
@@ -51,12 +53,19 @@ class Placed:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def placed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, Placed]]:
-    import asyncio
-
     tmp: Path = tmp_path_factory.mktemp("e2e")
     settings = make_settings(tmp)
     server = TestServer(create_app(settings), host="127.0.0.1")
     await server.start_server()
+    # Pacing is measured here, in the server's own loop: calls come once start-up work
+    # (recognizer workers loading, prompts synthesized in threads) no longer shares the
+    # two cores with it, as an orchestrator sends calls after /readyz.
+    services = server.app[SERVICES]
+    async with asyncio.timeout(60):
+        while not services.ready:  # noqa: ASYNC110 - a flag the app sets, no event to await
+            await asyncio.sleep(0.05)
+        if services.prewarming is not None:
+            await services.prewarming
     url = f"ws://127.0.0.1:{server.port}/media"
     try:
         transcripts = await asyncio.gather(*(
