@@ -259,10 +259,9 @@ class Settings:
     media_start_timeout_ms: int = 10_000
     media_idle_timeout_ms: int = 30_000
     # Admission (server/admission.py). Live calls per process; 0: no cap. `ivr bench load`
-    # measured 1.6-1.8 ms of CPU per second per call playing prompts (media in at 50
-    # frames/s and out at ~45, VAD armed, keys answered): at 500 calls 82 % of a core, no
-    # caller heard a silence, greeting p99 36 ms, DTMF reply p99 148 ms. 400 keeps one
-    # process below that with headroom for speech turns; more calls take more processes.
+    # measured 1.6-1.8 ms of CPU per second per call playing prompts: 500 calls took 82 %
+    # of a core, no caller heard a silence. 400 keeps one process below that with headroom
+    # for speech turns; more calls take more processes.
     max_calls: int = 400
     # New calls are also refused while the event loop's p99 lateness over 5 s is above
     # this (0: never): past ~50 ms outbound frames are late for every call at once.
