@@ -129,6 +129,8 @@ class RecognizerPoolLike(Protocol):
     @property
     def busy_workers(self) -> int: ...
     @property
+    def busy_slots(self) -> int: ...
+    @property
     def worker_pids(self) -> list[int]: ...
     @property
     def queued(self) -> int: ...
@@ -152,6 +154,9 @@ class _RecognizerCollector(Collector):
         busy = GaugeMetricFamily(
             "ivr_recognizer_busy_workers", "Recognizer workers holding an utterance"
         )
+        slots = GaugeMetricFamily(
+            "ivr_recognizer_busy_slots",
+            "Utterances recognizer workers are decoding (IVR_RECOGNIZER_SLOTS per worker)")
         workers = GaugeMetricFamily("ivr_recognizer_workers", "Recognizer workers alive")
         queued = GaugeMetricFamily(
             "ivr_recognizer_queued", "Utterances waiting for a free recognizer worker"
@@ -165,11 +170,13 @@ class _RecognizerCollector(Collector):
         )
         if pool is not None:
             busy.add_metric([], pool.busy_workers)
+            slots.add_metric([], pool.busy_slots)
             workers.add_metric([], len(pool.worker_pids))
             queued.add_metric([], pool.queued)
             for event in RECOGNIZER_EVENTS:
                 events.add_metric([event], pool.stats.get(event, 0))
         yield busy
+        yield slots
         yield workers
         yield queued
         yield events

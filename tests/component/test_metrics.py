@@ -120,6 +120,7 @@ def test_providers_sampled_at_scrape_time() -> None:
 @dataclass
 class FakePool:
     busy_workers: int = 0
+    busy_slots: int = 0
     worker_pids: list[int] = field(default_factory=lambda: [101, 102])
     queued: int = 0
     stats: Counter[str] = field(default_factory=Counter)
@@ -132,9 +133,10 @@ def test_recognizer_pool_sampled_at_scrape_time() -> None:
     assert value(m, "ivr_recognizer_busy_workers") == 0  # no pool yet
     pool = FakePool()
     m.observe_recognizer(pool)
-    pool.busy_workers, pool.queued = 2, 3
+    pool.busy_workers, pool.busy_slots, pool.queued = 2, 5, 3
     pool.stats.update(respawns=1, hold_kills=1, wait_expired=4)
     assert value(m, "ivr_recognizer_busy_workers") == 2
+    assert value(m, "ivr_recognizer_busy_slots") == 5
     assert value(m, "ivr_recognizer_workers") == 2
     assert value(m, "ivr_recognizer_queued") == 3
     assert value(m, "ivr_recognizer_events_total", event="respawns") == 1
