@@ -106,15 +106,21 @@ class Inbound:
     # ------------------------------------------------------------ frames
 
     def on_media(self, msg: Media) -> None:
+        self.on_audio(msg.payload, msg.timestamp)
+
+    def on_audio(self, payload: bytes, timestamp: int) -> None:
+        """A media frame's decoded µ-law and `media.timestamp` (the socket's fast lane
+        calls this directly, with no `Media` built)."""
         self.stats["frames_in"] += 1
-        pcm = ulaw_to_pcm16(msg.payload)
-        if self._grammar is not None and self._utt is not None and self.endpointer.in_speech:
+        pcm = ulaw_to_pcm16(payload)
+        endpointer = self.endpointer
+        if self._grammar is not None and self._utt is not None and endpointer.in_speech:
             self._judge_partial(self._utt, self._grammar)
-        event = self.endpointer.process(pcm, msg.timestamp)
+        event = endpointer.process(pcm, timestamp)
         # The endpointer's clock, not the raw timestamp: a frozen one must not stop the
         # key timers (or leave them behind the endpointer's).
-        self.caller_ms = self.endpointer.now_ms
-        if self.endpointer.in_speech and not isinstance(event, SpeechStarted):
+        self.caller_ms = endpointer.now_ms
+        if endpointer.in_speech and not isinstance(event, SpeechStarted):
             self._feed(self.upsampler.process(pcm))
         if event is not None:
             if isinstance(event, SpeechStarted):

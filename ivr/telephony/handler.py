@@ -24,7 +24,16 @@ from ivr.server.services import SERVICES, Services
 from ivr.session.call import CallSession
 from ivr.store.db import DROPPED
 from ivr.telephony import twiml
-from ivr.telephony.inbound import Connected, Dtmf, Mark, Media, Start, Stop, parse_inbound
+from ivr.telephony.inbound import (
+    Connected,
+    Dtmf,
+    Mark,
+    Media,
+    Start,
+    Stop,
+    media_fields,
+    parse_inbound,
+)
 from ivr.telephony.limits import MediaLimits, StreamGuard
 from ivr.telephony.socket import MediaSocket
 from ivr.telephony.stream_token import StartRejected
@@ -75,7 +84,28 @@ class MediaConnection:
         loop (a flood to refuse, a failure) is left to the queue (False): the loop stops
         reading where it must, so the close handshake drains what the peer still sends.
         """
-        if self.busy or self.lane_off or self.session is None:
+        if self.busy or self.lane_off:
+            return False
+        session = self.session
+        if session is None:
+            return False
+        fields = media_fields(data, self.limits.max_message_bytes)
+        if fields is not None:
+            # The hot path: `on_call_frame`'s checks for a media frame, inline, and the
+            # audio straight to the call's inbound side (no `Media` built).
+            guard = self.guard
+            guard.received()
+            sid, timestamp, audio = fields
+            try:
+                if sid != session.stream_sid:
+                    self.error("bad_stream_sid", f"streamSid {sid!r} is not this call's")
+                    return True
+                if not guard.floods(len(audio)):
+                    session.inbound.on_audio(audio, timestamp)
+                    return True
+            except Exception:
+                pass  # handled again by the read loop, which logs it and ends this call
+            self.lane_off = True
             return False
         try:
             msg = parse_inbound(data, max_bytes=self.limits.max_message_bytes)

@@ -114,6 +114,32 @@ async def test_a_burst_of_2_s_of_audio_is_jitter_not_a_flood(
     assert services(server).counters["protocol_error.flood"] == 0
 
 
+async def test_media_of_another_stream_is_refused_and_not_heard(
+    server: TestServer, peer: tuple[aiohttp.ClientSession, str],
+) -> None:
+    """Canonical media frames (the fast lane's) of a foreign streamSid are protocol
+    errors: counted on the call, never fed as its audio; the call goes on."""
+    http, base = peer
+    async with http.ws_connect(base + "/media") as ws:
+        stream = await start_stream(http, base, ws)
+        other = "MZ" + "f" * 32
+        assert other != stream.stream_sid
+        async with asyncio.timeout(10):  # the greeting: start is done, the lane is open
+            assert (await ws.receive()).type == aiohttp.WSMsgType.TEXT
+        for seq in range(2, 12):
+            await ws.send_str(media(stream, seq, (seq - 2) * 20))
+            await ws.send_str(inbound.inbound_media_message(seq, other, seq - 1,
+                                                            (seq - 2) * 20, b"\xff" * 160))
+        await ws.send_str(inbound.stop_message(12, stream.stream_sid, stream.account_sid,
+                                               stream.call_sid))
+        async with asyncio.timeout(10):
+            assert await closed_with(ws) == WSCloseCode.OK
+    call = await ended_call(server, stream.call_sid)
+    assert (call["stats"]["end_reason"], call["stats"]["frames_in"]) == ("stop", 10)
+    assert call["stats"]["protocol_errors"] == 10
+    assert services(server).counters["protocol_error.bad_stream_sid"] == 10
+
+
 async def test_a_socket_without_start_is_closed_after_the_start_timeout(
     server: TestServer, peer: tuple[aiohttp.ClientSession, str],
 ) -> None:

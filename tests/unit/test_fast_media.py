@@ -38,6 +38,9 @@ def test_fast_path_agrees_with_the_precise_parser(
     assert inbound.parse_inbound(text, max_bytes=10**6) == precise
     fast = inbound._fast_media(text, 10**6)
     assert fast is None or fast == precise
+    fields = inbound.media_fields(text, 10**6)
+    assert fields is None or fields == (precise.stream_sid, precise.timestamp, precise.payload)
+    assert (fields is None) == (fast is None or not text.startswith('{"event":"media"'))
 
 
 def test_canonical_frames_take_the_fast_path_and_odd_ones_do_not() -> None:
@@ -52,3 +55,7 @@ def test_canonical_frames_take_the_fast_path_and_odd_ones_do_not() -> None:
     ]
     assert all(inbound._fast_media(t, 10**6) is None for t in odd)
     assert inbound._fast_media(both[0], len(both[0]) - 1) is None  # too big: refused there
+    assert [inbound.media_fields(t, 10**6) for t in both] == [("MZ1", 5, b"\xff" * 160)] * 2
+    assert all(inbound.media_fields(t, 10**6) is None for t in odd)
+    assert inbound.media_fields(both[0], len(both[0]) - 1) is None
+    assert inbound.media_fields(" " + both[0], 10**6) is None  # not as Twilio writes it
