@@ -161,7 +161,7 @@ def test_admission_settings() -> None:
                            "IVR_MAX_LOOP_LAG_MS": "0", "IVR_BUSY_MESSAGE": "Later."})
     assert (s.max_calls, s.busy, s.max_loop_lag_ms, s.busy_message) == (2, "reject", 0, "Later.")
     assert (Settings().max_calls, Settings().max_loop_lag_ms, Settings().busy) == (
-        200, 50, "message")
+        400, 50, "message")
     for env in ({"IVR_MAX_CALLS": "-1"}, {"IVR_BUSY": "hangup"}, {"IVR_BUSY_MESSAGE": " "},
                 {"IVR_MAX_LOOP_LAG_MS": "-5"}):
         with pytest.raises(ConfigError):
