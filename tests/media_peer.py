@@ -18,6 +18,7 @@ from ivr.telephony import inbound
 FRAME = b"\xff" * 160  # 20 ms of µ-law silence
 # Loopback and a shared 2-core machine add a little jitter to arrival times.
 JITTER_S = 0.012
+LEAD_S = 0.160  # the server's default lead (IVR_PLAYER_LEAD_MS): audio buffered ahead
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,21 @@ def prompt_segments(t: CallTranscript) -> list[list[float]]:
             i += 1
         segments[-1].append(arrival)
     return [s for s in segments if s]
+
+
+def max_silence_heard(t: CallTranscript) -> float:
+    """The longest silence a caller hears mid-prompt: the far end plays each 20 ms frame
+    from its buffer, so a frame late by less than what is buffered ahead is not heard.
+    For calls without a `clear` (which empties that buffer)."""
+    worst = 0.0
+    until = 0.0  # when the audio received so far ends playing (a mark does not drain it)
+    for seg in prompt_segments(t):
+        # Between prompts (the caller's turn) silence is expected: not counted.
+        until = max(until, seg[0])
+        for arrival in seg:
+            worst = max(worst, arrival - until)
+            until = max(until, arrival) + 0.020
+    return worst
 
 
 def max_prompt_gap(t: CallTranscript) -> float:

@@ -24,11 +24,10 @@ from ivr.sim.script import Barge, CallerAction, PressKeys, Say, Silence
 from ivr.sim.transcript import CallTranscript
 from ivr.store.db import CallStore
 from tests.conftest import make_settings
-from tests.media_peer import prompt_segments
+from tests.media_peer import LEAD_S, prompt_segments
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
-LEAD_S = 0.160
 FRAME_S = 0.020
 # Loopback and a shared 2-core machine add a little jitter to arrival times.
 JITTER_S = 0.012

@@ -21,7 +21,15 @@ from ivr.sim.script import PressKeys
 from ivr.sim.transcript import fetch_server_transcript
 from ivr.telephony import inbound
 from tests.conftest import ROOT
-from tests.media_peer import JITTER_S, closed_with, max_prompt_gap, media, start_stream
+from tests.media_peer import (
+    JITTER_S,
+    LEAD_S,
+    closed_with,
+    max_prompt_gap,
+    max_silence_heard,
+    media,
+    start_stream,
+)
 
 FLOOD_FRAMES = 20_000
 # With the flood limit off: enough frames that keeping them (19 MB as 8 kHz PCM16 alone,
@@ -163,7 +171,7 @@ async def test_a_frozen_timestamp_flood_is_closed_and_the_server_stays_small(
 ) -> None:
     """20,000 frames stamped "0", sent as fast as they go, mid-call: the flooding
     connection is closed as a flood (1008, counted), the server's RSS grows by less than
-    20 MB, and the healthy call's outbound audio keeps its 20 ms pacing."""
+    20 MB, and the healthy caller hears its prompts without a silence."""
     ws_url = served.base.replace("http", "ws") + "/media"
     async with aiohttp.ClientSession() as http:
         async with RssSampler(served.pid) as rss:
@@ -187,7 +195,11 @@ async def test_a_frozen_timestamp_flood_is_closed_and_the_server_stays_small(
     assert growth < MAX_GROWTH_KB
     assert 0 < healthy.t_start < flooded.t_closed < healthy.t_end  # it was mid-call
     assert healthy.server is not None and healthy.server["outcome"] == "completed"
-    assert max_prompt_gap(healthy) <= 0.040 + JITTER_S
+    # The healthy caller hears no silence: its frames may arrive late by less than the
+    # lead buffered at the far end (the attacker shares the server and these 2 cores),
+    # never by more.
+    assert max_silence_heard(healthy) <= JITTER_S
+    assert max_prompt_gap(healthy) <= LEAD_S
 
 
 @pytest.mark.parametrize("served", [{"IVR_MEDIA_FLOOD_MS": str(10**9)}], indirect=True)

@@ -20,7 +20,15 @@ from ivr.sim.dial import call_urls, dial, voice_form
 from ivr.sim.run import run_call
 from ivr.sim.script import PressKeys
 from ivr.telephony import inbound
-from tests.media_peer import JITTER_S, closed_with, max_prompt_gap, media, start_stream
+from tests.media_peer import (
+    JITTER_S,
+    LEAD_S,
+    closed_with,
+    max_prompt_gap,
+    max_silence_heard,
+    media,
+    start_stream,
+)
 
 SID = "MZ" + "a" * 32
 CALL = "CA" + "b" * 32
@@ -305,4 +313,8 @@ async def test_an_oversized_message_closes_only_its_own_connection(server: TestS
     assert healthy.server is not None
     assert healthy.server["outcome"] == "completed"
     assert healthy.server["turns"][0]["understood"] == "support"
-    assert max_prompt_gap(healthy) <= 0.040 + JITTER_S
+    # The healthy caller hears no silence: its frames may arrive late by less than the
+    # lead buffered at the far end (the attacker shares the server and these 2 cores),
+    # never by more.
+    assert max_silence_heard(healthy) <= JITTER_S
+    assert max_prompt_gap(healthy) <= LEAD_S
