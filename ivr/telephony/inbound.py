@@ -151,6 +151,16 @@ def _media_groups(text: str, max_bytes: int) -> tuple[str, str, str, str, str, s
     return seq, sid, track, chunk, timestamp, payload
 
 
+def _audio(payload: str) -> bytes | None:
+    """A payload the regular expression matched, decoded; None if it is not strict
+    base64 or decodes to nothing (the precise parser then says why)."""
+    try:
+        audio = binascii.a2b_base64(payload, strict_mode=True)
+    except ValueError:
+        return None
+    return audio or None
+
+
 def media_fields(text: str, max_bytes: int) -> tuple[str, int, bytes] | None:
     """The hot path's own reading (50 frames a second per call): (streamSid, timestamp,
     decoded payload) of a canonical media frame, the same frame `parse_inbound` would
@@ -158,23 +168,11 @@ def media_fields(text: str, max_bytes: int) -> tuple[str, int, bytes] | None:
     else, which `parse_inbound` then accepts or refuses with its exact reason."""
     if not text.startswith(_MEDIA_HEAD):
         return None
-    if len(text) > max_bytes or not text.isascii():
+    groups = _media_groups(text, max_bytes)
+    if groups is None:
         return None
-    m = _SID_FIRST(text)
-    if m is not None:
-        _, sid, _, _, timestamp, payload = m.groups()
-    else:
-        m = _SID_LAST(text)
-        if m is None:
-            return None
-        _, _, _, timestamp, payload, sid = m.groups()
-    try:
-        audio = binascii.a2b_base64(payload, strict_mode=True)
-    except ValueError:
-        return None
-    if not audio:
-        return None
-    return sid, int(timestamp), audio
+    audio = _audio(groups[5])
+    return None if audio is None else (groups[1], int(groups[4]), audio)
 
 
 def _fast_media(text: str, max_bytes: int) -> Media | None:
@@ -185,11 +183,8 @@ def _fast_media(text: str, max_bytes: int) -> Media | None:
     if groups is None:
         return None
     seq, sid, track, chunk, timestamp, payload = groups
-    try:
-        audio = binascii.a2b_base64(payload, strict_mode=True)
-    except ValueError:
-        return None
-    if not audio:
+    audio = _audio(payload)
+    if audio is None:
         return None
     return Media(int(seq), sid, track, int(chunk), int(timestamp), audio)
 
@@ -203,9 +198,9 @@ def parse_inbound(text: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> I
     data = wire.load(text, max_bytes)
     event = data.get("event")
     if event == "media":
-        # The hot path (50 frames/s per call): canonical Twilio frames are decoded here
-        # with no helper calls; anything unusual falls through to the precise parser,
-        # which either accepts it too or says exactly what is wrong.
+        # Media the regular expression did not take (another spelling of JSON): read
+        # with no helper calls when canonical in shape; anything unusual falls through
+        # to the precise parser, which either accepts it too or says exactly what is wrong.
         try:
             media = data["media"]
             seq = data["sequenceNumber"]
