@@ -78,6 +78,10 @@ class TurnRecord:
     slot: str | None = None  # the slot the step fills, and the value this answer gave it
     slot_value: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # Provider spans of the turn, each {"stage": stt|llm|tool|tts, "provider": name,
+    # "start": ms, "first": ms (first byte/token; absent when the stage has none),
+    # "end": ms}, on the same clock as `timings`.
+    spans: list[dict[str, Any]] = field(default_factory=list)
 
 
 class CallStore:
@@ -253,18 +257,18 @@ class CallStore:
         await self._db.execute(
             """INSERT INTO turns (call_sid, seq, step, prompt, prompt_heard,
                  input_kind, input_text, confidence, understood, result, timings, slot,
-                 slot_value)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 slot_value, spans)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (call_sid, seq) DO UPDATE SET
                  step=excluded.step, prompt=excluded.prompt,
                  prompt_heard=excluded.prompt_heard, input_kind=excluded.input_kind,
                  input_text=excluded.input_text, confidence=excluded.confidence,
                  understood=excluded.understood, result=excluded.result,
                  timings=excluded.timings, slot=excluded.slot,
-                 slot_value=excluded.slot_value""",
+                 slot_value=excluded.slot_value, spans=excluded.spans""",
             (call_sid, d["seq"], d["step"], d["prompt"], d["prompt_heard"], d["input_kind"],
              d["input_text"], _float(d["confidence"]), d["understood"], d["result"],
-             json.dumps(d["timings"]), d["slot"], d["slot_value"]),
+             json.dumps(d["timings"]), d["slot"], d["slot_value"], json.dumps(d["spans"])),
         )
 
     async def purge_turns(self, *, before: datetime) -> int:
@@ -336,6 +340,7 @@ class CallStore:
             "SELECT * FROM turns WHERE call_sid = ? ORDER BY seq", (call_sid,))
         for t in turns:
             t["timings"] = json.loads(t["timings"] or "{}")
+            t["spans"] = json.loads(t.get("spans") or "[]")
         call["turns"] = turns
         return call
 

@@ -115,6 +115,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX used_stream_tokens_expiry ON used_stream_tokens(expires_at);
     """,
+    # v6: a turn's provider spans (recognition, model, tools, synthesis: who served each,
+    # when it was asked, its first byte or token, when it was done), a JSON list.
+    """
+    ALTER TABLE turns ADD COLUMN spans TEXT NOT NULL DEFAULT '[]';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # Any constant: the key of the PostgreSQL advisory lock that lets one process migrate.
