@@ -66,6 +66,7 @@ class ChatReply:
     finish_reason: str | None = None
     prompt_tokens: int = 10
     completion_tokens: int = 5
+    cached_tokens: int = 0  # of prompt_tokens (prompt_tokens_details.cached_tokens)
     # Streaming: how many characters of content / tool arguments go in each delta, so a
     # client's reassembly across chunks is exercised.
     split: int = 4
@@ -94,6 +95,9 @@ class FakeOpenAI:
         # Transcriptions: answered from the queue, else `transcript`.
         self.transcripts: deque[str] = deque()
         self.transcript = "hello world"
+        # Reported as the transcription's `usage` ({"type": "duration"}) when set, as
+        # Whisper does: the seconds the provider bills.
+        self.transcription_seconds: float | None = None
         # Speech: `speech_pcm` (default: 0.5 s tone) cut into `speech_chunk_sizes` (cycled)
         # with `speech_chunk_delay` between writes; when `speech_hold` is given the stream
         # pauses after the first chunk until it is set. `speech_finished` counts streams
@@ -186,7 +190,10 @@ class FakeOpenAI:
         if faulted is not None:
             return faulted
         text = self.transcripts.popleft() if self.transcripts else self.transcript
-        return web.json_response({"text": text})
+        reply: dict[str, Any] = {"text": text}
+        if self.transcription_seconds is not None:
+            reply["usage"] = {"type": "duration", "seconds": self.transcription_seconds}
+        return web.json_response(reply)
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -280,11 +287,12 @@ def _finish(reply: ChatReply) -> str:
     return reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
 
 
-def _usage(reply: ChatReply) -> dict[str, int]:
+def _usage(reply: ChatReply) -> dict[str, Any]:
     return {
         "prompt_tokens": reply.prompt_tokens,
         "completion_tokens": reply.completion_tokens,
         "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": reply.cached_tokens},
     }
 
 

@@ -26,6 +26,7 @@ from ivr.llm.agent import (
     ModelListens,
     ModelSays,
     ToolRan,
+    UsageEvent,
 )
 from ivr.llm.client import ChatClient
 from ivr.tools.base import ToolContext
@@ -95,7 +96,7 @@ async def run_llm_step(
                   AgentStep(system_prompt=system, tools=action.tools,
                             max_rounds=action.max_rounds, exit_when=exit_check,
                             slot_names=action.slots, max_tokens=remaining),
-                  slots)
+                  slots, stopwatch=port.span)
     user: str | None = None
     try:
         for _ in range(MAX_AGENT_TURNS):
@@ -149,6 +150,8 @@ async def _model_turn(
                 log.info("agent_tool", tool=event.name, ok=event.ok, error=event.error)
                 port.tool_ran(ToolRun(action.step, event.name, dict(event.args), event.ok,
                                       event.error, by_model=True))
+            elif isinstance(event, UsageEvent):
+                port.used("llm", agent.chat.model, event.units)
             elif isinstance(event, ModelListens):
                 return None
             elif isinstance(event, Done):

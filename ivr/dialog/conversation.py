@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from ivr.dialog.agent_step import ModelFor
 from ivr.dialog.driver import Dialog
-from ivr.dialog.port import ToolRun
+from ivr.dialog.port import NoLap, ToolRun
 from ivr.flows import engine
 from ivr.flows.model import Flow
 from ivr.tools.registry import ToolRegistry
@@ -144,6 +144,12 @@ class TextConversation:
 
     async def transfer(self, number: str) -> None:
         pass  # the driver ends the conversation with "transfer <number>"
+
+    def span(self, stage: str) -> NoLap:
+        return NoLap()
+
+    def used(self, role: str, engine: str, units: dict[str, int]) -> None:
+        pass  # a typed conversation keeps no cost
 
     def tool_ran(self, run: ToolRun) -> None:
         self._exchange.tools.append((run.tool, run.args, run.ok))

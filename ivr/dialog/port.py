@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ivr.flows import engine
+from ivr.llm.agent import Lap
 
 T = TypeVar("T")
 
@@ -68,3 +69,21 @@ class DialogPort(Protocol):
     def tool_ran(self, run: ToolRun) -> None:
         """A tool call finished (it has already been fed back)."""
         ...
+
+    def span(self, stage: str) -> Lap:
+        """Start timing a provider stage ("llm", "tool") of the current turn."""
+        ...
+
+    def used(self, role: str, engine: str, units: dict[str, int]) -> None:
+        """`engine` served a request of `role` and bills these units (`analytics.usage`)."""
+        ...
+
+
+class NoLap:
+    """A `Lap` for media that keep no timings (a typed conversation)."""
+
+    def first(self) -> None:
+        pass
+
+    def done(self, provider: str) -> None:
+        pass

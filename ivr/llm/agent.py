@@ -17,6 +17,7 @@ model as tool results for it to correct; consecutive broken rounds are bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
@@ -44,8 +45,10 @@ __all__ = [
     "Done",
     "DoneReason",
     "ExitCheck",
+    "Lap",
     "ModelListens",
     "ModelSays",
+    "Stopwatch",
     "ToolRan",
     "UsageEvent",
 ]
@@ -114,6 +117,20 @@ class UsageEvent:
     prompt: int
     completion: int
     cached: int = 0
+    # Billable token units (`providers.usage.token_units`), for the call's cost.
+    units: dict[str, int] = field(default_factory=dict, compare=False)
+
+
+class Lap(Protocol):
+    """The timing of one model round or tool call (`session.record.SpanTimer`)."""
+
+    def first(self) -> None: ...
+
+    def done(self, provider: str) -> None: ...
+
+
+# Starts a lap for a stage ("llm", "tool"); the session records it in the caller's turn.
+Stopwatch = Callable[[str], Lap]
 
 
 AgentEvent = ModelSays | ToolRan | ModelListens | Done | UsageEvent
@@ -131,6 +148,44 @@ class _Call:
     error: str | None = None
 
 
+_END = object()
+
+
+async def _read_ahead(
+    stream: AsyncGenerator[ChatDelta, None], lap: Lap | None, model: str,
+) -> AsyncGenerator[ChatDelta, None]:
+    """`stream`'s deltas, read as they arrive while the consumer is busy (the phone speaks
+    each sentence as it completes): the provider's connection never idles into its read
+    timeout behind a long sentence, and `lap` times the model's first token and its real
+    end, not when the consumer got round to them."""
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async with aclosing(stream):
+                async for delta in stream:
+                    if lap is not None and isinstance(delta, TextDelta | ToolCallDone):
+                        lap.first()
+                    queue.put_nowait(delta)
+            if lap is not None:
+                lap.done(model)
+            queue.put_nowait(_END)
+        except Exception as e:  # handed to the consumer, raised there
+            queue.put_nowait(e)
+
+    task = asyncio.create_task(pump())
+    try:
+        while (item := await queue.get()) is not _END:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 class Agent:
     """One `llm` step's conversation; keep it for the step's whole life (it holds history).
 
@@ -146,8 +201,10 @@ class Agent:
         step: AgentStep,
         slots: dict[str, str],
         vars: dict[str, Any] | None = None,
+        stopwatch: Stopwatch | None = None,
     ) -> None:
         self.chat = chat
+        self.stopwatch = stopwatch
         self.registry = registry
         self.ctx_factory = ctx_factory
         self.step = step
@@ -238,10 +295,12 @@ class Agent:
             text: list[str] = []
             calls: list[ToolCallDone] = []
             usage: Usage | None = None
+            lap = self.stopwatch("llm") if self.stopwatch is not None else None
             try:
                 # aclosing: a turn abandoned mid-reply closes the HTTP stream now, not
                 # whenever the garbage collector finalizes the generator.
-                async with aclosing(self.chat.stream(self.messages, self._tools)) as stream:
+                deltas = self.chat.stream(self.messages, self._tools)
+                async with aclosing(_read_ahead(deltas, lap, self.chat.model)) as stream:
                     async for delta in stream:
                         if isinstance(delta, TextDelta):
                             text.append(delta.text)
@@ -262,6 +321,9 @@ class Agent:
                 if text:
                     self.messages.append({"role": "assistant", "content": "".join(text)})
                 raise
+            finally:
+                if lap is not None:
+                    lap.done(self.chat.model)  # no-op if the stream already ended
             content = "".join(text)
             # null content is only valid next to tool calls.
             message: dict[str, Any] = {"role": "assistant",
@@ -281,7 +343,7 @@ class Agent:
                 self.completion_tokens += usage.completion_tokens
                 self.cached_tokens += usage.cached_tokens
                 yield UsageEvent(usage.prompt_tokens, usage.completion_tokens,
-                                 usage.cached_tokens)
+                                 usage.cached_tokens, dict(usage.units))
             if not calls:
                 yield Done("exit") if self._exit() else ModelListens()
                 return
@@ -356,12 +418,20 @@ class Agent:
             return f"no slot {name!r} (slots: {', '.join(names)})"
         return None
 
+    async def _call(self, c: _Call, ctx: ToolContext) -> ToolResult:
+        lap = self.stopwatch("tool") if self.stopwatch is not None else None
+        try:
+            return await self.registry.call(c.name, c.args, ctx)
+        finally:
+            if lap is not None:
+                lap.done(c.name)
+
     async def _run(self, calls: list[_Call]) -> list[AgentEvent]:
         ctx = self.ctx_factory()
         real = [c for c in calls if c.name not in _BUILTINS]
         # Parallel: independent lookups in one round should not queue behind each other
         # while the caller waits. The registry never raises for a tool's failure.
-        done = await asyncio.gather(*(self.registry.call(c.name, c.args, ctx) for c in real))
+        done = await asyncio.gather(*(self._call(c, ctx) for c in real))
         by_id = {id(c): r for c, r in zip(real, done, strict=True)}
         failed = any(not r.ok for r in done)
         results: list[ToolResult] = []

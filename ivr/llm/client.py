@@ -22,6 +22,7 @@ from ivr.providers.http import (
     ProviderTimeout,
     ProviderUnavailable,
 )
+from ivr.providers.usage import token_units
 
 __all__ = [
     "ChatClient",
@@ -52,6 +53,9 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    # The same tokens as disjoint billable units (`providers.usage.token_units`: text,
+    # cached, audio, in and out), for the call's cost.
+    units: dict[str, int] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +181,7 @@ class ChatClient:
                 prompt_tokens=int(usage.get("prompt_tokens") or 0),
                 completion_tokens=int(usage.get("completion_tokens") or 0),
                 cached_tokens=int(details.get("cached_tokens") or 0),
+                units=token_units(usage),
             ))
         return out
 

@@ -93,15 +93,23 @@ class Answers:
         if task is None:
             return None
         timeout = self.settings.recognition_timeout_ms / 1000
+        timer = self.record.span("stt")
         try:
             utt = await asyncio.wait_for(asyncio.shield(task), timeout)
             rec = await asyncio.wait_for(utt.finish(), timeout)
         except (TimeoutError, Exception) as exc:  # a failed engine is a no-match, not a crash
             self.log.warning("recognition_failed", error=repr(exc))
             self.stats["recognition_errors"] += 1
+            timer.span["error"] = type(exc).__name__
+            timer.done(getattr(self.record.services.recognizer, "name", ""))
             return None
         finally:
             self.inbound.release(task)  # finished, failed or cancelled: never left open
+        timer.done(rec.engine)
+        # Billed to the engine that answered: a remote request that failed over to the
+        # embedded recognizer served nobody and costs nothing here.
+        self.record.usage.add("stt", rec.engine, {
+            **(rec.usage or {"audio_s": rec.audio_seconds}), "requests": 1})
         self.stats["recognitions"] += 1
         self.record.stt_audio_s += rec.audio_seconds
         self.record.stt_cpu_s += rec.cpu_seconds

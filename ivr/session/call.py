@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import weakref
 from collections import Counter
 from collections.abc import Coroutine
@@ -33,7 +34,7 @@ from ivr.logging import mask_number
 from ivr.server.services import SHUTDOWN_PROMPT, Services
 from ivr.session.answers import Answers
 from ivr.session.inbound import Inbound
-from ivr.session.record import CallRecord, call_outcome
+from ivr.session.record import CallRecord, SpanTimer, call_outcome
 from ivr.session.speaker import Speaker
 from ivr.store.db import FAILED
 from ivr.telephony import control
@@ -88,7 +89,7 @@ class CallSession:
         # (`ivr bench soak` saw every call's graph left to the collector).
         me = weakref.proxy(self)
         self.speaker = Speaker(services, outbound_player(ws, self.stream_sid, self.settings),
-                               lambda: me.dialog.flow, self.stats, log)
+                               lambda: me.dialog.flow, self.record, log)
         self.inbound = Inbound(services.recognizer, self.speaker, self.stats, log,
                                complete_ms=self.settings.endpoint_complete_ms)
         self.answers = Answers(self.settings, self.inbound, self.speaker, self.record,
@@ -297,6 +298,14 @@ class CallSession:
     def tool_ran(self, run: ToolRun) -> None:
         if not run.by_model and run.ms is not None:
             self.services.metrics.observe("tool", run.ms / 1000)
+            # A `call` step's tool (the model's are timed as they run): its span ends now.
+            self.record.span("tool", at=time.monotonic() - run.ms / 1000).done(run.tool)
+
+    def span(self, stage: str) -> SpanTimer:
+        return self.record.span(stage)
+
+    def used(self, role: str, engine: str, units: dict[str, int]) -> None:
+        self.record.usage.add(role, engine, {**units, "requests": 1})
 
     async def _play(self, action: engine.Play, listen: engine.Listen | None) -> None:
         interruptible = bool(action.barge_in and listen is not None and listen.barge_in)

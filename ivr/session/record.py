@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from ivr.analytics.usage import UsageLedger
 from ivr.audio.player import Prompt
 from ivr.flows import engine
 from ivr.server.services import Services
@@ -26,6 +27,48 @@ _FLOW_OUTCOMES = {
     "completed": COMPLETED, "fallback": COMPLETED, "goto_flow": COMPLETED,
     "hangup": ABANDONED, "error": FAILED, "transferred": TRANSFERRED,
 }
+
+
+# Stage durations a turn's timings carry for the latency metrics (p50/p95/p99 per stage):
+# from a span's start to its first byte/token, or to its end for stages without one.
+_SPAN_METRIC = {"stt": ("stt_ms", "end"), "llm": ("llm_first_token_ms", "first"),
+                "tts": ("tts_first_byte_ms", "first"), "tool": ("tool_ms", "end")}
+
+
+class SpanTimer:
+    """One provider stage serving this call: asked now, `first()` byte or token, `done()`.
+    Kept in the turn it serves, which is written again if it was flushed before the stage
+    ended (a reply streams on after its first frame)."""
+
+    __slots__ = ("_record", "_turn", "span")
+
+    def __init__(
+        self, record: CallRecord, turn: TurnRecord | None, stage: str, start: float,
+    ) -> None:
+        self._record = record
+        self._turn = turn
+        self.span: dict[str, Any] = {"stage": stage, "provider": "", "start": start}
+
+    def first(self) -> None:
+        if "first" not in self.span:
+            self.span["first"] = self._record.ms()
+            self._metric("first")
+
+    def done(self, provider: str) -> None:
+        if "end" in self.span:
+            return
+        self.span["provider"] = provider
+        self.span["end"] = self._record.ms()
+        self._metric("end")
+        self._record.span_ended(self._turn)
+
+    def _metric(self, point: str) -> None:
+        key, at = _SPAN_METRIC.get(self.span["stage"], ("", ""))
+        timings = self._turn.timings if self._turn is not None else None
+        if at != point or timings is None or (key in timings and at == "first"):
+            return
+        ms = round(self.span[point] - self.span["start"], 1)
+        timings[key] = round(timings.get(key, 0.0) + ms, 1) if at == "end" else ms
 
 
 def call_outcome(runner: engine.FlowRunner, reason: str) -> str:
@@ -49,11 +92,15 @@ class CallRecord:
         self.log = log
         self.t0 = time.monotonic()
         self.labels: dict[str, str] = {}  # which engines/models the usage counts are for
+        self.usage = UsageLedger()  # units per engine that served a request
         self.stt_audio_s = 0.0  # seconds of caller audio sent to recognition
         self.stt_cpu_s = 0.0  # CPU the embedded recognizer spent on them (worker processes)
         self._seq = 0
         self.turn: TurnRecord | None = None  # the turn awaiting its reply's first frame
         self.pending: TurnRecord | None = None  # the turn whose answer is being taken
+        self._orphans: list[dict[str, Any]] = []  # spans before the first turn opened
+        self._flushed: set[int] = set()  # turns already written (by seq)
+        self._responses: list[float] = []  # voice-to-voice of each turn, ms
 
     def ms(self) -> float:
         """Now, in ms since the stream started."""
@@ -78,6 +125,7 @@ class CallRecord:
         )
         if prompts and heard == "interrupted":
             turn.timings["prompt_heard_ms"] = round(sum(p.heard_ms for p in prompts), 1)
+        turn.spans, self._orphans = self._orphans, []
         self.pending = turn
         return turn
 
@@ -140,10 +188,25 @@ class CallRecord:
         end = turn.timings.get("reply_first_frame")
         if start is not None and end is not None:
             turn.timings["response_ms"] = round(end - start, 1)
+            self._responses.append(turn.timings["response_ms"])
         self.services.metrics.turn(turn.timings)
+        self._flushed.add(turn.seq)
         if self.services.store is not None:
             # Queued, never awaited: a locked or full database must not hold up the reply.
             self.services.store.record_turn(self.call_sid, turn)
+
+    def span(self, stage: str, *, at: float | None = None) -> SpanTimer:
+        """Time a provider stage (stt, llm, tool, tts) asked now (or at monotonic `at`)
+        for the turn it serves: the answer being taken, else the one awaiting its reply,
+        else the next turn to open."""
+        turn = self.pending or self.turn
+        timer = SpanTimer(self, turn, stage, self.ms() if at is None else self.at(at))
+        (turn.spans if turn is not None else self._orphans).append(timer.span)
+        return timer
+
+    def span_ended(self, turn: TurnRecord | None) -> None:
+        if (turn is not None and turn.seq in self._flushed and self.services.store is not None):
+            self.services.store.record_turn(self.call_sid, turn)  # an upsert by (call, seq)
 
     # -------------------------------------------------------------- the call
 
@@ -165,6 +228,7 @@ class CallRecord:
         services = self.services
         stats: dict[str, Any] = {
             **self.stats, **self.labels,
+            "usage": self.usage.entries(),
             "stt_engine": getattr(services.recognizer, "name", ""),
             "stt_audio_s": round(self.stt_audio_s, 2),
             "stt_cpu_s": round(self.stt_cpu_s, 3),
@@ -187,6 +251,12 @@ class CallRecord:
         """The ended call in the counters, the metrics and the log."""
         self.services.counters[f"calls_{outcome}"] += 1
         self.services.metrics.call_ended(outcome, stats)
-        self.log.info("call_ended", outcome=outcome, reason=reason, **{
-            k: v for k, v in stats.items() if k in ("duration_ms", "frames_out", "late_frames")
-        })
+        cost = stats.get("cost") or {}
+        responses = sorted(self._responses)
+        self.log.info(
+            "call_ended", outcome=outcome, reason=reason,
+            cost_usd=cost.get("total"),
+            unpriced=sorted(k.split(":", 1)[1] for k in cost if k.startswith("unpriced:")) or None,
+            response_p50_ms=responses[(len(responses) - 1) // 2] if responses else None,
+            **{k: v for k, v in stats.items()
+               if k in ("duration_ms", "frames_out", "late_frames")})

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -20,17 +19,21 @@ from ivr.audio.player import Player, Prompt
 from ivr.flows import engine
 from ivr.flows.model import Flow
 from ivr.server.services import Services
+from ivr.session.record import CallRecord
+from ivr.speech.base import STAND_IN
+from ivr.speech.fallback import served_by
 
 
 class Speaker:
     def __init__(
         self, services: Services, player: Player, flow: Callable[[], Flow],
-        stats: Counter[str], log: structlog.typing.FilteringBoundLogger,
+        record: CallRecord, log: structlog.typing.FilteringBoundLogger,
     ) -> None:
         self.services = services
         self.player = player
         self._flow = flow  # the flow speaking now (a `goto flow` changes it)
-        self.stats = stats
+        self.record = record  # synthesis is timed and billed to the call
+        self.stats = record.stats
         self.log = log
         self.prompts: list[Prompt] = []  # prompts since the last answer
         self.interruptible = False  # the prompt playing may be cut by the caller
@@ -135,10 +138,21 @@ class Speaker:
                 yield chunk
             return
         self.stats["tts_chars"] += len(text)  # prewarmed static prompts cost nothing per call
+        synthesizer = services.synthesizer
+        timer = self.record.span("tts")
         conv: ToUlaw8k | None = None
-        async for pcm, sr in services.synthesizer.synthesize(text, voice=voice, rate=rate):
-            if conv is None:
-                conv = ToUlaw8k(sr)
-            yield conv.push(pcm)
-        if conv is not None:
-            yield conv.flush()
+        STAND_IN.set(None)
+        try:
+            async for pcm, sr in synthesizer.synthesize(text, voice=voice, rate=rate):
+                if conv is None:
+                    conv = ToUlaw8k(sr)
+                    timer.first()
+                yield conv.push(pcm)
+            if conv is not None:
+                yield conv.flush()
+        finally:
+            # Billed to the engine that answered (the fallback's, if it stood in), also
+            # when the prompt was cut short: the provider was asked for all of it.
+            engine = served_by(synthesizer)
+            timer.done(engine)
+            self.record.usage.add("tts", engine, {"chars": len(text), "requests": 1})

@@ -24,6 +24,9 @@ class Recognition:
     audio_seconds: float = 0.0
     cpu_seconds: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
+    # What `engine` bills this utterance in (`analytics.usage` units); empty: its audio
+    # seconds (`audio_s`), the unit of per-minute recognizers.
+    usage: dict[str, float] = field(default_factory=dict)
 
 
 class Utterance(Protocol):

@@ -19,7 +19,7 @@ from ivr.grammar import Grammar
 from ivr.providers.http import ProviderError, ProviderTimeout
 from ivr.speech.base import STAND_IN, Recognition, Recognizer, Synthesizer, Utterance
 
-__all__ = ["FallbackRecognizer", "FallbackSynthesizer", "FallbackUtterance"]
+__all__ = ["FallbackRecognizer", "FallbackSynthesizer", "FallbackUtterance", "served_by"]
 
 log = structlog.get_logger("ivr.speech.fallback")
 
@@ -170,3 +170,15 @@ class FallbackSynthesizer:
                 self.on_abandon()
             raise ProviderTimeout(self.primary.name,
                                   f"no audio within {self.first_audio_s:.3f} s") from None
+
+
+def served_by(synthesizer: Synthesizer) -> str:
+    """The engine that answered the synthesis just iterated in this task: the stand-in
+    when one did (`STAND_IN`, reset by the caller before it began), else the engine
+    asked (a fallback pair's primary)."""
+    stand_in = STAND_IN.get()
+    if stand_in is not None:
+        return stand_in
+    if isinstance(synthesizer, FallbackSynthesizer):
+        return synthesizer.primary.name
+    return synthesizer.name

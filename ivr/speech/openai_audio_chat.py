@@ -15,6 +15,7 @@ import time
 from ivr.audio.codec import pcm16_to_wav
 from ivr.grammar import Grammar
 from ivr.providers.http import ProviderBadResponse, ProviderClient
+from ivr.providers.usage import token_units
 from ivr.speech.base import Recognition
 from ivr.speech.openai_stt import BufferedUtterance
 
@@ -76,4 +77,5 @@ class AudioChatRecognizer:
             extra={"latency_ms": round((time.monotonic() - started) * 1000, 1),
                    "prompt_tokens": usage.get("prompt_tokens", 0),
                    "completion_tokens": usage.get("completion_tokens", 0)},
+            usage=dict(token_units(usage if isinstance(usage, dict) else None)),
         )

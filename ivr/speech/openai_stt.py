@@ -103,4 +103,23 @@ class OpenAIRecognizer:
             engine=self.name,
             audio_seconds=len(pcm16_16k) / 2 / _RATE,
             extra={"latency_ms": latency_ms},
+            usage=billed_units(body.get("usage")),
         )
+
+
+def billed_units(usage: object) -> dict[str, float]:
+    """What the provider says it billed, when it says (`usage` of a transcription:
+    `{"type": "duration", "seconds": s}` for Whisper, `{"type": "tokens", ...}` for the
+    GPT-4o transcribers); empty otherwise, and the seconds we sent are billed."""
+    if not isinstance(usage, dict):
+        return {}
+    if usage.get("type") == "duration" and isinstance(usage.get("seconds"), int | float):
+        return {"audio_s": float(usage["seconds"])}
+    if usage.get("type") == "tokens":
+        details = usage.get("input_token_details") or {}
+        audio = details.get("audio_tokens", 0) if isinstance(details, dict) else 0
+        text_in = details.get("text_tokens", 0) if isinstance(details, dict) else 0
+        units = {"audio_in": audio, "text_in": text_in, "text_out": usage.get("output_tokens", 0)}
+        return {k: float(v) for k, v in units.items()
+                if isinstance(v, int | float) and not isinstance(v, bool) and v > 0}
+    return {}
