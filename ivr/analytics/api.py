@@ -1,4 +1,5 @@
-"""`/api/*`: calls, one call's detail, stats and bookings, as JSON for operators.
+"""`/api/*`: calls, one call's detail, stats, cost over time and bookings, as JSON for
+operators.
 
 Who may ask is decided before any handler here runs, by `server.access.guard` on every
 `/api/` route: with `IVR_API_TOKEN` its bearer (or the dashboard's session cookie),
@@ -8,17 +9,22 @@ without it only a client on this machine.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from aiohttp import web
 
+from ivr.analytics.cost_series import choose_bucket, cost_series
 from ivr.analytics.report import build_report, parse_since
+from ivr.errors import ConfigError, InvalidValue
 from ivr.server.services import SERVICES, Services
 
 log = structlog.get_logger("ivr.api")
 
 MAX_PAGE = 200
+# /api/costs without ?since=: the last day (the dashboard's default range).
+COSTS_SINCE = timedelta(hours=24)
 
 
 def api_guard_warning(services: Services) -> None:
@@ -43,6 +49,17 @@ def _int(request: web.Request, name: str, default: int, high: int) -> int:
     return min(int(raw), high)
 
 
+def _moment(request: web.Request, name: str) -> datetime | None:
+    """`?since=` / `?until=`: "7d", "12h" (ago) or an ISO time; a bad one is a 400."""
+    raw = request.query.get(name)
+    try:
+        return parse_since(raw)
+    except (ValueError, ConfigError):
+        raise web.HTTPBadRequest(text=f"{name}: expected e.g. 24h, 7d or an ISO time "
+                                      f"(2026-11-01T09:00, UTC without a zone), not {raw!r}\n",
+                                 ) from None
+
+
 async def calls(request: web.Request) -> web.Response:
     """Paged call list: ?limit=&offset=&flow=&outcome=&since= (newest first)."""
     services = request.app[SERVICES]
@@ -52,14 +69,10 @@ async def calls(request: web.Request) -> web.Response:
         if request.query.get(column):
             where.append(f"{column} = ?")
             params.append(request.query[column])
-    if request.query.get("since"):
-        try:
-            since = parse_since(request.query["since"])
-        except ValueError as exc:
-            raise web.HTTPBadRequest(text=f"since: {exc}\n") from None
-        if since is not None:
-            where.append("started_at >= ?")
-            params.append(since.isoformat())
+    since = _moment(request, "since")
+    if since is not None:
+        where.append("started_at >= ?")
+        params.append(_stored_form(since))
     sql = (f"SELECT call_sid, stream_sid, flow, from_masked, to_masked, started_at, ended_at, "
            f"outcome, call_status, duration_s, stats FROM calls WHERE {' AND '.join(where)} "
            f"ORDER BY started_at DESC LIMIT ? OFFSET ?")
@@ -85,27 +98,50 @@ async def call(request: web.Request) -> web.Response:
 
 
 def _waterfall(turn: dict[str, Any]) -> dict[str, Any]:
-    """Stage spans of one turn on the server clock (ms since the stream started)."""
+    """Stage points and provider spans of one turn on the server clock (ms since the
+    stream started). Spans come in start order, so a chart draws them top to bottom as
+    they happened (two LLM rounds around a tool call stay apart)."""
     t = turn["timings"]
     marks = ["prompt_first_frame", "speech_start", "endpoint", "digits_done", "recognized",
              "reply_first_frame"]
     points = {m: t[m] for m in marks if m in t}
+    spans = [s for s in turn.get("spans") or [] if isinstance(s, dict)]
+    spans.sort(key=lambda s: s["start"] if isinstance(s.get("start"), int | float) else 0.0)
     return {"seq": turn["seq"], "step": turn["step"], "points": points,
-            "response_ms": t.get("response_ms")}
+            "response_ms": t.get("response_ms"), "spans": spans}
 
 
 async def stats(request: web.Request) -> web.Response:
     """The `ivr report` figures: ?since=&flow=."""
     services = request.app[SERVICES]
-    since = None
-    if request.query.get("since"):
-        try:
-            since = parse_since(request.query["since"])
-        except ValueError as exc:
-            raise web.HTTPBadRequest(text=f"since: {exc}\n") from None
+    since = _moment(request, "since")
     report = await build_report(services.settings.db, since=since,
                                 flow=request.query.get("flow") or None)
     return web.json_response(report)
+
+
+async def costs(request: web.Request) -> web.Response:
+    """Cost by provider over time (`analytics.cost_series`): calls started in
+    [?since=, ?until=) (default: the last 24 h), in UTC `?bucket=hour|day` buckets."""
+    services = request.app[SERVICES]
+    until = _moment(request, "until") or datetime.now(UTC)
+    since = _moment(request, "since") or until - COSTS_SINCE
+    try:
+        bucket = choose_bucket(since, until, request.query.get("bucket"))
+    except InvalidValue as exc:
+        raise web.HTTPBadRequest(text=f"{exc}\n") from None
+    assert services.store is not None
+    # Stored starts are UTC ISO strings with milliseconds: bounds in the same form
+    # compare as text the same way as times, on SQLite and PostgreSQL alike.
+    rows = await services.store.db.fetch(
+        "SELECT started_at, stats FROM calls WHERE started_at >= ? AND started_at < ?",
+        (_stored_form(since), _stored_form(until)),
+    )
+    return web.json_response(cost_series(rows, since=since, until=until, bucket=bucket))
+
+
+def _stored_form(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 async def bookings(request: web.Request) -> web.Response:
@@ -125,4 +161,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/calls", calls)
     app.router.add_get("/api/calls/{call_sid}", call)
     app.router.add_get("/api/stats", stats)
+    app.router.add_get("/api/costs", costs)
     app.router.add_get("/api/bookings", bookings)
