@@ -112,11 +112,17 @@ def _waterfall(turn: dict[str, Any]) -> dict[str, Any]:
 
 
 async def stats(request: web.Request) -> web.Response:
-    """The `ivr report` figures: ?since=&flow=."""
+    """The `ivr report` figures: ?since=&flow=&project_monthly=N."""
     services = request.app[SERVICES]
     since = _moment(request, "since")
+    project = request.query.get("project_monthly")
+    if project is not None and (not project.isdigit() or int(project) <= 0):
+        raise web.HTTPBadRequest(
+            text="project_monthly: a number of calls a month above 0, e.g. 100000\n")
     report = await build_report(services.settings.db, since=since,
-                                flow=request.query.get("flow") or None)
+                                flow=request.query.get("flow") or None,
+                                project_monthly=int(project) if project else None,
+                                pricing=services.pricing)
     return web.json_response(report)
 
 

@@ -32,7 +32,7 @@ from ivr.telephony.stream_token import REJECT_REASONS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-STAGES = ("response", "recognition", "tool", "llm_first_token")
+STAGES = ("response", "recognition", "tool", "llm_first_token", "tts_first_byte", "stt")
 # Voice-to-voice latencies of interest run from ~50 ms to ~10 s.
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0)
 BREAKER_STATES: dict[str, int] = {"closed": 0, "half_open": 1, "open": 2}
@@ -201,7 +201,7 @@ class Metrics:
         self.turn_latency = Histogram(
             "ivr_turn_latency_seconds",
             "Turn latency by stage: response (voice to voice), recognition, tool, "
-            "llm_first_token",
+            "llm_first_token, tts_first_byte, stt (request to result)",
             ["stage"], buckets=LATENCY_BUCKETS, registry=r,
         )
         for stage in STAGES:
@@ -271,14 +271,15 @@ class Metrics:
 
     def turn(self, timings: Mapping[str, Any]) -> None:
         """One turn's timings (ms): `response_ms` as stage response, `recognized - endpoint`
-        as recognition, and `tool_ms` / `llm_first_token_ms` when present."""
+        as recognition, and the provider stages `tool_ms`, `llm_first_token_ms`,
+        `tts_first_byte_ms`, `stt_ms` when present."""
         response = _number(timings.get("response_ms"))
         if response is not None:
             self.observe("response", response / 1000)
         endpoint, recognized = _number(timings.get("endpoint")), _number(timings.get("recognized"))
         if endpoint is not None and recognized is not None and recognized >= endpoint:
             self.observe("recognition", (recognized - endpoint) / 1000)
-        for stage in ("tool", "llm_first_token"):
+        for stage in STAGES[2:]:
             ms = _number(timings.get(f"{stage}_ms"))
             if ms is not None:
                 self.observe(stage, ms / 1000)

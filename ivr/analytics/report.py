@@ -14,7 +14,10 @@ Definitions (all computed over the calls selected by `since` / `flow`):
   `stats.duration_ms / 1000`, else `ended_at - started_at`; calls with none are skipped.
 - `cost`: from `stats["cost"]` (written by the session at call end, see
   `ivr.analytics.pricing`): `p50` and `mean` per call, `total`, and `by_provider`
-  (the sum of each key other than `total`). Calls without a cost are not counted.
+  (the sum of each key other than `total`), `unpriced` (engines used with no rate, counted
+  at $0). Calls without a cost are not counted.
+- `projection` (with `--project-monthly N`): the observed mix scaled to N calls a month,
+  priced through the volume tiers (`ivr.analytics.projection`); None otherwise.
 - `latency_ms`: per stage, over turns, on the server clock (ms since stream start):
   `response_ms` (voice to voice: end-of-speech decision -> first frame of the reply;
   the stored `response_ms`, else `reply_first_frame - endpoint`), `recognition_ms`
@@ -44,6 +47,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from ivr.analytics.pricing import Pricing
+from ivr.analytics.projection import project_monthly as project_monthly_cost
 from ivr.config import database_url, is_database_url
 from ivr.errors import ConfigError, StoreError
 from ivr.store.backend import connect, describe
@@ -156,9 +161,12 @@ async def _load(
 
 
 async def build_report(
-    db_path: Path | str, *, since: datetime | None = None, flow: str | None = None
+    db_path: Path | str, *, since: datetime | None = None, flow: str | None = None,
+    project_monthly: int | None = None, pricing: Pricing | None = None,
 ) -> dict[str, Any]:
-    """The report as plain JSON-able data (see the module docstring for definitions)."""
+    """The report as plain JSON-able data (see the module docstring for definitions);
+    with `project_monthly`, also the cost of that many calls a month like these
+    (`analytics.projection`, priced by `pricing`, default `Pricing.load()`)."""
     calls, turns = await _load(db_path, since, flow)
 
     outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
@@ -177,6 +185,7 @@ async def build_report(
 
     costs: list[float] = []
     by_provider: dict[str, float] = {}
+    unpriced: set[str] = set()
     for c in calls:
         cost = c["stats"].get("cost")
         if not isinstance(cost, dict):
@@ -186,7 +195,9 @@ async def build_report(
             total = sum(v for k, v in cost.items() if isinstance(v, int | float))
         costs.append(float(total))
         for k, v in cost.items():
-            if k != "total" and isinstance(v, int | float):
+            if k.startswith("unpriced:"):
+                unpriced.add(k.split(":", 1)[1])
+            elif k != "total" and isinstance(v, int | float):
                 by_provider[k] = by_provider.get(k, 0.0) + float(v)
 
     stage_values: dict[str, list[float]] = {s: [] for s in STAGES}
@@ -242,6 +253,7 @@ async def build_report(
             "mean": r(statistics.fmean(costs) if costs else None),
             "total": round(sum(costs), 6),
             "by_provider": {k: round(v, 6) for k, v in sorted(by_provider.items())},
+            "unpriced": sorted(unpriced),
         },
         "latency_ms": {
             s: {
@@ -253,6 +265,8 @@ async def build_report(
         "no_match_steps": _ranked(no_match, TOP),
         "no_input_steps": _ranked(no_input, TOP),
         "drop_off": _ranked(drop_off),
+        "projection": None if project_monthly is None else project_monthly_cost(
+            pricing or Pricing.load(), [c["stats"] for c in calls], project_monthly),
     }
 
 
@@ -270,6 +284,13 @@ def _metrics(report: dict[str, Any]) -> list[tuple[str, Any]]:
     cost = report["cost"]
     rows += [(f"cost.{k}", cost[k]) for k in ("calls", "p50", "mean", "total")]
     rows += [(f"cost.by_provider.{k}", v) for k, v in cost["by_provider"].items()]
+    rows += [("cost.unpriced", name) for name in cost["unpriced"]]
+    projection = report.get("projection")
+    if projection is not None:
+        rows += [(f"projection.{k}", projection[k]) for k in
+                 ("calls_per_month", "observed_calls", "total", "per_call", "dominant")]
+        rows += [(f"projection.by_provider.{k}", v)
+                 for k, v in projection["by_provider"].items()]
     for stage, vals in report["latency_ms"].items():
         rows += [(f"latency.{stage}.{k}", v) for k, v in vals.items()]
     for key in ("no_match_steps", "no_input_steps", "drop_off"):
@@ -309,6 +330,9 @@ def render_text(report: dict[str, Any]) -> str:
     )
     for k, v in cost["by_provider"].items():
         lines.append(f"  {k}: {v}")
+    if cost["unpriced"]:
+        lines.append(f"  unpriced: {', '.join(cost['unpriced'])} (no rate: counted at $0; "
+                     "add one to the pricing file named by IVR_PRICING)")
     lines.append("Latency (ms, nearest-rank):")
     for stage, vals in report["latency_ms"].items():
         lines.append(
@@ -323,11 +347,30 @@ def render_text(report: dict[str, Any]) -> str:
         lines.append(f"{title}: " + (
             ", ".join(f"{e['step']} {e['count']}" for e in entries) if entries else "-"
         ))
+    lines += _projection_lines(report.get("projection"))
     return "\n".join(lines) + "\n"
 
 
+def _projection_lines(p: dict[str, Any] | None) -> list[str]:
+    if p is None:
+        return []
+    head = f"Projection: {p['calls_per_month']:,} calls a month"
+    if not p["observed_calls"]:
+        return [head + ": no calls with a duration or usage to project from"]
+    lines = [head + f", from the mix of {p['observed_calls']} calls (volume tiers applied):",
+             f"  total {p['total']:,.2f} USD a month, {p['per_call']:.6f} per call"]
+    for k, v in sorted(p["by_provider"].items(), key=lambda kv: -kv[1]):
+        share = v / p["total"] * 100 if p["total"] else 0.0
+        lines.append(f"  {k}: {v:,.2f} ({share:.1f}%)" + ("  <- dominant" if k == p["dominant"]
+                                                          else ""))
+    if p["unpriced"]:
+        lines.append(f"  unpriced (counted at $0): {', '.join(p['unpriced'])}")
+    return lines
+
+
 def main(args: argparse.Namespace) -> int:
-    """`ivr report`: args.db, args.since, args.flow, args.json, args.csv."""
+    """`ivr report`: args.db, args.since, args.flow, args.project_monthly, args.json,
+    args.csv."""
     import asyncio
 
     try:
@@ -335,7 +378,11 @@ def main(args: argparse.Namespace) -> int:
         db = database_url(args.db)
         if not is_database_url(db) and not Path(db).exists():
             raise ConfigError(f"{db}: no such database")
-        report = asyncio.run(build_report(db, since=since, flow=args.flow))
+        project = getattr(args, "project_monthly", None)
+        if project is not None and project <= 0:
+            raise ConfigError("--project-monthly: a number of calls a month, above 0")
+        report = asyncio.run(build_report(db, since=since, flow=args.flow,
+                                          project_monthly=project))
     except ConfigError as e:
         print(f"ivr report: {e}", file=sys.stderr)
         return 2

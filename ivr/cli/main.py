@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--db", type=database_url, help=_DB_HELP)
     report.add_argument("--since", help="ISO date/time, or an age like 7d or 12h")
     report.add_argument("--flow", help="only calls of this flow")
+    report.add_argument("--project-monthly", type=int, metavar="N",
+                        help="also project the monthly cost of N calls a month like these, "
+                             "by provider, with the pricing table's volume tiers")
     fmt = report.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="machine-readable JSON")
     fmt.add_argument("--csv", action="store_true", help="one row per metric")

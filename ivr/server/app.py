@@ -36,7 +36,7 @@ from ivr.server.services import SERVICES, Services
 from ivr.speech.base import Recognizer, Synthesizer
 from ivr.speech.cache import CachedSynthesis, SynthesisCache
 from ivr.speech.espeak import EspeakSynthesizer
-from ivr.speech.fallback import FallbackRecognizer, FallbackSynthesizer
+from ivr.speech.fallback import FallbackRecognizer, FallbackSynthesizer, serving_names
 from ivr.speech.openai_audio_chat import AudioChatRecognizer
 from ivr.speech.openai_stt import OpenAIRecognizer
 from ivr.speech.openai_tts import OpenAISynthesizer
@@ -177,6 +177,7 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
         services.llm = ChatClient(clients[-1], s.llm.model)
     services.metrics.observe_providers(clients)
     log.info("engines", recognizer=recognizer.name, synthesizer=synthesizer.name)
+    _warn_unpriced(services)
     cache = SynthesisCache(s.speech_cache_dir, max_bytes=s.cache_mb * 1024 * 1024)
     services.speech_cache = CachedSynthesis(services.synthesizer, cache)
     yield
@@ -272,6 +273,21 @@ async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
     sessions = list(app[SERVICES].calls.values())
     if sessions:
         await asyncio.gather(*(s.end("shutdown") for s in sessions), return_exceptions=True)
+
+
+def _warn_unpriced(services: Services) -> None:
+    """An engine that may serve calls and has no rate is said now, not found as $0 later."""
+    if services.pricing is None:
+        return
+    engines = [("stt", name) for name in serving_names(services.recognizer)]
+    engines += [("tts", name) for name in serving_names(services.synthesizer)]
+    if services.llm is not None:
+        engines.append(("llm", services.llm.model))
+    missing = services.pricing.unpriced(engines)
+    if missing:
+        log.warning("unpriced_engines", engines=missing,
+                    hint="their usage is recorded and counted at $0 until a rate is added "
+                         "to the pricing file named by IVR_PRICING")
 
 
 def create_app(settings: Settings) -> web.Application:

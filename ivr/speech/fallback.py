@@ -19,7 +19,8 @@ from ivr.grammar import Grammar
 from ivr.providers.http import ProviderError, ProviderTimeout
 from ivr.speech.base import STAND_IN, Recognition, Recognizer, Synthesizer, Utterance
 
-__all__ = ["FallbackRecognizer", "FallbackSynthesizer", "FallbackUtterance", "served_by"]
+__all__ = ["FallbackRecognizer", "FallbackSynthesizer", "FallbackUtterance", "served_by",
+           "serving_names"]
 
 log = structlog.get_logger("ivr.speech.fallback")
 
@@ -182,3 +183,12 @@ def served_by(synthesizer: Synthesizer) -> str:
     if isinstance(synthesizer, FallbackSynthesizer):
         return synthesizer.primary.name
     return synthesizer.name
+
+
+def serving_names(engine: Recognizer | Synthesizer | None) -> list[str]:
+    """The names of the engines that may answer a request to `engine` (both of a pair)."""
+    if engine is None:
+        return []
+    if isinstance(engine, FallbackRecognizer | FallbackSynthesizer):
+        return [engine.primary.name, engine.fallback.name]
+    return [engine.name]

@@ -456,3 +456,22 @@ async def test_the_waterfall_carries_each_turns_provider_spans_in_start_order(
     assert (llm["start"], llm["first"], llm["end"]) == (5160.0, 5420.0, 5500.0)
     assert (tts["start"], tts["first"], tts["end"]) == (5770.0, 6010.0, 6400.0)
     assert "first" not in remote["spans"][0]
+
+
+async def test_stats_projects_the_monthly_cost(tmp_path: Path) -> None:
+    """?project_monthly=N gives `ivr report --project-monthly N`'s projection; a bad N is
+    a 400 that says what is expected."""
+    client = await _client(tmp_path)
+    try:
+        resp = await client.get("/api/stats?project_monthly=1000")
+        assert resp.status == 200
+        body = await resp.json()
+        bad = await client.get("/api/stats?project_monthly=lots")
+        assert bad.status == 400 and "calls a month" in await bad.text()
+    finally:
+        await client.close()
+    p = body["projection"]
+    assert p["calls_per_month"] == 1000 and p["observed_calls"] == 3
+    assert p["total"] == pytest.approx(sum(p["by_provider"].values()), abs=0.011)
+    assert p["total"] > 0 and p["dominant"] in p["by_provider"]
+    assert body["cost"]["unpriced"] == ["some-model"]

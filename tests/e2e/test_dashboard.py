@@ -1,6 +1,7 @@
 """/dashboard in headless Chromium: every chart renders the seeded data (cost by provider
 with its axes, legend, range picker and unpriced banner), a call's detail opens with a bar
-per provider span; with a token, the sign-in form (driven over the DevTools protocol) and its cookie.
+per provider span; with a token, the sign-in form (driven over the DevTools protocol) and
+its cookie.
 
 Screenshots go to `artifacts/` (test artifacts). Needs Debian's `chromium` (`.ci/run`
 installs it when missing).
