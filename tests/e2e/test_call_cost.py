@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
 
 from ivr.config import ProviderConfig
 from ivr.server.app import create_app
@@ -80,12 +81,20 @@ async def _remote_call(
         if services.prewarming is not None:
             await services.prewarming
         before = len(fake.bodies["speech"])
-        t = await run_call(f"ws://127.0.0.1:{server.port}/media", [Say("book a cleaning")],
-                           flow="concierge", from_number=CALLER, transcribe=False,
-                           hangup_timeout=20)
+        with capture_logs() as logs:
+            t = await run_call(f"ws://127.0.0.1:{server.port}/media", [Say("book a cleaning")],
+                               flow="concierge", from_number=CALLER, transcribe=False,
+                               hangup_timeout=20)
     finally:
         await server.close()
     assert t.server is not None, t.errors
+    ended = [e for e in logs if e["event"] == "call_ended"]
+    assert len(ended) == 1
+    # The log line carries what the record does: the call's cost and voice-to-voice p50.
+    assert ended[0]["cost_usd"] == t.server["stats"]["cost"]["total"]
+    responses = sorted(turn["timings"]["response_ms"] for turn in t.server["turns"]
+                       if "response_ms" in turn["timings"])
+    assert responses and ended[0]["response_p50_ms"] == responses[(len(responses) - 1) // 2]
     return t.server, fake.bodies["speech"][before:]
 
 
