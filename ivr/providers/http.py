@@ -24,8 +24,8 @@ from typing import Any, Literal
 import aiohttp
 import structlog
 
-from ivr.config import ProviderConfig
 from ivr.errors import IvrError
+from ivr.provider_config import ProviderConfig
 from ivr.providers.redact import redact
 
 __all__ = [
