@@ -37,7 +37,14 @@ import structlog
 
 from ivr.providers.errors import ProviderBusy
 
-__all__ = ["INCREASE_AFTER", "WINDOW_S", "AdaptiveLimiter", "Slot", "estimate_tokens"]
+__all__ = [
+    "CHARS_PER_TOKEN",
+    "INCREASE_AFTER",
+    "WINDOW_S",
+    "AdaptiveLimiter",
+    "Slot",
+    "estimate_tokens",
+]
 
 log = structlog.get_logger("ivr.providers")
 
