@@ -301,10 +301,10 @@ class ProviderClient:
     ) -> tuple[aiohttp.ClientResponse, Slot]:
         body = data() if callable(data) else data
         slot = await self.limiter.acquire(tokens)
-        if self._on_wait is not None:
-            self._on_wait(self.name, slot.waited)
         keep = False
         try:
+            if self._on_wait is not None:
+                self._on_wait(self.name, slot.waited)
             try:
                 resp = await self._session.request(
                     method, self.url(path), json=json, data=body,
