@@ -9,13 +9,17 @@ default and a plain install needs no network and no keys.
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ivr.errors import ConfigError
+from ivr.provider_config import ROLE_KEYS
+
+# Re-exported (`X as X`): the per-role provider settings live in their own module.
+from ivr.provider_config import ProviderConfig as ProviderConfig
+from ivr.provider_config import ProviderRole as ProviderRole
+from ivr.provider_config import provider_from_env as provider_from_env
 
 _ENV: dict[str, str] = {
     "host": "IVR_HOST",
@@ -92,81 +96,6 @@ EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 # Server processes one supervisor runs (IVR_PROCESSES): past a few per core they only
 # compete for it; this bound catches a typo (80 for 8), not a policy.
 MAX_PROCESSES = 64
-
-
-
-ProviderRole = Literal["llm", "stt", "tts"]
-
-_DEFAULT_MODELS: dict[ProviderRole, str] = {
-    "llm": "gpt-4o-mini",
-    "stt": "whisper-1",
-    "tts": "tts-1",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderConfig:
-    """One remote OpenAI-compatible provider for a role, from `IVR_{ROLE}_*`."""
-
-    role: ProviderRole
-    base_url: str
-    # repr=False: a config printed in a log line or a traceback must not leak the key.
-    api_key: str = field(default="", repr=False)
-    model: str = ""
-    voice: str | None = None
-    timeout_connect_s: float = 3.0
-    timeout_read_s: float = 15.0
-    max_concurrency: int = 8
-    max_retries: int = 3
-    # After this many consecutive failures the breaker opens for `breaker_cooldown_s`.
-    breaker_threshold: int = 5
-    breaker_cooldown_s: float = 30.0
-    # Upper bound on a server's Retry-After: a provider asking for minutes must not hold
-    # a caller on the line that long; we fail (and fall back) instead.
-    retry_after_cap_s: float = 10.0
-    backoff_base_s: float = 0.25
-    backoff_max_s: float = 4.0
-
-    @property
-    def name(self) -> str:
-        """A log- and metric-safe identity: role and host, never the key."""
-        host = re.sub(r"^[a-z]+://", "", self.base_url).split("/", 1)[0]
-        return f"{self.role}:{host}"
-
-
-def _number(env: Mapping[str, str], key: str, default: float, *, integer: bool) -> float:
-    raw = env.get(key, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError as e:
-        kind = "whole number" if integer else "number"
-        raise ConfigError(f"{key} must be a {kind}, got {raw!r}") from e
-    if value <= 0:
-        raise ConfigError(f"{key} must be positive, got {raw!r}")
-    return value
-
-
-def provider_from_env(role: ProviderRole, env: Mapping[str, str]) -> ProviderConfig | None:
-    """The provider for `role` from `env`, or None when `IVR_{ROLE}_BASE_URL` is unset."""
-    prefix = f"IVR_{role.upper()}_"
-    base_url = env.get(prefix + "BASE_URL", "").strip().rstrip("/")
-    if not base_url:
-        return None
-    if not base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{prefix}BASE_URL must be an http(s) URL, got {base_url!r}")
-    read_timeout = _number(env, prefix + "TIMEOUT_S", 15.0, integer=False)
-    concurrency = int(_number(env, prefix + "CONCURRENCY", 8, integer=True))
-    return ProviderConfig(
-        role=role,
-        base_url=base_url,
-        api_key=env.get(prefix + "API_KEY", "").strip(),
-        model=env.get(prefix + "MODEL", "").strip() or _DEFAULT_MODELS[role],
-        voice=(env.get("IVR_TTS_VOICE", "").strip() or "alloy") if role == "tts" else None,
-        timeout_read_s=read_timeout,
-        max_concurrency=concurrency,
-    )
 
 
 def _default_workers() -> int:
@@ -449,10 +378,6 @@ def env_var(name: str) -> str:
     return _ENV[name]
 
 
-_ROLE_KEYS = {"base_url": "BASE_URL", "api_key": "API_KEY", "model": "MODEL",
-              "timeout_s": "TIMEOUT_S", "concurrency": "CONCURRENCY"}
-
-
 def config_file_env(path: Path, env: dict[str, str]) -> dict[str, str]:
     """An `IVR_CONFIG` YAML file as the environment variables it stands for.
 
@@ -489,11 +414,11 @@ def config_file_env(path: Path, env: dict[str, str]) -> dict[str, str]:
                     out[prefix + "API_KEY"] = env.get(str(value), "")
                 elif key == "voice" and section == "tts":
                     out["IVR_TTS_VOICE"] = str(value)
-                elif key in _ROLE_KEYS:
-                    out[prefix + _ROLE_KEYS[key]] = str(value)
+                elif key in ROLE_KEYS:
+                    out[prefix + ROLE_KEYS[key]] = str(value)
                 else:
                     raise ConfigError(f"{path}: {section}.{key} is not a provider setting "
-                                      f"(one of: {', '.join([*_ROLE_KEYS, 'api_key_env'])})")
+                                      f"(one of: {', '.join([*ROLE_KEYS, 'api_key_env'])})")
         else:
             raise ConfigError(f"{path}: unknown section `{section}` "
                               "(use server, llm, stt, tts)")

@@ -7,9 +7,10 @@
 
 Routes (under `/v1`): `POST /audio/transcriptions` ("transcriptions"),
 `POST /audio/speech` ("speech"), `POST /chat/completions` ("chat"). Each request is
-counted in `fake.requests[route]` (faulted ones too) and its body kept in
-`fake.bodies[route]`. A route first consumes one-shot faults queued by `fail()`, then
-the persistent `outage` fault if set, and otherwise answers normally.
+counted in `fake.requests[route]` (faulted ones too), its arrival time (monotonic) kept
+in `fake.arrivals[route]` and its body in `fake.bodies[route]`. A route first consumes
+one-shot faults queued by `fail()`, then the persistent `outage` fault if set, and
+otherwise answers normally.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def tone_pcm(seconds: float, rate: int = 24000, freq: float = 440.0) -> bytes:
 class FakeOpenAI:
     def __init__(self) -> None:
         self.requests: Counter[str] = Counter()
+        self.arrivals: defaultdict[str, list[float]] = defaultdict(list)
         self._arrived = asyncio.Condition()
         self.bodies: defaultdict[str, list[Any]] = defaultdict(list)
         self.headers: defaultdict[str, list[dict[str, str]]] = defaultdict(list)
@@ -150,6 +152,7 @@ class FakeOpenAI:
 
     async def _fault(self, route: str, request: web.Request) -> web.StreamResponse | None:
         self.requests[route] += 1
+        self.arrivals[route].append(time.monotonic())
         async with self._arrived:
             self._arrived.notify_all()
         self.headers[route].append(dict(request.headers))

@@ -44,6 +44,9 @@ REFUSAL_REASONS = ("cap", "lag", "draining")
 REQUEST_RESULTS: dict[str, str] = {"requests": "sent", "failures": "failed", "rejected": "rejected"}
 
 
+# The wait of a provider request to start: ~0 below its limits, up to IVR_{ROLE}_QUEUE_MS
+# (1 s by default; a full RPM window can make it longer when the queue time allows).
+PROVIDER_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # The wait for a free recognizer worker: ~0 with one free, up to IVR_RECOGNIZER_WAIT_MS.
 WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 # `stats` keys of the recognizer pool exported as ivr_recognizer_events_total{event=...}.
@@ -55,6 +58,19 @@ class BreakerLike(Protocol):
     def state(self) -> str: ...
 
 
+class LimiterLike(Protocol):
+    """What is sampled of a provider's limiter (`providers.limiter.AdaptiveLimiter`)."""
+
+    @property
+    def limit(self) -> int: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def queued(self) -> int: ...
+    @property
+    def rejected(self) -> int: ...
+
+
 class ProviderLike(Protocol):
     """What `observe_providers` needs of a provider client (`providers.http.ProviderClient`)."""
 
@@ -64,6 +80,8 @@ class ProviderLike(Protocol):
     def stats(self) -> Mapping[str, int]: ...
     @property
     def breaker(self) -> BreakerLike: ...
+    @property
+    def limiter(self) -> LimiterLike: ...
 
 
 def _number(value: Any) -> float | None:
@@ -104,8 +122,26 @@ class _ProviderCollector(Collector):
             "ivr_provider_breaker_state",
             "Provider circuit breaker: 0 closed, 1 half-open, 2 open", labels=["provider"],
         )
-        # Clients sharing a name are summed (counters) or take the worst state (breaker).
+        gauges = {
+            "limit": GaugeMetricFamily(
+                "ivr_provider_concurrency_limit",
+                "Provider requests allowed in flight now (AIMD: halved on a 429, +1 per 20 "
+                "successes, at most IVR_{ROLE}_CONCURRENCY)", labels=["provider"]),
+            "in_flight": GaugeMetricFamily(
+                "ivr_provider_in_flight", "Provider requests in flight", labels=["provider"]),
+            "queued": GaugeMetricFamily(
+                "ivr_provider_queued", "Provider requests waiting for a slot under the limits",
+                labels=["provider"]),
+        }
+        rejected = CounterMetricFamily(
+            "ivr_provider_queue_rejections",
+            "Provider requests refused before sending: no slot within IVR_{ROLE}_QUEUE_MS "
+            "(served by the embedded engine)", labels=["provider"],
+        )
+        # Clients sharing a name are summed (counters, limits) or take the worst state
+        # (breaker).
         by_name: dict[str, tuple[dict[str, float], float, int]] = {}
+        limits: dict[str, dict[str, float]] = {}
         for client in self.clients:
             results, retried, state = by_name.get(client.name, ({}, 0.0, 0))
             for key, result in REQUEST_RESULTS.items():
@@ -113,14 +149,22 @@ class _ProviderCollector(Collector):
             retried += client.stats.get("retries", 0)
             state = max(state, BREAKER_STATES.get(client.breaker.state, 0))
             by_name[client.name] = (results, retried, state)
+            sampled = limits.setdefault(client.name, {})
+            for key in (*gauges, "rejected"):
+                sampled[key] = sampled.get(key, 0.0) + getattr(client.limiter, key)
         for name, (results, retried, state) in sorted(by_name.items()):
             for result, value in results.items():
                 requests.add_metric([name, result], value)
             retries.add_metric([name], retried)
             breaker.add_metric([name], state)
+            for key, family in gauges.items():
+                family.add_metric([name], limits[name][key])
+            rejected.add_metric([name], limits[name]["rejected"])
         yield requests
         yield retries
         yield breaker
+        yield from gauges.values()
+        yield rejected
 
 
 class RecognizerPoolLike(Protocol):
@@ -240,6 +284,11 @@ class Metrics:
             "Wait of an utterance for a free recognizer worker (given up at "
             "IVR_RECOGNIZER_WAIT_MS)", buckets=WAIT_BUCKETS, registry=r,
         )
+        self.provider_wait = Histogram(
+            "ivr_provider_queue_wait_seconds",
+            "Wait of a provider request (each attempt) for a slot under the provider's "
+            "limits", ["provider"], buckets=PROVIDER_WAIT_BUCKETS, registry=r,
+        )
         self._providers = _ProviderCollector()
         self._sampled.register(self._providers)
         self._recognizer = _RecognizerCollector()
@@ -302,8 +351,13 @@ class Metrics:
         self.loop_lag.set_function(lambda: p99_ms() / 1000)
 
     def observe_providers(self, clients: Iterable[ProviderLike]) -> None:
-        """Sample these provider clients (`.name`, `.stats`, `.breaker.state`) at scrape time."""
+        """Sample these provider clients (`.name`, `.stats`, `.breaker.state`, `.limiter`)
+        at scrape time."""
         self._providers.add(clients)
+
+    def provider_waited(self, provider: str, seconds: float) -> None:
+        """A provider request's attempt started after waiting `seconds` for a slot."""
+        self.provider_wait.labels(provider=provider).observe(seconds)
 
     def observe_recognizer(self, pool: RecognizerPoolLike) -> None:
         """Sample this pool's busy workers, workers, queue and events at scrape time."""

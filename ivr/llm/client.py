@@ -22,6 +22,7 @@ from ivr.providers.http import (
     ProviderTimeout,
     ProviderUnavailable,
 )
+from ivr.providers.limiter import estimate_tokens
 from ivr.providers.usage import token_units
 
 __all__ = [
@@ -102,7 +103,12 @@ class ChatClient:
             body["tool_choice"] = tool_choice
         partial: dict[int, _PartialCall] = {}
         done = seen = False
-        async with self.provider.request("POST", _PATH, json=body, stream=True) as resp:
+        # The TPM budget counts the prompt as sent (chars / 4): the provider's own count
+        # comes only with the usage chunk at the end of the stream.
+        tokens = estimate_tokens(body)
+        async with self.provider.request(
+            "POST", _PATH, json=body, stream=True, tokens=tokens
+        ) as resp:
             if resp.content_type != "text/event-stream":
                 # A proxy's error page or a server that ignored `stream`: not a reply.
                 raise self._bad(f"expected text/event-stream, got {resp.content_type!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ivr.providers.http import (
     ProviderBadResponse,
+    ProviderBusy,
     ProviderClient,
     ProviderError,
     ProviderHTTPError,
@@ -14,6 +15,7 @@ from ivr.providers.redact import redact
 
 __all__ = [
     "ProviderBadResponse",
+    "ProviderBusy",
     "ProviderClient",
     "ProviderError",
     "ProviderHTTPError",

@@ -5,8 +5,9 @@ So every request has connect and read timeouts; transient failures (429, 5xx, re
 timeouts) are retried a few times with capped exponential backoff and full jitter (so a
 fleet of calls does not retry in lock-step); a circuit breaker stops sending to a provider
 that keeps failing, which lets callers fall back to the embedded engines at once instead
-of waiting out timeouts call after call; and a semaphore bounds how many requests one
-process has in flight, so a burst of calls cannot trip the provider's rate limit.
+of waiting out timeouts call after call; and an adaptive limiter (`limiter`) bounds how
+many requests one process has in flight and starts per minute, backing off when the
+provider answers 429, so a burst of calls does not meet a rate limit at full strength.
 """
 
 from __future__ import annotations
@@ -24,14 +25,24 @@ from typing import Any, Literal
 import aiohttp
 import structlog
 
-from ivr.config import ProviderConfig
 from ivr.errors import IvrError
+from ivr.provider_config import ProviderConfig
+from ivr.providers.errors import (
+    ProviderBadResponse,
+    ProviderBusy,
+    ProviderError,
+    ProviderHTTPError,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
+from ivr.providers.limiter import AdaptiveLimiter, Slot
 from ivr.providers.redact import redact
 
 __all__ = [
     "BreakerState",
     "CircuitBreaker",
     "ProviderBadResponse",
+    "ProviderBusy",
     "ProviderClient",
     "ProviderError",
     "ProviderHTTPError",
@@ -46,51 +57,6 @@ _RETRY_STATUS = frozenset({429}) | frozenset(range(500, 600))
 _BODY_EXCERPT = 200
 
 Body = bytes | str | aiohttp.FormData | Callable[[], Any] | None
-
-
-class ProviderError(IvrError):
-    """A remote provider request failed; `reason` is a stable code for metrics."""
-
-    reason = "error"
-
-    def __init__(self, provider: str, message: str) -> None:
-        super().__init__(provider, message)
-        self.provider = provider
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.provider}: {self.reason}: {self.message}"
-
-
-class ProviderUnavailable(ProviderError):
-    """The breaker is open, or the provider could not be reached at all."""
-
-    reason = "unavailable"
-
-
-class ProviderTimeout(ProviderError):
-    """Connecting or reading took longer than the configured timeout."""
-
-    reason = "timeout"
-
-
-class ProviderHTTPError(ProviderError):
-    """A non-2xx status: a non-retryable 4xx, or a retryable one after the last retry."""
-
-    reason = "http_status"
-
-    def __init__(self, provider: str, status: int, message: str) -> None:
-        super().__init__(provider, message)
-        self.status = status
-
-    def __str__(self) -> str:
-        return f"{self.provider}: HTTP {self.status}: {self.message}"
-
-
-class ProviderBadResponse(ProviderError):
-    """A 2xx response we cannot use: malformed JSON, wrong content type."""
-
-    reason = "bad_response"
 
 
 BreakerState = Literal["closed", "open", "half_open"]
@@ -188,8 +154,9 @@ class _Retryable(IvrError):
 class ProviderClient:
     """Requests to one provider through a shared `aiohttp.ClientSession`.
 
-    `clock` (monotonic, for the breaker), `wall` (epoch seconds, for Retry-After dates),
-    `sleep` and `rng` are injectable so tests run without real waiting.
+    `clock` (monotonic, for the breaker and the limiter), `wall` (epoch seconds, for
+    Retry-After dates), `sleep` and `rng` are injectable so tests run without real
+    waiting. `on_wait(provider, seconds)` hears how long each attempt waited to start.
     """
 
     def __init__(
@@ -201,6 +168,7 @@ class ProviderClient:
         wall: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        on_wait: Callable[[str, float], None] | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -208,7 +176,11 @@ class ProviderClient:
         self._wall = wall
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._semaphore = asyncio.Semaphore(config.max_concurrency)
+        self._on_wait = on_wait
+        self.limiter = AdaptiveLimiter(
+            self.name, config.max_concurrency, rpm=config.rpm, tpm=config.tpm,
+            queue_s=config.queue_ms / 1000, clock=clock, sleep=sleep,
+        )
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             connect=config.timeout_connect_s,
@@ -219,7 +191,10 @@ class ProviderClient:
         self.breaker = CircuitBreaker(
             self.name, config.breaker_threshold, config.breaker_cooldown_s, clock, self.stats
         )
-        self.in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self.limiter.in_flight
 
     def url(self, path: str) -> str:
         return f"{self.config.base_url}/{path.lstrip('/')}"
@@ -243,6 +218,7 @@ class ProviderClient:
         json: Any = None,
         data: Body = None,
         stream: bool = False,
+        tokens: int = 0,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A 2xx response, retried and guarded; use as `async with client.request(...)`.
 
@@ -251,7 +227,10 @@ class ProviderClient:
         Without `stream` the body is read inside the retry loop (a read that times out is
         retried too) and is then available from `resp.read()` / `resp.json()`; with
         `stream` the response is handed over after its headers, and a concurrency slot is
-        held until the block exits. Raises a `ProviderError` subclass on failure.
+        held until the block exits. `tokens` is the request's estimated size for the
+        provider's TPM limit (`limiter.estimate_tokens`); 0 when it has none. Raises a
+        `ProviderError` subclass on failure: `ProviderBusy` when no attempt could start
+        within the queue time (not a provider failure: the breaker is not told).
         """
         try:
             probe = self.breaker.acquire()
@@ -270,7 +249,12 @@ class ProviderClient:
         try:
             while True:
                 try:
-                    resp = await self._attempt(method, path, json, data, stream)
+                    resp, slot = await self._attempt(method, path, json, data, stream, tokens)
+                except ProviderBusy as e:
+                    self.stats["busy"] += 1
+                    log.info("provider_busy", provider=self.name, path=path, attempt=attempt,
+                             error=str(e))
+                    raise
                 except _Retryable as r:
                     if attempt >= retries:
                         self._fail(r.error, method, path, attempt)
@@ -299,8 +283,7 @@ class ProviderClient:
             finally:
                 resp.release()
                 if stream:
-                    self._semaphore.release()
-                    self.in_flight -= 1
+                    self.limiter.release(slot)
         finally:
             if probe and not verdict:
                 self.breaker.release_probe()
@@ -314,13 +297,14 @@ class ProviderClient:
         )
 
     async def _attempt(
-        self, method: str, path: str, json: Any, data: Body, stream: bool
-    ) -> aiohttp.ClientResponse:
+        self, method: str, path: str, json: Any, data: Body, stream: bool, tokens: int
+    ) -> tuple[aiohttp.ClientResponse, Slot]:
         body = data() if callable(data) else data
-        await self._semaphore.acquire()
-        self.in_flight += 1
+        slot = await self.limiter.acquire(tokens)
         keep = False
         try:
+            if self._on_wait is not None:
+                self._on_wait(self.name, slot.waited)
             try:
                 resp = await self._session.request(
                     method, self.url(path), json=json, data=body,
@@ -334,8 +318,11 @@ class ProviderClient:
                 msg = redact(f"{method} {path}: {e!r}", self.config.api_key)
                 raise _Retryable(ProviderUnavailable(self.name, msg)) from e
             try:
+                if resp.status == 429:
+                    self.limiter.throttled(slot)
                 if resp.status >= 300:
                     await self._status_error(resp, method, path)
+                self.limiter.succeeded(slot)
                 if not stream:
                     try:
                         await resp.read()
@@ -350,14 +337,13 @@ class ProviderClient:
                             ProviderUnavailable(self.name, f"{method} {path}: {e!r}")
                         ) from e
                 keep = stream
-                return resp
+                return resp, slot
             except BaseException:
                 resp.release()
                 raise
         finally:
             if not keep:
-                self._semaphore.release()
-                self.in_flight -= 1
+                self.limiter.release(slot)
 
     async def _status_error(self, resp: aiohttp.ClientResponse, method: str, path: str) -> None:
         try:
@@ -375,10 +361,10 @@ class ProviderClient:
         raise error
 
     async def request_json(
-        self, method: str, path: str, *, json: Any = None, data: Body = None
+        self, method: str, path: str, *, json: Any = None, data: Body = None, tokens: int = 0
     ) -> dict[str, Any]:
         """A JSON object response; anything else is `ProviderBadResponse`."""
-        async with self.request(method, path, json=json, data=data) as resp:
+        async with self.request(method, path, json=json, data=data, tokens=tokens) as resp:
             ctype = resp.content_type
             raw = await resp.read()
         if ctype != "application/json":

@@ -159,21 +159,22 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
     recognizer = embedded
     synthesizer: Synthesizer = espeak
     clients: list[ProviderClient] = []
+    waited = services.metrics.provider_waited
     if s.stt is not None:
-        client = ProviderClient(s.stt, http)
+        client = ProviderClient(s.stt, http, on_wait=waited)
         clients.append(client)
         remote: Recognizer = (AudioChatRecognizer(client) if s.stt_api == "chat"
                               else OpenAIRecognizer(client))
         recognizer = FallbackRecognizer(remote, embedded)
     if s.tts is not None:
-        tts = ProviderClient(s.tts, http)
+        tts = ProviderClient(s.tts, http, on_wait=waited)
         clients.append(tts)
         synthesizer = FallbackSynthesizer(
             OpenAISynthesizer(tts), espeak, first_audio_s=s.tts_first_audio_ms / 1000,
             on_abandon=tts.breaker.failure)
     services.recognizer, services.synthesizer = recognizer, synthesizer
     if s.llm is not None:
-        clients.append(ProviderClient(s.llm, http))
+        clients.append(ProviderClient(s.llm, http, on_wait=waited))
         services.llm = ChatClient(clients[-1], s.llm.model)
     services.metrics.observe_providers(clients)
     log.info("engines", recognizer=recognizer.name, synthesizer=synthesizer.name)

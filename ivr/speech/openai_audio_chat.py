@@ -15,6 +15,7 @@ import time
 from ivr.audio.codec import pcm16_to_wav
 from ivr.grammar import Grammar
 from ivr.providers.http import ProviderBadResponse, ProviderClient
+from ivr.providers.limiter import CHARS_PER_TOKEN
 from ivr.providers.usage import token_units
 from ivr.speech.base import Recognition
 from ivr.speech.openai_stt import BufferedUtterance
@@ -63,7 +64,11 @@ class AudioChatRecognizer:
             ],
         }
         started = time.monotonic()
-        reply = await self.client.request_json("POST", _PATH, json=body)
+        seconds = len(pcm16_16k) / (2 * _RATE)
+        # For the TPM budget: the text at chars / 4 and the audio at a rough 10 tokens a
+        # second, not its base64 (which is ~20 times that in characters).
+        tokens = len(instructions(grammar)) // CHARS_PER_TOKEN + int(seconds * 10)
+        reply = await self.client.request_json("POST", _PATH, json=body, tokens=tokens)
         try:
             text = reply["choices"][0]["message"].get("content") or ""
             usage = reply.get("usage") or {}
@@ -73,7 +78,7 @@ class AudioChatRecognizer:
         return Recognition(
             text=str(text).strip().strip('"').strip(),
             engine=self.name,
-            audio_seconds=len(pcm16_16k) / (2 * _RATE),
+            audio_seconds=seconds,
             extra={"latency_ms": round((time.monotonic() - started) * 1000, 1),
                    "prompt_tokens": usage.get("prompt_tokens", 0),
                    "completion_tokens": usage.get("completion_tokens", 0)},

@@ -37,10 +37,19 @@ class FakeBreaker:
 
 
 @dataclass
+class FakeLimiter:
+    limit: int = 8
+    in_flight: int = 0
+    queued: int = 0
+    rejected: int = 0
+
+
+@dataclass
 class FakeProvider:
     name: str
     stats: Counter[str] = field(default_factory=Counter)
     breaker: FakeBreaker = field(default_factory=FakeBreaker)
+    limiter: FakeLimiter = field(default_factory=FakeLimiter)
 
 
 def test_exposition_parses_and_has_every_family() -> None:
@@ -49,7 +58,7 @@ def test_exposition_parses_and_has_every_family() -> None:
     assert {
         "ivr_active_calls", "ivr_calls", "ivr_turn_latency_seconds", "ivr_protocol_errors",
         "ivr_late_frames", "ivr_cost_usd", "ivr_fillers", "ivr_provider_requests",
-        "ivr_provider_retries", "ivr_provider_breaker_state",
+        "ivr_provider_retries", "ivr_provider_breaker_state", "ivr_provider_queue_wait_seconds",
     } <= names
     # Every stage is exported from the start, at zero.
     for stage in ("response", "recognition", "tool", "llm_first_token"):
@@ -115,6 +124,24 @@ def test_providers_sampled_at_scrape_time() -> None:
     assert value(m, "ivr_provider_breaker_state", provider="stt") == 2
     stt.breaker.state = "half_open"
     assert value(m, "ivr_provider_breaker_state", provider="stt") == 1
+
+
+def test_provider_limits_sampled_at_scrape_time_and_waits_observed() -> None:
+    """The adaptive limit, what is in flight and queued, refusals, and the queue wait."""
+    m = Metrics()
+    llm = FakeProvider("llm")
+    m.observe_providers([llm])
+    assert value(m, "ivr_provider_concurrency_limit", provider="llm") == 8
+    llm.limiter = FakeLimiter(limit=2, in_flight=2, queued=3, rejected=5)
+    assert value(m, "ivr_provider_concurrency_limit", provider="llm") == 2
+    assert value(m, "ivr_provider_in_flight", provider="llm") == 2
+    assert value(m, "ivr_provider_queued", provider="llm") == 3
+    assert value(m, "ivr_provider_queue_rejections_total", provider="llm") == 5
+    m.provider_waited("llm", 0.0)
+    m.provider_waited("llm", 0.3)
+    assert value(m, "ivr_provider_queue_wait_seconds_count", provider="llm") == 2
+    assert value(m, "ivr_provider_queue_wait_seconds_bucket", provider="llm", le="0.001") == 1
+    assert value(m, "ivr_provider_queue_wait_seconds_sum", provider="llm") == 0.3
 
 
 @dataclass

@@ -234,8 +234,14 @@ async def test_half_open_allows_a_single_probe(
     assert state(client) == "closed" and fake.requests["chat"] == 2
 
 
-async def test_concurrency_limit_holds(fake: FakeOpenAI, make_client: MakeClient) -> None:
-    client = make_client("llm", max_concurrency=2)
+async def test_concurrency_limit_holds(
+    fake: FakeOpenAI, session: aiohttp.ClientSession
+) -> None:
+    """Real time here: waiters queue behind real requests (a fake clock's instant sleep
+    would end their queue time at once)."""
+    config = ProviderConfig(role="llm", base_url=fake.base_url, api_key=KEY, model="gpt",
+                            max_concurrency=2)
+    client = ProviderClient(config, session)
     fake.fail("chat", *[Fault("slow_first_byte", delay=0.1)] * 6)
     await asyncio.gather(*(
         client.request_json("POST", "/chat/completions", json={}) for _ in range(6)

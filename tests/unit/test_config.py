@@ -88,3 +88,29 @@ def test_recognizer_workers_are_shared_out_over_the_processes() -> None:
 
     assert [workers_per_process(n, cores=8) for n in (1, 2, 3, 8, 16)] == [4, 4, 2, 1, 1]
     assert workers_per_process(2, cores=2) == 1
+
+
+def test_provider_rate_limits_default_off_and_read_per_role(tmp_path: Path) -> None:
+    """IVR_{ROLE}_RPM / _TPM default to 0 (no limit), IVR_{ROLE}_QUEUE_MS to 1000; each is
+    read for its own role, from the environment or the config file."""
+    base = {"IVR_LLM_BASE_URL": "http://llm", "IVR_STT_BASE_URL": "http://stt"}
+    s = Settings.from_env(base)
+    assert s.llm is not None and (s.llm.rpm, s.llm.tpm, s.llm.queue_ms) == (0, 0, 1000)
+    s = Settings.from_env({**base, "IVR_LLM_RPM": "500", "IVR_LLM_TPM": "200000",
+                           "IVR_LLM_QUEUE_MS": "250", "IVR_STT_RPM": "0"})
+    assert s.llm is not None and (s.llm.rpm, s.llm.tpm, s.llm.queue_ms) == (500, 200_000, 250)
+    assert s.stt is not None and s.stt.rpm == 0
+    path = tmp_path / "ivr.yaml"
+    path.write_text("stt: {base_url: http://stt, rpm: 50, tpm: 900, queue_ms: 300}\n")
+    s = Settings.from_env({"IVR_CONFIG": str(path)})
+    assert s.stt is not None and (s.stt.rpm, s.stt.tpm, s.stt.queue_ms) == (50, 900, 300)
+
+
+@pytest.mark.parametrize("var, raw, message", [
+    ("IVR_LLM_RPM", "-5", "IVR_LLM_RPM must be 0 .no limit. or a positive number"),
+    ("IVR_LLM_TPM", "many", "IVR_LLM_TPM must be a whole number"),
+    ("IVR_LLM_QUEUE_MS", "0", "IVR_LLM_QUEUE_MS must be positive"),
+])
+def test_bad_provider_rate_limits_are_clear(var: str, raw: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({"IVR_LLM_BASE_URL": "http://llm", var: raw})
