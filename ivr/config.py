@@ -40,6 +40,7 @@ _ENV: dict[str, str] = {
     "mark_grace_ms": "IVR_MARK_GRACE_MS",
     "recognition_timeout_ms": "IVR_RECOGNITION_TIMEOUT_MS",
     "endpoint_complete_ms": "IVR_ENDPOINT_COMPLETE_MS",
+    "barge_in": "IVR_BARGE_IN",
     "recognizer_wait_ms": "IVR_RECOGNIZER_WAIT_MS",
     "recognizer_hold_ms": "IVR_RECOGNIZER_HOLD_MS",
     "recognizer_slots": "IVR_RECOGNIZER_SLOTS",
@@ -92,6 +93,7 @@ _ZERO_MEANS: dict[str, tuple[str, str]] = {
 }
 
 BUSY_MODES = ("message", "reject")
+BARGE_IN_MODES = ("vad", "words")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 # Server processes one supervisor runs (IVR_PROCESSES): past a few per core they only
 # compete for it; this bound catches a typo (80 for 8), not a policy.
@@ -138,6 +140,11 @@ class Settings:
     # whole answer for the step's grammar, this much silence ends the caller's turn
     # instead of the step's full end-of-speech time (0: always the full time).
     endpoint_complete_ms: int = 250
+    # What may cut a prompt that allows barge-in (a flow's `engines.barge_in` wins):
+    # "vad": any speech webrtcvad hears, at once; "words": only speech that is believably
+    # a word (`session.inbound`), so a cough or line noise does not, at the price of the
+    # word's first ~100-300 ms.
+    barge_in: str = "vad"
     # An utterance that waits this long for a free recognizer worker is a no-match (the
     # flow's retry or keypad path takes over) rather than a turn that waits on every call.
     recognizer_wait_ms: int = 5000
@@ -272,6 +279,8 @@ class Settings:
             )
         if self.stt_api not in ("transcriptions", "chat"):
             raise ConfigError(f"IVR_STT_API={self.stt_api!r} must be transcriptions or chat")
+        if self.barge_in not in BARGE_IN_MODES:
+            raise ConfigError(f"IVR_BARGE_IN={self.barge_in!r} must be vad or words")
         if not 20 <= self.lead_ms <= 1000:
             raise ConfigError(f"IVR_PLAYER_LEAD_MS={self.lead_ms} must be within 20..1000 ms")
         if not 1 <= self.processes <= MAX_PROCESSES:

@@ -10,6 +10,8 @@ check the file against `flows/schema.json`, which `python -m ivr.flows.schema` w
     description: Book a table.        # optional, for people
     voice: {name: en-us, rate: 165}   # optional synthesizer voice and words per minute
     timezone: America/New_York        # optional IANA zone of `now` and of dates said
+    engines: {llm_model: gpt-4o-mini, barge_in: words}   # optional; barge_in: vad (any
+                                      #   speech cuts a prompt) or words (only words do)
     start: greet                      # required; the step the call begins with
     on_error: sorry                   # optional; where a failed tool or template goes
     tools: [bookings.find, bookings.book]   # the tools `call` steps may use

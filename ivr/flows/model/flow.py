@@ -48,10 +48,13 @@ class TemplateUse(NamedTuple):
 
 
 class Engines(FlowModel):
-    """Per-flow choices among the configured remote engines (the embedded ones have none)."""
+    """Per-flow choices among the configured remote engines, and how speech is heard."""
 
     llm_model: Text | None = Field(
         default=None, description="model for this flow's llm steps (else IVR_LLM_MODEL)")
+    barge_in: Literal["vad", "words"] | None = Field(
+        default=None, description="what may cut a prompt: any speech (vad) or only speech "
+        "that is believably a word (words); else IVR_BARGE_IN")
 
 
 class Flow(FlowModel):
