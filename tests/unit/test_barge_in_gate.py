@@ -1,0 +1,149 @@
+"""Word-gated barge-in in the inbound side, with a fake recognizer whose partial
+hypothesis the test sets: what cuts a prompt, and what happens to speech that does not."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import wave
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+
+from ivr.flows import engine
+from ivr.grammar import Grammar
+from ivr.session.inbound import Inbound, SpeechDone, _believable
+from ivr.telephony.inbound import Dtmf
+from tests.conftest import ROOT
+from tests.unit.test_inbound import LISTEN, FakeUtterance, Line, settle, voiced
+
+
+@dataclass
+class PartialUtterance(FakeUtterance):
+    heard: str | None = None
+
+    def partial(self) -> str | None:
+        return self.heard
+
+
+@dataclass
+class PartialRecognizer:
+    name: str = "fake"
+    started: list[PartialUtterance] = field(default_factory=list)
+    heard: str | None = None  # the partial every utterance reports
+
+    async def start(self, grammar: Grammar | None) -> PartialUtterance:
+        self.started.append(PartialUtterance(heard=self.heard))
+        return self.started[-1]
+
+
+class PromptSpeaker:
+    """A prompt that may be interrupted is playing until `interrupt()` or `end()`."""
+
+    interruptible = True
+
+    def __init__(self) -> None:
+        self.playing = True
+        self.interrupts = 0
+
+    def interrupt(self) -> None:
+        self.interrupts += 1
+        self.playing = False
+
+
+def cough() -> bytes:
+    with wave.open(str(ROOT / "tests" / "fixtures" / "cough_300ms.wav"), "rb") as w:
+        return w.readframes(w.getnframes())
+
+
+def quiet(ms: int) -> bytes:
+    return np.random.default_rng(ms).normal(0, 30, 8 * ms).astype(np.int16).tobytes()
+
+
+def make(*, words: bool, heard: str | None
+         ) -> tuple[Inbound, PartialRecognizer, PromptSpeaker, Line]:
+    recognizer = PartialRecognizer(heard=heard)
+    speaker = PromptSpeaker()
+    inbound = Inbound(recognizer, speaker, Counter(),  # type: ignore[arg-type]
+                      structlog.get_logger())
+    inbound.listen = LISTEN
+    inbound.watch_barge_in(LISTEN, words=words)
+    return inbound, recognizer, speaker, Line(inbound)
+
+
+async def send(line: Line, pcm: bytes) -> None:
+    """Frame by frame, letting the recognizer's start run between frames."""
+    for i in range(0, len(pcm), 320):
+        line.send(pcm[i : i + 320])
+        await asyncio.sleep(0)
+
+
+async def test_a_cough_over_a_word_gated_prompt_is_dropped_and_the_watch_goes_on() -> None:
+    """The recognizer "hears" a phrase (a grammar search always does), but the cough has
+    no pitch: no interrupt, nothing answered, its utterance cancelled, and real speech
+    after it still cuts the prompt."""
+    inbound, recognizer, speaker, line = make(words=True, heard="hours")
+    await send(line, quiet(200) + cough() + quiet(900))
+    await settle()
+    assert len(recognizer.started) == 1, "the cough never started speech"
+    assert speaker.interrupts == 0 and not inbound.barged
+    assert inbound.inputs.empty()
+    assert recognizer.started[0].cancelled
+    assert inbound.stats["barge_ins_rejected"] == 1
+    assert inbound.endpointer.state == "barge_in"
+    await send(line, voiced(400))
+    assert speaker.interrupts == 1 and inbound.barged
+
+
+async def test_a_pitched_word_over_a_word_gated_prompt_cuts_it() -> None:
+    """Pitch and a word heard: the prompt is cut while the caller still talks."""
+    inbound, _, speaker, line = make(words=True, heard="support")
+    await send(line, quiet(200) + voiced(400))
+    assert speaker.interrupts == 1 and inbound.barged
+    assert inbound.stats["barge_ins"] == 1
+
+
+async def test_pitch_without_a_word_heard_does_not_cut_a_word_gated_prompt() -> None:
+    """A hum in the pitch range, say, that the recognizer makes no word of."""
+    _, _, speaker, line = make(words=True, heard=None)
+    await send(line, quiet(200) + voiced(400))
+    assert speaker.interrupts == 0
+
+
+async def test_without_the_gate_a_cough_cuts_the_prompt() -> None:
+    """`vad`: the same cough is speech enough."""
+    _, _, speaker, line = make(words=False, heard="hours")
+    await send(line, quiet(200) + cough())
+    assert speaker.interrupts == 1
+
+
+async def test_gated_speech_the_prompt_ends_under_is_the_answer() -> None:
+    """The prompt ends normally while the gated speech goes on: it is the answer."""
+    inbound, recognizer, speaker, line = make(words=True, heard="hours")
+    await send(line, quiet(200) + cough()[:3200])
+    assert len(recognizer.started) == 1
+    speaker.playing = False  # the prompt played to its end
+    inbound.arm(LISTEN)
+    await send(line, cough()[3200:] + quiet(900))
+    assert speaker.interrupts == 0
+    assert isinstance(inbound.inputs.get_nowait(), SpeechDone)
+
+
+async def test_a_key_cuts_a_word_gated_prompt_at_once() -> None:
+    inbound, _, speaker, line = make(words=True, heard=None)
+    """Even with gated speech under way (a cough, not yet judged)."""
+    inbound.listen = dataclasses.replace(LISTEN, dtmf=engine.DtmfSpec(1, None, 3000))
+    await send(line, quiet(200) + cough()[:3200])
+    assert inbound.endpointer.in_speech and speaker.interrupts == 0
+    inbound.on_dtmf(Dtmf(1, "MZ1", "inbound", "2"))
+    assert speaker.interrupts == 1
+
+
+def test_believable_needs_a_real_word_and_a_vowels_worth_of_pitch() -> None:
+    assert _believable("support", 100, has_partials=True)
+    assert not _believable("support", 80, has_partials=True)
+    assert not _believable(None, 300, has_partials=True)
+    assert not _believable("<sil> [NOISE]", 300, has_partials=True)
+    assert _believable(None, 100, has_partials=False)  # a remote recognizer: pitch alone
