@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--complete-ms", type=int, default=None,
                      help="IVR_ENDPOINT_COMPLETE_MS for the server (0: grammar-aware "
                           "endpointing off, the baseline); default: the server's default")
+    lat.add_argument("--barge-in", choices=("vad", "words"), default=None,
+                     help="IVR_BARGE_IN for the server (words: only speech that is "
+                          "believably a word cuts a prompt); default: the server's default")
     lat.add_argument("--keep", type=Path, default=None, metavar="DIR",
                      help="run in DIR and keep it: the server's debug log (server.log: "
                           "partial hypotheses, end-of-speech decisions; it holds what the "
@@ -264,7 +267,7 @@ async def _bench(args: argparse.Namespace) -> int:
 
         return await latency_main(args.voices.split(","), concurrency=args.concurrency,
                                   workers=args.workers, complete_ms=args.complete_ms,
-                                  keep=args.keep)
+                                  barge_in_mode=args.barge_in, keep=args.keep)
     from ivr.bench.accuracy import accuracy_main
 
     return await accuracy_main(args.flow, args.voices.split(","), repeat=args.repeat)
