@@ -108,7 +108,8 @@ class Inbound:
         self._open: set[asyncio.Task[Utterance]] = set()
         self._cancelling: set[asyncio.Task[None]] = set()
         # Word-gated barge-in: the prompt playing wants words (set per prompt), the watch
-        # it runs, and the speech over it not yet believed to be a word (`_gated`).
+        # it runs, the speech over it not yet believed to be a word (`_gated`), and the
+        # pitch that speech has carried.
         self._words_gate = False
         self._watch: EndpointConfig | None = None
         self._gated = False
@@ -133,8 +134,9 @@ class Inbound:
         self.caller_ms = endpointer.now_ms
         if endpointer.in_speech and not isinstance(event, SpeechStarted):
             self._feed(self.upsampler.process(pcm))
-            if self._gated:
+            if self._words_gate:
                 self._voicing.feed(pcm)
+            if self._gated:
                 self._judge_gate()
         if event is not None:
             if isinstance(event, SpeechStarted):
@@ -192,6 +194,9 @@ class Inbound:
     def _on_speech_started(self, event: SpeechStarted) -> None:
         self.speech_started = event
         self.speech_started_at = time.monotonic()
+        if self._words_gate:
+            self._voicing.reset()
+            self._voicing.feed(event.preroll)
         listen = self.listen
         if listen is None or not listen.speech:
             self.endpointer.disarm()
@@ -203,8 +208,6 @@ class Inbound:
                 return
             if self._words_gate:
                 self._gated = True  # interrupts once it is a word (`_judge_gate`)
-                self._voicing.reset()
-                self._voicing.feed(event.preroll)
             else:
                 self._barge_in("speech")
         self._abandon_current()  # speech that never ended answers nothing now
@@ -258,8 +261,9 @@ class Inbound:
         `words`, only speech that is believably a word interrupts it."""
         self._words_gate = words
         self._watch = endpoint_config(listen, self.complete_ms)
-        if self._gated and self.endpointer.in_speech:
-            return  # gated speech from the last prompt goes on over this one
+        if words and self.endpointer.in_speech and not self.barged:
+            self._gated = True  # speech under way goes on, gated, over this prompt
+            return
         self.endpointer.watch_barge_in(self._watch, self.caller_ms)
 
     def arm(self, listen: engine.Listen) -> EndpointConfig:

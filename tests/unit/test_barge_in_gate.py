@@ -147,3 +147,17 @@ def test_believable_needs_a_real_word_and_a_vowels_worth_of_pitch() -> None:
     assert not _believable(None, 300, has_partials=True)
     assert not _believable("<sil> [NOISE]", 300, has_partials=True)
     assert _believable(None, 100, has_partials=False)  # a remote recognizer: pitch alone
+
+
+async def test_speech_under_way_when_a_word_gated_prompt_starts_is_gated_over_it() -> None:
+    """Speech begun between two prompts is not cut off by the next one's watch: it goes
+    on, gated, and cuts the new prompt once it is a word."""
+    inbound, recognizer, speaker, line = make(words=True, heard="support")
+    speaker.playing = False  # between prompts
+    await send(line, quiet(200) + voiced(200))
+    assert inbound.endpointer.in_speech and len(recognizer.started) == 1
+    speaker.playing = True  # the next prompt
+    inbound.watch_barge_in(LISTEN, words=True)
+    assert inbound.endpointer.in_speech
+    await send(line, voiced(200))
+    assert speaker.interrupts == 1 and len(recognizer.started) == 1
