@@ -81,6 +81,7 @@ steps:
 """
 # A barge-in lands this long after the prompt's first audio: inside the menu prompt.
 BARGE_AFTER_MS: Final = 2500
+BARGE_HANGUP_MS: Final = 1500
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +228,9 @@ async def latency_main(voices: list[str], *, concurrency: int = 2, workers: int 
                 async def one(flow: str, voice: str, said: tuple[str, ...], barge: bool) -> None:
                     actions: list[CallerAction] = (
                         [Barge(said[0], BARGE_AFTER_MS)] if barge else [Say(s) for s in said])
-                    actions.append(PutDown(after_ms=100))
+                    # After a barge-in the hang-up waits for a `clear` that comes late
+                    # (word-gated: at the end of the speech).
+                    actions.append(PutDown(after_ms=BARGE_HANGUP_MS if barge else 100))
                     async with gate:
                         t = await _call(server.base, flow, voice, actions, http)
                     found = barge_in(t) if barge else voice_to_voice(t)

@@ -141,9 +141,15 @@ class Inbound:
         if event is not None:
             if isinstance(event, SpeechStarted):
                 self._on_speech_started(event)
-            elif isinstance(event, SpeechEnded) and self._gated and self.speaker.playing:
+            elif isinstance(event, SpeechEnded) and self._gated and self.speaker.playing \
+                    and self._voicing.pitched_ms < WORD_PITCHED_MS:
                 self._drop_gated(event)
             elif isinstance(event, SpeechEnded):
+                if self._gated and self.speaker.playing:
+                    # Voiced enough for a word, but the recognizer's partials lagged (a
+                    # short word decoded late): the prompt is cut now and the speech is
+                    # the answer; the final result decides what it was.
+                    self._barge_in("words_at_end")
                 self._gated = False
                 if self.endpointer.answer_complete:
                     self.stats["turns_ended_complete"] += 1
@@ -236,8 +242,8 @@ class Inbound:
             self._barge_in("words")
 
     def _drop_gated(self, event: SpeechEnded) -> None:
-        """Gated speech ended with no word while the prompt plays: the prompt was never
-        interrupted, nothing is answered, and the watch goes on for real speech."""
+        """Gated speech ended with no pitch to speak of while the prompt plays: the prompt
+        was never interrupted, nothing is answered, and the watch goes on."""
         self._gated = False
         self.stats["barge_ins_rejected"] += 1
         self.log.info("barge_in_rejected", at_ms=event.at_ms,

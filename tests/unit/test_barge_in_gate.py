@@ -161,3 +161,14 @@ async def test_speech_under_way_when_a_word_gated_prompt_starts_is_gated_over_it
     assert inbound.endpointer.in_speech
     await send(line, voiced(200))
     assert speaker.interrupts == 1 and len(recognizer.started) == 1
+
+
+async def test_pitched_speech_whose_partials_lagged_cuts_the_prompt_at_its_end() -> None:
+    """A short word the recognizer had not reported yet when it ended: its pitch is
+    evidence enough; the prompt is cut then and the speech is the answer."""
+    inbound, _, speaker, line = make(words=True, heard=None)
+    await send(line, quiet(200) + voiced(300))
+    assert speaker.interrupts == 0
+    await send(line, quiet(900))
+    assert speaker.interrupts == 1
+    assert isinstance(inbound.inputs.get_nowait(), SpeechDone)
