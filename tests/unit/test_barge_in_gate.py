@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
+from ivr.audio.endpoint import EndpointConfig, Endpointer, SpeechStarted
+from ivr.audio.voicing import VoicingMeter
 from ivr.flows import engine
 from ivr.grammar import Grammar
 from ivr.session.inbound import Inbound, SpeechDone, _believable
@@ -53,9 +55,15 @@ class PromptSpeaker:
         self.playing = False
 
 
-def cough() -> bytes:
-    with wave.open(str(ROOT / "tests" / "fixtures" / "cough_300ms.wav"), "rb") as w:
+def fixture_pcm(name: str) -> bytes:
+    """A committed fixture's 8 kHz PCM16 samples (tests/fixtures/make_barge_in_audio.py)."""
+    with wave.open(str(ROOT / "tests" / "fixtures" / f"{name}.wav"), "rb") as w:
+        assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (8000, 2, 1)
         return w.readframes(w.getnframes())
+
+
+def cough() -> bytes:
+    return fixture_pcm("cough_300ms")
 
 
 def quiet(ms: int) -> bytes:
@@ -78,6 +86,23 @@ async def send(line: Line, pcm: bytes) -> None:
     for i in range(0, len(pcm), 320):
         line.send(pcm[i : i + 320])
         await asyncio.sleep(0)
+
+
+def test_webrtcvad_calls_the_cough_fixture_speech_but_it_has_no_pitch() -> None:
+    """The project's endpointer starts speech on the cough (else the gate would be
+    untested), and the cough carries no pitch while the "support" fixture does."""
+    assert len(cough()) == 2 * 8000 * 300 // 1000
+    endpointer = Endpointer()
+    endpointer.watch_barge_in(EndpointConfig(), 0)
+    audio = quiet(400) + cough() + quiet(1000)
+    events = [endpointer.process(audio[i : i + 320], i // 16) for i in range(0, len(audio), 320)]
+    assert [e.at_ms for e in events if isinstance(e, SpeechStarted)] == [400]
+    pitched = {}
+    for name in ("cough_300ms", "support"):
+        meter = VoicingMeter()
+        meter.feed(fixture_pcm(name))
+        pitched[name] = meter.pitched_ms
+    assert pitched["cough_300ms"] == 0 and pitched["support"] >= 160, pitched
 
 
 async def test_a_cough_over_a_word_gated_prompt_is_dropped_and_the_watch_goes_on() -> None:
