@@ -73,6 +73,13 @@ def test_recognizer_bounds_default_and_refuse_zero() -> None:
         Settings.from_env({"IVR_RECOGNIZER_SLOTS": "0"})
 
 
+def test_barge_in_is_vad_by_default_words_on_request_nothing_else() -> None:
+    assert Settings.from_env({}).barge_in == "vad"
+    assert Settings.from_env({"IVR_BARGE_IN": "words"}).barge_in == "words"
+    with pytest.raises(ConfigError, match="IVR_BARGE_IN='word' must be vad or words"):
+        Settings.from_env({"IVR_BARGE_IN": "word"})
+
+
 def test_processes_default_to_one_and_need_a_fixed_port() -> None:
     assert Settings.from_env({}).processes == 1
     assert Settings.from_env({"IVR_PROCESSES": "4"}).processes == 4
