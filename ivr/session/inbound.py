@@ -43,7 +43,7 @@ from ivr.audio.voicing import VoicingMeter
 from ivr.flows import engine
 from ivr.grammar import Grammar
 from ivr.session.speaker import Speaker
-from ivr.speech.base import PartialResults, Recognizer, Utterance, partial_text
+from ivr.speech.base import Recognizer, Utterance, partial_text
 from ivr.telephony.inbound import Dtmf, Mark, Media
 
 
@@ -236,8 +236,7 @@ class Inbound:
             return
         utt = self._utt
         if _believable(partial_text(utt) if utt is not None else None,
-                       self._voicing.pitched_ms, has_partials=utt is None or
-                       isinstance(utt, PartialResults)):
+                       self._voicing.pitched_ms):
             self._gated = False
             self._barge_in("words")
 
@@ -378,20 +377,24 @@ class Inbound:
 
 # Fillers pocketsphinx may put in a hypothesis: none of them is a word the caller said.
 _NOT_WORDS = frozenset({"<s>", "</s>", "<sil>", "[noise]", "[speech]", "(null)"})
-# Pitched audio (`ivr.audio.voicing`) that makes speech over a prompt believable as a
-# word: every word measured had 160 ms or more of it, coughs, breaths and clicks none.
-# 100 ms is reached 100-260 ms into a word: the gate costs at most that.
+# Pitched audio (`ivr.audio.voicing`) that makes speech over a prompt believable as a word.
+# Measured: every word had 160 ms or more of it; coughs, breaths and clicks none. With a
+# word in the partial hypothesis, 100 ms (reached 100-260 ms into a word). Without one,
+# 150 ms, a vowel's worth: pocketsphinx reports a word only once it has ended, so a long
+# word ("appointment") showed in a partial 560-780 ms after its onset, while 150 ms of
+# pitch came 160-320 ms in for every word of `ivr bench latency` in four voices.
 WORD_PITCHED_MS = 100
+VOWEL_PITCHED_MS = 150
 
 
-def _believable(partial: str | None, pitched_ms: int, *, has_partials: bool) -> bool:
-    """Is speech over a prompt a word? The recognizer must have heard one (a grammar
-    search reports *some* phrase even for a cough, so that alone is no proof) and the
-    audio must carry a vowel's worth of pitch. An engine with no partial hypotheses
-    (a remote recognizer) has only the pitch to go by."""
+def _believable(partial: str | None, pitched_ms: int) -> bool:
+    """Is speech over a prompt a word? Its pitch says so: a vowel's worth alone, or less
+    with a word the recognizer heard. The word alone proves nothing: a grammar search
+    reports *some* phrase of its grammar even for a cough. An engine with no partial
+    hypotheses (a remote recognizer) has only the pitch to go by."""
+    if pitched_ms >= VOWEL_PITCHED_MS:
+        return True
     if pitched_ms < WORD_PITCHED_MS:
         return False
-    if not has_partials:
-        return True
     words = [w for w in (partial or "").lower().split() if w not in _NOT_WORDS]
-    return bool(words) and not all(w.startswith("+") or w.startswith("[") for w in words)
+    return any(not (w.startswith("+") or w.startswith("[")) for w in words)
