@@ -89,6 +89,8 @@ class Inbound:
         self.inputs: asyncio.Queue[Input] = asyncio.Queue()
         self.listen: engine.Listen | None = None  # the answer being (or about to be) taken
         self.barged = False  # the caller barged in on the prompts of this answer
+        # The utterance's 16 kHz audio, kept when the question asks (`Listen.keep_audio`).
+        self.captured: bytearray | None = None
         self.speech_started: SpeechStarted | None = None
         self.speech_started_at = 0.0
         self._utt: Utterance | None = None  # the utterance being fed
@@ -187,6 +189,7 @@ class Inbound:
         self._abandon_current()  # speech that never ended answers nothing now
         self.upsampler.reset()
         self._utt_backlog = [self.upsampler.process(event.preroll)]
+        self.captured = bytearray(self._utt_backlog[0]) if listen.keep_audio else None
         grammar = listen.grammar or (Grammar(listen.phrases) if listen.phrases else None)
         if grammar is not None and not grammar.phrases and grammar.jsgf is None:
             grammar = None  # free text: the language model
@@ -250,6 +253,8 @@ class Inbound:
     def _feed(self, pcm16k: bytes) -> None:
         if not pcm16k:
             return
+        if self.captured is not None:
+            self.captured += pcm16k
         if self._utt is not None:
             self._utt.feed(pcm16k)
         else:
