@@ -16,8 +16,9 @@ What it records: `session_updates`, `audio` (every `input_audio_buffer.append`, 
 `headers` and `query` of each connection. Replies are scripted (`replies`), one per
 `response.create` or per simulated caller turn; with none queued a response is empty.
 Faults: `fail_connect` (401), `silent` (no `session.created`), `refuse_session` (an
-`error` for the update, echoing a key as some providers do), `drop()` (the socket closed
-without a close frame), `send_error()`, `send_raw()` (anything, malformed frames too).
+`error` for the update, echoing a key as some providers do), `hang_up()` (a normal close),
+`drop()` (the socket closed without a close frame), `send_error()`, `send_raw()`
+(anything, malformed frames too).
 """
 
 from __future__ import annotations
@@ -144,6 +145,12 @@ class FakeRealtime:
     async def send_raw(self, text: str) -> None:
         assert self._ws is not None, "no client connected"
         await self._ws.send_str(text)
+
+    async def hang_up(self) -> None:
+        """Close the socket properly (a close frame, code 1000), as a server ending a
+        session (its time limit, say)."""
+        assert self._ws is not None, "no client connected"
+        await self._ws.close()
 
     def drop(self) -> None:
         """Close the connection under the socket: no close frame, as a network drop."""

@@ -322,6 +322,14 @@ async def test_dropped_socket_yields_closed_and_later_sends_are_dropped(
     assert session.stats["dropped_after_close"] == 1
 
 
+async def test_server_close_frame_yields_server_closed(
+    fake: FakeRealtime, session: RealtimeSession
+) -> None:
+    events = session.events()
+    await fake.hang_up()
+    assert (await until(events, Closed))[-1] == Closed("server_closed", 1000)
+
+
 async def test_close_ends_events_with_closed(fake: FakeRealtime, session: RealtimeSession
                                              ) -> None:
     """Our own close: a running `events()` ends with `Closed("closed")`; what was queued
