@@ -154,6 +154,11 @@ class _AudioParts:
         if isinstance(expires, int) and not isinstance(expires, bool):
             self.expires_at = expires
         out: list[ChatDelta] = []
+        text = audio.get("transcript")
+        if isinstance(text, str) and text:
+            # Before the piece's sound: a reply cut off at any sound has its words noted.
+            self.transcript.append(text)
+            out.append(AudioTranscriptDelta(text))
         data = audio.get("data")
         if isinstance(data, str) and data:
             try:
@@ -167,10 +172,6 @@ class _AudioParts:
                     out.append(AudioDelta(pcm[:whole]))
         elif data is not None and not isinstance(data, str):
             self.skipped += 1
-        text = audio.get("transcript")
-        if isinstance(text, str) and text:
-            self.transcript.append(text)
-            out.append(AudioTranscriptDelta(text))
         return out
 
     def done(self) -> AudioDone | None:
