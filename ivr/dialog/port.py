@@ -7,7 +7,7 @@ and reads typed ones. Both implement `DialogPort`, so the one driver serves both
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -68,6 +68,13 @@ class DialogPort(Protocol):
 
     def tool_ran(self, run: ToolRun) -> None:
         """A tool call finished (it has already been fed back)."""
+        ...
+
+    async def say_audio(
+        self, step: str, audio: AsyncIterator[tuple[bytes, int]], transcript: Callable[[], str],
+    ) -> None:
+        """Play audio a model speaks (PCM16 pieces at their rate) as it arrives; once it is
+        all sent, `transcript()` gives its words for the record."""
         ...
 
     def span(self, stage: str) -> Lap:
