@@ -131,6 +131,10 @@ class FakeRealtime:
                           **base, "transcript": transcript})
         self._start_response()
 
+    def respond(self) -> None:
+        """Start the next scripted response on the server's own initiative."""
+        self._start_response()
+
     async def speech_started(self, audio_start_ms: int | None = None, item_id: str = "") -> None:
         """Only `input_audio_buffer.speech_started` (the caller talking over a reply)."""
         start = len(self.audio) // 8 if audio_start_ms is None else audio_start_ms

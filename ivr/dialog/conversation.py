@@ -23,6 +23,7 @@ from ivr.dialog.driver import Dialog
 from ivr.dialog.port import NoLap, ToolRun
 from ivr.flows import engine
 from ivr.flows.model import Flow
+from ivr.tools.base import ToolContext
 from ivr.tools.registry import ToolRegistry
 
 T = TypeVar("T")
@@ -151,6 +152,12 @@ class TextConversation:
         async for _ in audio:  # a typed conversation shows the words, not the sound
             pass
         await self.say(engine.Play(transcript(), False, step))
+
+    async def realtime_step(
+        self, action: engine.RunAgent, runner: engine.FlowRunner, tools: ToolRegistry,
+        ctx: Callable[[], ToolContext], model: str | None,
+    ) -> engine.AgentDone | None:
+        return None  # typed text: the step runs as a pipeline
 
     def span(self, stage: str) -> NoLap:
         return NoLap()

@@ -124,11 +124,18 @@ class Dialog:
             elif isinstance(action, engine.RunAgent):
                 assert self.model is not None  # the runner emits RunAgent only then
                 mode = self.mode()
-                done = await run_llm_step(
-                    action, self.runner, self.model(self.flow), self.tools, port,
-                    self.tool_context, stats=self.stats, labels=self.labels, log=self.log,
-                    max_tokens_per_call=self.llm_max_tokens_per_call,
-                    audio=AudioOut(self.llm_voice) if mode == "audio" else None)
+                engines = self.flow.engines
+                done = None
+                if mode == "realtime":
+                    done = await port.realtime_step(
+                        action, self.runner, self.tools, self.tool_context,
+                        engines.realtime_model if engines is not None else None)
+                if done is None:
+                    done = await run_llm_step(
+                        action, self.runner, self.model(self.flow), self.tools, port,
+                        self.tool_context, stats=self.stats, labels=self.labels, log=self.log,
+                        max_tokens_per_call=self.llm_max_tokens_per_call,
+                        audio=AudioOut(self.llm_voice) if mode == "audio" else None)
                 actions.extend(self.runner.handle(done))
             elif isinstance(action, engine.Transfer):
                 self.ended = f"transfer {action.number}"

@@ -13,6 +13,8 @@ from typing import Any, Protocol, TypeVar
 
 from ivr.flows import engine
 from ivr.llm.agent import Lap
+from ivr.tools.base import ToolContext
+from ivr.tools.registry import ToolRegistry
 
 T = TypeVar("T")
 
@@ -75,6 +77,14 @@ class DialogPort(Protocol):
     ) -> None:
         """Play audio a model speaks (PCM16 pieces at their rate) as it arrives; once it is
         all sent, `transcript()` gives its words for the record."""
+        ...
+
+    async def realtime_step(
+        self, action: engine.RunAgent, runner: engine.FlowRunner, tools: ToolRegistry,
+        ctx: Callable[[], ToolContext], model: str | None,
+    ) -> engine.AgentDone | None:
+        """Run an `llm` step over a Realtime session (`model`, None: the configured one);
+        None when this medium has no audio to stream (the step then runs as a pipeline)."""
         ...
 
     def span(self, stage: str) -> Lap:

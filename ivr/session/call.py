@@ -41,6 +41,8 @@ from ivr.telephony import control
 from ivr.telephony.inbound import Dtmf, Mark, Media, Start
 from ivr.telephony.outbound import TwilioOutbound, Writer
 from ivr.telephony.stream_token import StreamClaims
+from ivr.tools.base import ToolContext
+from ivr.tools.registry import ToolRegistry
 
 FILLERS = ("One moment, please.", "Still working on it.", "Thanks for waiting.",
            "Almost there.")
@@ -311,6 +313,15 @@ class CallSession:
         await self.record.replied(prompt)
         self.log.debug("model_spoke", step=step, name=prompt.name, frames=prompt.frames,
                        state=prompt.state)
+
+    async def realtime_step(
+        self, action: engine.RunAgent, runner: engine.FlowRunner, tools: ToolRegistry,
+        ctx: Callable[[], ToolContext], model: str | None,
+    ) -> engine.AgentDone | None:
+        from ivr.session.realtime_step import run_realtime_step  # only realtime flows pay
+
+        return await run_realtime_step(self, action, runner, tools, ctx,
+                                       model or self.settings.realtime_model)
 
     def span(self, stage: str) -> SpanTimer:
         return self.record.span(stage)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +92,10 @@ class Inbound:
         self.barged = False  # the caller barged in on the prompts of this answer
         # The utterance's 16 kHz audio, kept when the question asks (`Listen.keep_audio`).
         self.captured: bytearray | None = None
+        # A Realtime `llm` step: every frame's µ-law goes to `tap`, and the endpointer,
+        # watching while the model speaks, calls `on_voice` when the caller starts talking.
+        self.tap: Callable[[bytes], None] | None = None
+        self.on_voice: Callable[[], None] | None = None
         self.speech_started: SpeechStarted | None = None
         self.speech_started_at = 0.0
         self._utt: Utterance | None = None  # the utterance being fed
@@ -114,6 +119,8 @@ class Inbound:
         """A media frame's decoded µ-law and `media.timestamp` (the socket's fast lane
         calls this directly, with no `Media` built)."""
         self.stats["frames_in"] += 1
+        if self.tap is not None:
+            self.tap(payload)  # a Realtime session hears the caller's µ-law as it came
         pcm = ulaw_to_pcm16(payload)
         endpointer = self.endpointer
         if self._grammar is not None and self._utt is not None and endpointer.in_speech:
@@ -176,6 +183,10 @@ class Inbound:
     def _on_speech_started(self, event: SpeechStarted) -> None:
         self.speech_started = event
         self.speech_started_at = time.monotonic()
+        if self.on_voice is not None:  # a Realtime step listens for itself
+            self.endpointer.disarm()
+            self.on_voice()
+            return
         listen = self.listen
         if listen is None or not listen.speech:
             self.endpointer.disarm()

@@ -70,16 +70,29 @@ class Speaker:
     ) -> Prompt:
         """Play `action`'s text (or `audio`, µ-law a model speaks, with the text its
         transcript); returns once it is sent, or cut by `interrupt()`."""
+        prompt = self.start(action, interruptible=interruptible, audio=audio)
+        await self.sent()
+        return prompt
+
+    def start(
+        self, action: engine.Play, *, interruptible: bool,
+        audio: AsyncIterator[bytes] | None = None,
+    ) -> Prompt:
+        """Begin playing (see `play`); `await sent()` for the end of sending."""
         self.interruptible = interruptible
         prompt = self.player.new_prompt(action.text)
         self.prompts.append(prompt)
         if audio is None:
             audio = self._audio(action.text)
         self._play_task = asyncio.create_task(self.player.play(prompt, audio))
-        # wait(), not await: a cancelled play (barge-in) must not cancel the conductor.
-        await asyncio.wait({self._play_task})
-        self._play_task = None
         return prompt
+
+    async def sent(self) -> None:
+        """Until the prompt begun last is sent, or cut by `interrupt()`."""
+        if self._play_task is not None:
+            # wait(), not await: a cancelled play (barge-in) must not cancel the conductor.
+            await asyncio.wait({self._play_task})
+            self._play_task = None
 
     def interrupt(self) -> None:
         """Barge-in: stop sending, and drop what Twilio has buffered."""
