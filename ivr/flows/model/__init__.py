@@ -9,6 +9,10 @@ check the file against `flows/schema.json`, which `python -m ivr.flows.schema` w
     name: booking                     # required; how calls and other flows refer to it
     description: Book a table.        # optional, for people
     voice: {name: en-us, rate: 165}   # optional synthesizer voice and words per minute
+    engines:                          # optional; this flow's choice of remote engines
+      llm_model: gpt-4o-mini          #   its llm steps' model (else IVR_LLM_MODEL)
+      llm_mode: realtime              #   pipeline | audio | realtime (else IVR_LLM_MODE)
+      realtime_model: gpt-realtime    #   (else IVR_REALTIME_MODEL)
     timezone: America/New_York        # optional IANA zone of `now` and of dates said
     start: greet                      # required; the step the call begins with
     on_error: sorry                   # optional; where a failed tool or template goes
