@@ -57,6 +57,10 @@ _ENV: dict[str, str] = {
     "tools_file": "IVR_TOOLS_FILE",
     "stt_api": "IVR_STT_API",
     "llm_max_tokens_per_call": "IVR_LLM_MAX_TOKENS_PER_CALL",
+    "llm_mode": "IVR_LLM_MODE",
+    "llm_voice": "IVR_LLM_VOICE",
+    "realtime_url": "IVR_REALTIME_URL",
+    "realtime_model": "IVR_REALTIME_MODEL",
     "webhook_hosts": "IVR_WEBHOOK_HOSTS",
     "webhook_secret": "IVR_WEBHOOK_SECRET",
     "stream_secret": "IVR_STREAM_SECRET",
@@ -93,6 +97,9 @@ _ZERO_MEANS: dict[str, tuple[str, str]] = {
 }
 
 BUSY_MODES = ("message", "reject")
+# How an `llm` step talks (a flow's `engines.llm_mode` wins): recognizer → text model →
+# synthesizer; GPT-4o audio in and out through /chat/completions; or a Realtime session.
+LLM_MODES = ("pipeline", "audio", "realtime")
 BARGE_IN_MODES = ("vad", "words")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 # Server processes one supervisor runs (IVR_PROCESSES): past a few per core they only
@@ -247,6 +254,12 @@ class Settings:
     # token, each request resending the growing history; 20,000 leaves a slow caller
     # twice that, and stops one who keeps the model talking from running up the bill.
     llm_max_tokens_per_call: int = 20_000
+    # How `llm` steps talk (LLM_MODES); audio and realtime need IVR_LLM_* (the key) and
+    # realtime IVR_REALTIME_URL (wss://api.openai.com/v1/realtime); a flow may override it.
+    llm_mode: str = "pipeline"
+    llm_voice: str = "alloy"  # the model's voice in audio and realtime modes
+    realtime_url: str | None = None
+    realtime_model: str = "gpt-realtime"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -277,6 +290,12 @@ class Settings:
             raise ConfigError(
                 f"IVR_PUBLIC_URL={self.public_url!r} must start with https:// (or http://)"
             )
+        if self.llm_mode not in LLM_MODES:
+            raise ConfigError(f"IVR_LLM_MODE={self.llm_mode!r} must be one of "
+                              f"{', '.join(LLM_MODES)}")
+        if self.realtime_url and not self.realtime_url.startswith(("ws://", "wss://")):
+            raise ConfigError(f"IVR_REALTIME_URL={self.realtime_url!r} must start with "
+                              "wss:// (or ws://)")
         if self.stt_api not in ("transcriptions", "chat"):
             raise ConfigError(f"IVR_STT_API={self.stt_api!r} must be transcriptions or chat")
         if self.barge_in not in BARGE_IN_MODES:

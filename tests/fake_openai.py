@@ -11,11 +11,18 @@ counted in `fake.requests[route]` (faulted ones too), its arrival time (monotoni
 in `fake.arrivals[route]` and its body in `fake.bodies[route]`. A route first consumes
 one-shot faults queued by `fail()`, then the persistent `outage` fault if set, and
 otherwise answers normally.
+
+Speech-to-speech: a request with `modalities` holding "audio" is answered from a reply's
+`audio` (PCM16 24 kHz) as `delta.audio` chunks, each its own base64 piece (as OpenAI
+sends them) with a share of `audio_transcript`; the provider's `audio_id` on the first and
+`expires_at` on the last. `audio_hold` stops the stream after `audio_hold_after` chunks
+until it is set, so a test can act while the reply is provably unfinished.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 import struct
@@ -75,6 +82,19 @@ class ChatReply:
     # (a slow model mid-reply), so a test can see what the client did before the rest.
     pause_after: str | None = None
     pause_s: float = 0.0
+    # Audio (served only when the request asks for the audio modality): PCM16 24 kHz,
+    # `audio_chunk` bytes a delta (odd sizes split samples across deltas, as real
+    # base64 pieces may).
+    audio: bytes | None = None
+    audio_transcript: str = ""
+    audio_id: str = "audio_1"
+    audio_chunk: int = 4800
+    audio_expires_at: int | None = None  # None: an hour from now
+    audio_tokens_in: int = 0  # of prompt_tokens (prompt_tokens_details.audio_tokens)
+    audio_tokens_out: int = 0  # of completion_tokens (completion_tokens_details)
+    audio_hold: asyncio.Event | None = None  # wait for it after `audio_hold_after` chunks
+    audio_hold_after: int = 1
+    audio_bad_chunks: tuple[int, ...] = ()  # these chunks' data is sent as invalid base64
 
 
 def tone_pcm(seconds: float, rate: int = 24000, freq: float = 440.0) -> bytes:
@@ -264,6 +284,12 @@ class FakeOpenAI:
             if reply.pause_after and not paused and sent.endswith(reply.pause_after):
                 paused = True
                 await asyncio.sleep(reply.pause_s)
+        if reply.audio is not None and "audio" in (body.get("modalities") or []):
+            for audio in _audio_deltas(reply):
+                hold = audio.pop("hold", False)
+                await send({"audio": audio})
+                if hold:
+                    await self._hold(reply.audio_hold)
         for n, call in enumerate(reply.tool_calls):
             await send({"tool_calls": [{
                 "index": n, "id": call.id, "type": "function",
@@ -281,6 +307,44 @@ class FakeOpenAI:
         await resp.write_eof()
         return resp
 
+    async def _hold(self, event: asyncio.Event | None) -> None:
+        """Until `event` is set or the server closes (a forgotten hold must not hang it)."""
+        if event is None:
+            return
+        waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._closing.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+
+def _audio_deltas(reply: ChatReply) -> list[dict[str, Any]]:
+    """The reply's `delta.audio` objects in order; "hold" marks where the stream waits."""
+    pcm = reply.audio or b""
+    size = max(1, reply.audio_chunk)
+    chunks = [pcm[i : i + size] for i in range(0, len(pcm), size)]
+    words = _pieces(reply.audio_transcript,
+                    -(-len(reply.audio_transcript) // max(1, len(chunks))))
+    out: list[dict[str, Any]] = []
+    for i, chunk in enumerate(chunks):
+        audio: dict[str, Any] = {"data": ("!!not*base64" if i in reply.audio_bad_chunks
+                                          else base64.b64encode(chunk).decode())}
+        if i == 0:
+            audio["id"] = reply.audio_id
+        if i < len(words):
+            audio["transcript"] = words[i]
+        if reply.audio_hold is not None and i + 1 == reply.audio_hold_after:
+            audio["hold"] = True
+        out.append(audio)
+    expires = reply.audio_expires_at
+    out.append({"expires_at": expires if expires is not None else int(time.time()) + 3600,
+                **({"transcript": "".join(words[len(chunks):])}
+                   if len(words) > len(chunks) else {})})
+    if len(chunks) == 0:
+        out[0]["id"] = reply.audio_id
+    return out
+
 
 def _pieces(text: str, size: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), max(1, size))]
@@ -291,12 +355,17 @@ def _finish(reply: ChatReply) -> str:
 
 
 def _usage(reply: ChatReply) -> dict[str, Any]:
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": reply.prompt_tokens,
         "completion_tokens": reply.completion_tokens,
         "total_tokens": reply.prompt_tokens + reply.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": reply.cached_tokens},
     }
+    if reply.audio_tokens_in:
+        usage["prompt_tokens_details"]["audio_tokens"] = reply.audio_tokens_in
+    if reply.audio_tokens_out:
+        usage["completion_tokens_details"] = {"audio_tokens": reply.audio_tokens_out}
+    return usage
 
 
 def _completion(reply: ChatReply, model: str, n: int) -> dict[str, Any]:

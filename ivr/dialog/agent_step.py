@@ -8,8 +8,9 @@ asked for an answer, as in any other step. Slot and var updates go to the runner
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import structlog
@@ -23,12 +24,14 @@ from ivr.llm.agent import (
     AgentStep,
     ChatModel,
     Done,
+    ModelAudio,
     ModelListens,
+    ModelSaid,
     ModelSays,
     ToolRan,
     UsageEvent,
 )
-from ivr.llm.client import ChatClient
+from ivr.llm.client import AudioOut, ChatClient
 from ivr.tools.base import ToolContext
 from ivr.tools.registry import ToolRegistry
 
@@ -70,9 +73,14 @@ async def run_llm_step(
     labels: dict[str, str],
     log: structlog.typing.FilteringBoundLogger,
     max_tokens_per_call: int = 0,
+    audio: AudioOut | None = None,
 ) -> engine.AgentDone:
     """Run one `llm` step until the model exits, ends or fails; never raises for the
     provider's failures (they end the step with `AgentDone(ok=False)`: the fallback).
+
+    `audio` (`llm_mode: audio`): the model hears the caller's voice (the answer's
+    `Speech.audio`; the recognizer's words are kept for the record) and speaks its reply,
+    played as it streams (`DialogPort.say_audio`), instead of text for the synthesizer.
 
     `max_tokens_per_call` (0: no limit) bounds the tokens of all the call's `llm` steps
     together: `stats` holds what the earlier ones used, and once the budget is spent the
@@ -95,13 +103,14 @@ async def run_llm_step(
     agent = Agent(chat, tools, ctx,
                   AgentStep(system_prompt=system, tools=action.tools,
                             max_rounds=action.max_rounds, exit_when=exit_check,
-                            slot_names=action.slots, max_tokens=remaining),
+                            slot_names=action.slots, max_tokens=remaining, audio=audio),
                   slots, stopwatch=port.span)
     user: str | None = None
+    heard: bytes | None = None
     try:
         for _ in range(MAX_AGENT_TURNS):
             said = stats["agent_sentences"]
-            done = await _model_turn(action, agent, user, port, stats, log)
+            done = await _model_turn(action, agent, user, heard, port, stats, log)
             if done is not None:
                 if done.reason == "budget":
                     stats["llm_budget_spent"] += 1
@@ -114,10 +123,11 @@ async def run_llm_step(
                 return engine.AgentDone(False, "error", "the model replied with nothing")
             listen = engine.Listen(step=action.step, phrases=(), dtmf=None, timeout_ms=None,
                                    end_silence_ms=None, max_utterance_ms=None, speech=True,
-                                   barge_in=False)
+                                   barge_in=False, keep_audio=audio is not None)
             answer = await port.ask(listen)
             port.answered_in_llm_step(answer)
             user = _answer_for_model(answer)
+            heard = answer.audio if isinstance(answer, engine.Speech) else None
         return engine.AgentDone(False, "max_rounds", "too many caller turns")
     finally:
         stats["llm_prompt_tokens"] += agent.prompt_tokens
@@ -126,12 +136,37 @@ async def run_llm_step(
         labels["llm_model"] = chat.model
 
 
+class _SpokenReply:
+    """One spoken reply of the model, played while it streams: audio pieces go to a
+    queue the port plays from; `end()` closes it once the round's words are known."""
+
+    def __init__(self, port: DialogPort, step: str) -> None:
+        self._queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue()
+        self.transcript = ""
+        self.task = asyncio.create_task(
+            port.say_audio(step, self._pieces(), lambda: self.transcript))
+
+    async def _pieces(self) -> AsyncIterator[tuple[bytes, int]]:
+        while (piece := await self._queue.get()) is not None:
+            yield piece
+
+    def put(self, event: ModelAudio) -> None:
+        self._queue.put_nowait((event.pcm, event.rate))
+
+    async def end(self, transcript: str | None = None) -> None:
+        if transcript is not None:
+            self.transcript = transcript
+        self._queue.put_nowait(None)
+        await asyncio.wait({self.task})  # sent (or cut): then the caller may answer
+
+
 async def _model_turn(
-    action: engine.RunAgent, agent: Agent, user: str | None, port: DialogPort,
-    stats: Counter[str], log: structlog.typing.FilteringBoundLogger,
+    action: engine.RunAgent, agent: Agent, user: str | None, heard: bytes | None,
+    port: DialogPort, stats: Counter[str], log: structlog.typing.FilteringBoundLogger,
 ) -> engine.AgentDone | None:
     """One model turn; None when the model waits for the caller."""
-    events = agent.turn(user)
+    events = agent.turn(user, user_audio=heard)
+    spoken: _SpokenReply | None = None
 
     async def next_event() -> AgentEvent | None:
         try:
@@ -141,6 +176,17 @@ async def _model_turn(
 
     try:
         while (event := await port.with_filler(next_event())) is not None:
+            if isinstance(event, ModelAudio):
+                if spoken is None:
+                    stats["agent_sentences"] += 1  # the model said something
+                    spoken = _SpokenReply(port, action.step)
+                spoken.put(event)
+                continue
+            if spoken is not None:  # the round's audio is over: play it out first
+                await spoken.end(event.transcript if isinstance(event, ModelSaid) else None)
+                spoken = None
+            if isinstance(event, ModelSaid):
+                continue
             if isinstance(event, ModelSays):
                 stats["agent_sentences"] += 1
                 await port.say(engine.Play(event.text, False, action.step))
@@ -159,5 +205,7 @@ async def _model_turn(
                 return engine.AgentDone(event.reason in ("exit", "model"), event.reason,
                                         event.error or "")
     finally:
+        if spoken is not None:
+            await spoken.end()
         await events.aclose()
     return engine.AgentDone(False, "error", "the model's turn ended without a result")

@@ -12,7 +12,7 @@ runs the driver as a task and hands each typed turn to the `ask` waiting for it:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +23,7 @@ from ivr.dialog.driver import Dialog
 from ivr.dialog.port import NoLap, ToolRun
 from ivr.flows import engine
 from ivr.flows.model import Flow
+from ivr.tools.base import ToolContext
 from ivr.tools.registry import ToolRegistry
 
 T = TypeVar("T")
@@ -144,6 +145,19 @@ class TextConversation:
 
     async def transfer(self, number: str) -> None:
         pass  # the driver ends the conversation with "transfer <number>"
+
+    async def say_audio(
+        self, step: str, audio: AsyncIterator[tuple[bytes, int]], transcript: Callable[[], str],
+    ) -> None:
+        async for _ in audio:  # a typed conversation shows the words, not the sound
+            pass
+        await self.say(engine.Play(transcript(), False, step))
+
+    async def realtime_step(
+        self, action: engine.RunAgent, runner: engine.FlowRunner, tools: ToolRegistry,
+        ctx: Callable[[], ToolContext], model: str | None,
+    ) -> engine.AgentDone | None:
+        return None  # typed text: the step runs as a pipeline
 
     def span(self, stage: str) -> NoLap:
         return NoLap()

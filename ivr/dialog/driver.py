@@ -23,6 +23,7 @@ from ivr.dialog.agent_step import ModelFor, run_llm_step
 from ivr.dialog.port import DialogPort, ToolRun
 from ivr.flows import engine
 from ivr.flows.model import Flow
+from ivr.llm.client import AudioOut
 from ivr.phone import caller_identity
 from ivr.tools.base import ToolContext
 from ivr.tools.registry import ToolRegistry
@@ -64,8 +65,12 @@ class Dialog:
         labels: dict[str, str] | None = None,
         log: Log | None = None,
         llm_max_tokens_per_call: int = 0,
+        llm_mode: str = "pipeline",
+        llm_voice: str = "alloy",
     ) -> None:
         self.port = port
+        self.llm_mode = llm_mode  # a flow's `engines.llm_mode` wins
+        self.llm_voice = llm_voice
         self.flows = flows
         self.tools = tools
         # One identity for the flow (`{{ caller }}`) and its tools: the number as tools
@@ -118,10 +123,19 @@ class Dialog:
                 actions.extend(self.runner.handle(await self._call_tool(action)))
             elif isinstance(action, engine.RunAgent):
                 assert self.model is not None  # the runner emits RunAgent only then
-                done = await run_llm_step(
-                    action, self.runner, self.model(self.flow), self.tools, port,
-                    self.tool_context, stats=self.stats, labels=self.labels, log=self.log,
-                    max_tokens_per_call=self.llm_max_tokens_per_call)
+                mode = self.mode()
+                engines = self.flow.engines
+                done = None
+                if mode == "realtime":
+                    done = await port.realtime_step(
+                        action, self.runner, self.tools, self.tool_context,
+                        engines.realtime_model if engines is not None else None)
+                if done is None:
+                    done = await run_llm_step(
+                        action, self.runner, self.model(self.flow), self.tools, port,
+                        self.tool_context, stats=self.stats, labels=self.labels, log=self.log,
+                        max_tokens_per_call=self.llm_max_tokens_per_call,
+                        audio=AudioOut(self.llm_voice) if mode == "audio" else None)
                 actions.extend(self.runner.handle(done))
             elif isinstance(action, engine.Transfer):
                 self.ended = f"transfer {action.number}"
@@ -130,6 +144,12 @@ class Dialog:
             elif isinstance(action, engine.Hangup):
                 self.ended = self.ended or f"hangup ({action.reason})"
                 break
+
+    def mode(self) -> str:
+        """How this flow's `llm` steps talk: its `engines.llm_mode`, else the service's."""
+        engines = self.flow.engines
+        return (engines.llm_mode if engines is not None and engines.llm_mode
+                else self.llm_mode)
 
     async def _call_tool(self, action: engine.CallTool) -> engine.ToolDone:
         started = time.monotonic()

@@ -7,12 +7,14 @@ and reads typed ones. Both implement `DialogPort`, so the one driver serves both
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ivr.flows import engine
 from ivr.llm.agent import Lap
+from ivr.tools.base import ToolContext
+from ivr.tools.registry import ToolRegistry
 
 T = TypeVar("T")
 
@@ -68,6 +70,21 @@ class DialogPort(Protocol):
 
     def tool_ran(self, run: ToolRun) -> None:
         """A tool call finished (it has already been fed back)."""
+        ...
+
+    async def say_audio(
+        self, step: str, audio: AsyncIterator[tuple[bytes, int]], transcript: Callable[[], str],
+    ) -> None:
+        """Play audio a model speaks (PCM16 pieces at their rate) as it arrives; once it is
+        all sent, `transcript()` gives its words for the record."""
+        ...
+
+    async def realtime_step(
+        self, action: engine.RunAgent, runner: engine.FlowRunner, tools: ToolRegistry,
+        ctx: Callable[[], ToolContext], model: str | None,
+    ) -> engine.AgentDone | None:
+        """Run an `llm` step over a Realtime session (`model`, None: the configured one);
+        None when this medium has no audio to stream (the step then runs as a pipeline)."""
         ...
 
     def span(self, stage: str) -> Lap:

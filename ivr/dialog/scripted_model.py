@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ivr.errors import FlowError
-from ivr.llm.client import ChatDelta, TextDelta, ToolCallDone
+from ivr.llm.client import AudioOut, ChatDelta, TextDelta, ToolCallDone
 from ivr.providers.http import ProviderError
 from ivr.tools.base import openai_name
 
@@ -56,7 +56,9 @@ class ScriptedModel:
 
     async def stream(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+        *, audio: AudioOut | None = None,
     ) -> AsyncGenerator[ChatDelta, None]:
+        # Scripted replies are text even in audio mode: the agent speaks them as sentences.
         n = len(self.requests)
         self.requests.append(list(messages))
         if n >= len(self.replies):

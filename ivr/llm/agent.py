@@ -1,43 +1,81 @@
 """The tool-calling loop of a flow's `llm` step, independent of audio and the flow engine.
 
-`Agent.turn(user_text)` runs model rounds until the model needs the caller (a text answer
+`Agent.turn(user_text)` runs model rounds until the model needs the caller (an answer
 without tool calls: `ModelListens`), the step's exit condition holds (`Done("exit")`), the model
 ends the conversation or asks for a human, or a bound is hit (rounds per turn, or the
 tokens the step may still use: `Done("budget")`). Sentences are yielded as
 `ModelSays` events as soon as each one is complete, so the session can start synthesis before
 the model has finished its reply.
 
-Safety of tool calls: the model sees only the step's allowed tools plus three built-ins
-(`set_slot`, `end_conversation`, `transfer_to_human`); every call of a round is checked
-(known, allowed, arguments valid against the tool's schema) before any of them runs, so a
-round that mixes a valid booking with a broken call books nothing. Problems go back to the
-model as tool results for it to correct; consecutive broken rounds are bounded.
+Speech-to-speech (`AgentStep.audio`): the caller's utterance goes to the model as audio
+(`turn(..., user_audio=...)`), the reply comes back as `ModelAudio` pieces to play as they
+arrive, and `ModelSaid` carries its transcript once the round's stream has ended. Earlier
+spoken replies stay in the history by the provider's audio id while it is valid, then by
+their transcript.
+
+Which tools the model sees and how its calls are checked before any runs: `tool_calls`.
+Consecutive rounds with a refused call are bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import structlog
-from jsonschema import Draft202012Validator
 
-from ivr.errors import InvalidValue
-from ivr.llm.client import ChatDelta, Finish, TextDelta, ToolCallDone, Usage
+from ivr.audio.codec import pcm16_to_wav
+from ivr.llm.client import (
+    AudioDelta,
+    AudioDone,
+    AudioTranscriptDelta,
+    ChatDelta,
+    Finish,
+    TextDelta,
+    ToolCallDone,
+    Usage,
+)
+from ivr.llm.events import (
+    AgentEvent,
+    AgentStep,
+    ChatModel,
+    Done,
+    DoneReason,
+    ExitCheck,
+    Lap,
+    ModelAudio,
+    ModelListens,
+    ModelSaid,
+    ModelSays,
+    Stopwatch,
+    ToolRan,
+    UsageEvent,
+)
 from ivr.llm.sentences import SentenceSplitter
+from ivr.llm.tool_calls import (
+    BUILTINS,
+    END_CONVERSATION,
+    SET_SLOT,
+    TRANSFER_TO_HUMAN,
+    CheckedCall,
+    StepTools,
+)
 from ivr.providers.http import ProviderError
-from ivr.tools.base import ToolContext, ToolResult, openai_name
+from ivr.tools.base import ToolContext
 from ivr.tools.registry import ToolRegistry
 
 __all__ = [
     "END_CONVERSATION",
     "SET_SLOT",
     "TRANSFER_TO_HUMAN",
+    "USER_AUDIO_RATE",
     "Agent",
     "AgentEvent",
     "AgentStep",
@@ -46,7 +84,9 @@ __all__ = [
     "DoneReason",
     "ExitCheck",
     "Lap",
+    "ModelAudio",
     "ModelListens",
+    "ModelSaid",
     "ModelSays",
     "Stopwatch",
     "ToolRan",
@@ -55,98 +95,10 @@ __all__ = [
 
 log = structlog.get_logger("ivr.llm")
 
-SET_SLOT = "set_slot"
-END_CONVERSATION = "end_conversation"
-TRANSFER_TO_HUMAN = "transfer_to_human"
-_BUILTINS = frozenset({SET_SLOT, END_CONVERSATION, TRANSFER_TO_HUMAN})
-
-ExitCheck = Callable[[dict[str, str], dict[str, Any], list[str]], bool]
-DoneReason = Literal["exit", "model", "transfer", "max_rounds", "budget", "error"]
-
-
-class ChatModel(Protocol):
-    """What the agent needs of a chat model: `ChatClient`, or one scripted in a flow test."""
-
-    model: str
-
-    def stream(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-    ) -> AsyncGenerator[ChatDelta, None]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class AgentStep:
-    system_prompt: str  # already rendered; should name the slots the model may set
-    tools: tuple[str, ...] = ()  # dotted registry names the model may call
-    max_rounds: int = 8  # model requests per `turn()` (one caller turn)
-    exit_when: ExitCheck | None = None  # (slots, vars, called_tools) -> end the step
-    slot_names: tuple[str, ...] = ()  # `set_slot` names; empty: the keys of `slots`
-    max_invalid_rounds: int = 2  # consecutive rounds with a refused call, then error
-    # Tokens (prompt + completion) this step may use before no further request is made:
-    # what is left of the call's budget when the step starts. None: no bound.
-    max_tokens: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSays:
-    text: str  # one complete sentence
-
-
-@dataclass(frozen=True, slots=True)
-class ToolRan:
-    name: str  # dotted registry name, or a built-in's name
-    args: dict[str, Any]
-    ok: bool
-    value: dict[str, Any]
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ModelListens:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    reason: DoneReason
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class UsageEvent:
-    prompt: int
-    completion: int
-    cached: int = 0
-    # Billable token units (`providers.usage.token_units`), for the call's cost.
-    units: dict[str, int] = field(default_factory=dict, compare=False)
-
-
-class Lap(Protocol):
-    """The timing of one model round or tool call (`session.record.SpanTimer`)."""
-
-    def first(self) -> None: ...
-
-    def done(self, provider: str) -> None: ...
-
-
-# Starts a lap for a stage ("llm", "tool"); the session records it in the caller's turn.
-Stopwatch = Callable[[str], Lap]
-
-
-AgentEvent = ModelSays | ToolRan | ModelListens | Done | UsageEvent
-
-
-@dataclass(slots=True)
-class _Call:
-    """One tool call of a round, after checking: `error` set means it will not run."""
-
-    id: str
-    raw_name: str
-    name: str  # dotted, or the built-in's name
-    arguments_json: str
-    args: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
+USER_AUDIO_RATE = 16000  # `turn(user_audio=...)`: what the recognizer path already has
+# An audio id is replaced by its transcript this long before the provider forgets it:
+# the request that names it must still reach the provider in time.
+_AUDIO_ID_MARGIN_S = 60.0
 
 _END = object()
 
@@ -156,15 +108,16 @@ async def _read_ahead(
 ) -> AsyncGenerator[ChatDelta, None]:
     """`stream`'s deltas, read as they arrive while the consumer is busy (the phone speaks
     each sentence as it completes): the provider's connection never idles into its read
-    timeout behind a long sentence, and `lap` times the model's first token and its real
-    end, not when the consumer got round to them."""
+    timeout behind a long sentence, and `lap` times the model's first token (text, audio
+    or a tool call) and its real end, not when the consumer got round to them."""
     queue: asyncio.Queue[Any] = asyncio.Queue()
 
     async def pump() -> None:
         try:
             async with aclosing(stream):
                 async for delta in stream:
-                    if lap is not None and isinstance(delta, TextDelta | ToolCallDone):
+                    if lap is not None and isinstance(delta,
+                                                      TextDelta | ToolCallDone | AudioDelta):
                         lap.first()
                     queue.put_nowait(delta)
             if lap is not None:
@@ -186,11 +139,33 @@ async def _read_ahead(
                 await task
 
 
+@dataclass(slots=True)
+class _Reply:
+    """What one round's stream brought so far."""
+
+    text: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)  # audio mode: sentences, if no audio
+    transcript: list[str] = field(default_factory=list)
+    audio: bool = False  # any audio came
+    heard: AudioDone | None = None
+    calls: list[ToolCallDone] = field(default_factory=list)
+    usage: Usage | None = None
+
+    def words(self) -> str:
+        """What the model said: its audio's transcript when it spoke, else its text."""
+        if self.audio or self.heard is not None:
+            if self.heard is not None and self.heard.transcript:
+                return self.heard.transcript
+            return "".join(self.transcript)
+        return "".join(self.text)
+
+
 class Agent:
     """One `llm` step's conversation; keep it for the step's whole life (it holds history).
 
     `slots` is the flow's slot dict and is updated in place by `set_slot`; `vars` receives
-    each successful tool's latest result under its dotted name.
+    each successful tool's latest result under its dotted name. `clock` (Unix seconds)
+    dates the provider's audio ids in audio mode.
     """
 
     def __init__(
@@ -202,6 +177,7 @@ class Agent:
         slots: dict[str, str],
         vars: dict[str, Any] | None = None,
         stopwatch: Stopwatch | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.chat = chat
         self.stopwatch = stopwatch
@@ -209,53 +185,17 @@ class Agent:
         self.ctx_factory = ctx_factory
         self.step = step
         self.slots = slots
+        self.clock = clock
         self.vars: dict[str, Any] = vars if vars is not None else {}
         self.called_tools: list[str] = []
         self.messages: list[dict[str, Any]] = [{"role": "system", "content": step.system_prompt}]
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached_tokens = 0
-        self._allowed: dict[str, str] = {}  # OpenAI name -> dotted name
-        for name in step.tools:
-            tool = registry.get(name)
-            if tool is None:
-                raise InvalidValue(f"llm step allows unknown tool {name!r}")
-            self._allowed[openai_name(tool.name)] = tool.name
-        self._validators = {
-            dotted: Draft202012Validator(
-                tool.parameters, format_checker=Draft202012Validator.FORMAT_CHECKER
-            )
-            for dotted in self._allowed.values()
-            if (tool := registry.get(dotted)) is not None
-        }
-        self._tools = self._schemas()
-
-    # ---------------------------------------------------------------- what the model sees
-
-    def _slot_names(self) -> list[str]:
-        return list(self.step.slot_names or self.slots)
-
-    def _schemas(self) -> list[dict[str, Any]]:
-        allowed = set(self._allowed)
-        tools = [s for s in self.registry.schemas() if s["function"]["name"] in allowed]
-        name_schema: dict[str, Any] = {"type": "string", "description": "the slot's name"}
-        if names := self._slot_names():
-            name_schema["enum"] = names
-        tools.append(_function(
-            SET_SLOT, "Record a piece of information the caller gave (a slot of the flow).",
-            {"name": name_schema, "value": {"type": "string"}}, ["name", "value"],
-        ))
-        tools.append(_function(
-            END_CONVERSATION,
-            "End the conversation once the caller's request is done and you said goodbye.",
-            {}, [],
-        ))
-        tools.append(_function(
-            TRANSFER_TO_HUMAN,
-            "Hand the caller to a human agent when asked, or when you cannot help.",
-            {"reason": {"type": "string"}}, [],
-        ))
-        return tools
+        self._box = StepTools(registry, step, slots, stopwatch)
+        self._tools = self._box.schemas
+        # audio id -> (transcript, expires_at): the history's fallback once an id expires.
+        self._spoken: dict[str, tuple[str, int | None]] = {}
 
     @property
     def tools(self) -> list[dict[str, Any]]:
@@ -278,10 +218,21 @@ class Agent:
 
     # ---------------------------------------------------------------------------- the loop
 
-    async def turn(self, user_text: str | None) -> AsyncGenerator[AgentEvent, None]:
-        """Run rounds for one caller turn (None: the step just started, the model speaks)."""
+    async def turn(
+        self, user_text: str | None, *, user_audio: bytes | None = None,
+    ) -> AsyncGenerator[AgentEvent, None]:
+        """Run rounds for one caller turn (None: the step just started, the model speaks).
+
+        `user_audio` (16 kHz mono PCM16, `USER_AUDIO_RATE`) is the caller's utterance for
+        the model to hear; `user_text` is then not sent (a local transcript would only
+        contradict what the model hears)."""
         self._repair_history()
-        if user_text is not None:
+        if user_audio is not None:
+            wav = base64.b64encode(pcm16_to_wav(user_audio, USER_AUDIO_RATE)).decode("ascii")
+            self.messages.append({"role": "user", "content": [
+                {"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}},
+            ]})
+        elif user_text is not None:
             self.messages.append({"role": "user", "content": user_text})
         invalid_rounds = 0
         for _ in range(self.step.max_rounds):
@@ -291,64 +242,40 @@ class Agent:
                 yield Done("budget", f"the call's LLM budget is spent ({self.tokens} tokens "
                                      f"used in this step, {self.step.max_tokens} allowed)")
                 return
+            self._expire_audio_ids()
+            reply = _Reply()
             splitter = SentenceSplitter()
-            text: list[str] = []
-            calls: list[ToolCallDone] = []
-            usage: Usage | None = None
             lap = self.stopwatch("llm") if self.stopwatch is not None else None
             try:
                 # aclosing: a turn abandoned mid-reply closes the HTTP stream now, not
                 # whenever the garbage collector finalizes the generator.
-                deltas = self.chat.stream(self.messages, self._tools)
-                async with aclosing(_read_ahead(deltas, lap, self.chat.model)) as stream:
+                async with aclosing(_read_ahead(self._request(), lap, self.chat.model)) \
+                        as stream:
                     async for delta in stream:
-                        if isinstance(delta, TextDelta):
-                            text.append(delta.text)
-                            for sentence in splitter.push(delta.text):
-                                yield ModelSays(sentence)
-                        elif isinstance(delta, ToolCallDone):
-                            calls.append(delta)
-                        elif isinstance(delta, Usage):
-                            usage = delta
-                        elif isinstance(delta, Finish) and delta.reason == "length":
-                            log.warning("llm_truncated", rounds=len(self.messages))
+                        for event in self._take(delta, reply, splitter):
+                            yield event
             except ProviderError as e:
                 yield Done("error", str(e))
                 return
             except GeneratorExit:
                 # The session stopped listening mid-reply (barge-in, hang-up): keep what
                 # was generated so the model knows what it had started to say.
-                if text:
-                    self.messages.append({"role": "assistant", "content": "".join(text)})
+                if words := reply.words():
+                    self.messages.append({"role": "assistant", "content": words})
                 raise
             finally:
                 if lap is not None:
                     lap.done(self.chat.model)  # no-op if the stream already ended
-            content = "".join(text)
-            # null content is only valid next to tool calls.
-            message: dict[str, Any] = {"role": "assistant",
-                                       "content": content or (None if calls else "")}
-            if calls:
-                message["tool_calls"] = [
-                    {"id": c.id, "type": "function",
-                     "function": {"name": c.name, "arguments": c.arguments_json}}
-                    for c in calls
-                ]
             # Recorded before anything more is yielded: the consumer may stop at any yield.
-            self.messages.append(message)
-            if rest := splitter.flush():
-                yield ModelSays(rest)
-            if usage is not None:
-                self.prompt_tokens += usage.prompt_tokens
-                self.completion_tokens += usage.completion_tokens
-                self.cached_tokens += usage.cached_tokens
-                yield UsageEvent(usage.prompt_tokens, usage.completion_tokens,
-                                 usage.cached_tokens, dict(usage.units))
+            self.messages.append(self._assistant_message(reply))
+            for event in self._round_end(reply, splitter):
+                yield event
+            calls = reply.calls
             if not calls:
                 yield Done("exit") if self._exit() else ModelListens()
                 return
 
-            checked = [self._check(c) for c in calls]
+            checked = [self._box.check(c) for c in calls]
             if any(c.error is not None for c in checked):
                 invalid_rounds += 1
                 for c in checked:
@@ -377,83 +304,97 @@ class Agent:
                 return
         yield Done("max_rounds")
 
+    def _request(self) -> AsyncGenerator[ChatDelta, None]:
+        if self.step.audio is None:
+            return self.chat.stream(self.messages, self._tools)
+        return self.chat.stream(self.messages, self._tools, audio=self.step.audio)
+
+    def _take(
+        self, delta: ChatDelta, reply: _Reply, splitter: SentenceSplitter
+    ) -> list[AgentEvent]:
+        """Note one delta in `reply`; the events to yield for it now."""
+        if isinstance(delta, AudioDelta):
+            reply.audio = True
+            return [ModelAudio(delta.pcm, delta.rate)]
+        if isinstance(delta, TextDelta):
+            reply.text.append(delta.text)
+            sentences = splitter.push(delta.text)
+            if self.step.audio is None:
+                return [ModelSays(s) for s in sentences]
+            # Audio mode: spoken only if the round brings no audio, known once it ended.
+            reply.held.extend(sentences)
+        elif isinstance(delta, AudioTranscriptDelta):
+            reply.transcript.append(delta.text)
+        elif isinstance(delta, AudioDone):
+            reply.heard = delta
+        elif isinstance(delta, ToolCallDone):
+            reply.calls.append(delta)
+        elif isinstance(delta, Usage):
+            reply.usage = delta
+        elif isinstance(delta, Finish) and delta.reason == "length":
+            log.warning("llm_truncated", rounds=len(self.messages))
+        return []
+
+    def _assistant_message(self, reply: _Reply) -> dict[str, Any]:
+        """The round's reply for the history: its audio by the provider's id when there
+        is one (the model hears its own voice again, and the tokens are cached), else
+        its words."""
+        message: dict[str, Any] = {"role": "assistant"}
+        heard = reply.heard
+        if heard is not None and heard.id:
+            message["audio"] = {"id": heard.id}
+            self._spoken[heard.id] = (reply.words(), heard.expires_at)
+        else:
+            # null content is only valid next to tool calls.
+            message["content"] = reply.words() or (None if reply.calls else "")
+        if reply.calls:
+            message["tool_calls"] = [
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.name, "arguments": c.arguments_json}}
+                for c in reply.calls
+            ]
+        return message
+
+    def _round_end(self, reply: _Reply, splitter: SentenceSplitter) -> list[AgentEvent]:
+        events: list[AgentEvent] = []
+        if not reply.audio:
+            events.extend(ModelSays(s) for s in reply.held)
+            if rest := splitter.flush():
+                events.append(ModelSays(rest))
+        if self.step.audio is not None and (words := reply.words()):
+            events.append(ModelSaid(words))
+        if (usage := reply.usage) is not None:
+            self.prompt_tokens += usage.prompt_tokens
+            self.completion_tokens += usage.completion_tokens
+            self.cached_tokens += usage.cached_tokens
+            events.append(UsageEvent(usage.prompt_tokens, usage.completion_tokens,
+                                     usage.cached_tokens, dict(usage.units)))
+        return events
+
+    def _expire_audio_ids(self) -> None:
+        """Name earlier spoken replies by their transcript once their audio id is about
+        to expire: the provider refuses a request that names a forgotten id."""
+        now = self.clock()
+        for message in self.messages:
+            ref = message.get("audio")
+            if message["role"] != "assistant" or not isinstance(ref, dict):
+                continue
+            words, expires_at = self._spoken.get(ref.get("id", ""), ("", None))
+            if expires_at is None or expires_at - _AUDIO_ID_MARGIN_S > now:
+                continue
+            del message["audio"]
+            message["content"] = words or (None if message.get("tool_calls") else "")
+
     # ---------------------------------------------------------------------- tool calls
 
-    def _check(self, call: ToolCallDone) -> _Call:
-        name = call.name if call.name in _BUILTINS else self._allowed.get(call.name, "")
-        c = _Call(call.id, call.name, name or call.name, call.arguments_json)
-        try:
-            args = json.loads(call.arguments_json or "{}")
-        except ValueError as e:
-            c.error = f"arguments are not valid JSON: {e}"
-            return c
-        if not isinstance(args, dict):
-            c.error = f"arguments must be a JSON object, not {type(args).__name__}"
-            return c
-        c.args = args
-        if call.name in _BUILTINS:
-            if call.name == SET_SLOT:
-                c.error = self._slot_problem(args)
-            return c  # end/transfer: extra arguments are harmless, never refuse a goodbye
-        if not name:
-            known = self.registry.get(call.name) is not None
-            c.error = (f"tool {call.name!r} is not available in this conversation" if known
-                       else f"unknown tool {call.name!r}")
-            return c
-        errors = sorted(self._validators[name].iter_errors(args), key=lambda e: e.message)
-        if errors:
-            c.error = "invalid arguments: " + "; ".join(
-                (f"{'.'.join(str(p) for p in e.absolute_path)}: " if e.absolute_path else "")
-                + e.message
-                for e in errors[:5]
-            )
-        return c
-
-    def _slot_problem(self, args: dict[str, Any]) -> str | None:
-        name, value = args.get("name"), args.get("value")
-        if not isinstance(name, str) or not isinstance(value, (str, int, float)):
-            return "set_slot needs a string 'name' and a 'value'"
-        names = self._slot_names()
-        if names and name not in names:
-            return f"no slot {name!r} (slots: {', '.join(names)})"
-        return None
-
-    async def _call(self, c: _Call, ctx: ToolContext) -> ToolResult:
-        lap = self.stopwatch("tool") if self.stopwatch is not None else None
-        try:
-            return await self.registry.call(c.name, c.args, ctx)
-        finally:
-            if lap is not None:
-                lap.done(c.name)
-
-    async def _run(self, calls: list[_Call]) -> list[AgentEvent]:
-        ctx = self.ctx_factory()
-        real = [c for c in calls if c.name not in _BUILTINS]
-        # Parallel: independent lookups in one round should not queue behind each other
-        # while the caller waits. The registry never raises for a tool's failure.
-        done = await asyncio.gather(*(self._call(c, ctx) for c in real))
-        by_id = {id(c): r for c, r in zip(real, done, strict=True)}
-        failed = any(not r.ok for r in done)
-        results: list[ToolResult] = []
-        for c in calls:
-            if c.name == SET_SLOT:
-                self.slots[str(c.args["name"])] = str(c.args["value"])
-                results.append(ToolResult(True, {"name": c.args["name"]}, None, 0.0))
-            elif c.name == END_CONVERSATION and failed:
-                # "Book and hang up" where the booking failed: the caller must hear why,
-                # so the model gets the failure and another round instead of the end.
-                results.append(ToolResult(False, {}, "not ended: another tool call in this "
-                                          "round failed; tell the caller first", 0.0))
-            elif c.name in _BUILTINS:
-                results.append(ToolResult(True, {}, None, 0.0))
-            else:
-                results.append(by_id[id(c)])
+    async def _run(self, calls: list[CheckedCall]) -> list[AgentEvent]:
+        results = await self._box.run(calls, self.ctx_factory)
         events: list[AgentEvent] = []
         for c, r in zip(calls, results, strict=True):
             self._tool_message(c, r.to_json())
             if r.ok:
                 self.called_tools.append(c.name)
-                if c.name not in _BUILTINS:
+                if c.name not in BUILTINS:
                     self.vars[c.name] = r.value
             events.append(ToolRan(c.name, c.args, r.ok, r.value, r.error))
         return events
@@ -474,15 +415,5 @@ class Agent:
                                               "content": '{"ok": false, "error": "interrupted"}'})
                 return
 
-    def _tool_message(self, c: _Call, content: str) -> None:
+    def _tool_message(self, c: CheckedCall, content: str) -> None:
         self.messages.append({"role": "tool", "tool_call_id": c.id, "content": content})
-
-
-def _function(
-    name: str, description: str, props: dict[str, Any], required: list[str]
-) -> dict[str, Any]:
-    return {"type": "function", "function": {
-        "name": name, "description": description,
-        "parameters": {"type": "object", "properties": props, "required": required,
-                       "additionalProperties": False},
-    }}

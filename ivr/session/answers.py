@@ -84,9 +84,11 @@ class Answers:
             })
             rec = await self.with_filler(self._recognize())
             turn.timings["recognized"] = record.ms()
+            captured, inbound.captured = inbound.captured, None
+            audio = bytes(captured) if captured is not None else None
             if rec is None:
-                return engine.Speech("", 0.0)
-            return engine.Speech(rec.text, rec.confidence)
+                return engine.Speech("", 0.0, audio=audio)
+            return engine.Speech(rec.text, rec.confidence, audio=audio)
 
     async def _recognize(self) -> Recognition | None:
         task = self.inbound.claim_utterance()

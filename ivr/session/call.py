@@ -18,7 +18,7 @@ import contextlib
 import time
 import weakref
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 import structlog
@@ -35,12 +35,14 @@ from ivr.server.services import SHUTDOWN_PROMPT, Services
 from ivr.session.answers import Answers
 from ivr.session.inbound import Inbound
 from ivr.session.record import CallRecord, SpanTimer, call_outcome
-from ivr.session.speaker import Speaker
+from ivr.session.speaker import Speaker, ulaw_of
 from ivr.store.db import FAILED
 from ivr.telephony import control
 from ivr.telephony.inbound import Dtmf, Mark, Media, Start
 from ivr.telephony.outbound import TwilioOutbound, Writer
 from ivr.telephony.stream_token import StreamClaims
+from ivr.tools.base import ToolContext
+from ivr.tools.registry import ToolRegistry
 
 FILLERS = ("One moment, please.", "Still working on it.", "Thanks for waiting.",
            "Almost there.")
@@ -100,6 +102,7 @@ class CallSession:
             model=per_flow_model(services.llm) if services.llm is not None else None,
             stats=self.stats, labels=self.record.labels, log=log,
             llm_max_tokens_per_call=self.settings.llm_max_tokens_per_call,
+            llm_mode=self.settings.llm_mode, llm_voice=self.settings.llm_voice,
         )
         self.transfer_to: str | None = None
         self._conductor: asyncio.Task[None] | None = None
@@ -300,6 +303,25 @@ class CallSession:
             self.services.metrics.observe("tool", run.ms / 1000)
             # A `call` step's tool (the model's are timed as they run): its span ends now.
             self.record.span("tool", at=time.monotonic() - run.ms / 1000).done(run.tool)
+
+    async def say_audio(
+        self, step: str, audio: AsyncIterator[tuple[bytes, int]], transcript: Callable[[], str],
+    ) -> None:
+        prompt = await self.speaker.play(engine.Play("", False, step), interruptible=False,
+                                         audio=ulaw_of(audio))
+        prompt.text = transcript()  # the words came with the sound: known once it is sent
+        await self.record.replied(prompt)
+        self.log.debug("model_spoke", step=step, name=prompt.name, frames=prompt.frames,
+                       state=prompt.state)
+
+    async def realtime_step(
+        self, action: engine.RunAgent, runner: engine.FlowRunner, tools: ToolRegistry,
+        ctx: Callable[[], ToolContext], model: str | None,
+    ) -> engine.AgentDone | None:
+        from ivr.session.realtime_step import run_realtime_step  # only realtime flows pay
+
+        return await run_realtime_step(self, action, runner, tools, ctx,
+                                       model or self.settings.realtime_model)
 
     def span(self, stage: str) -> SpanTimer:
         return self.record.span(stage)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +95,12 @@ class Inbound:
         self.inputs: asyncio.Queue[Input] = asyncio.Queue()
         self.listen: engine.Listen | None = None  # the answer being (or about to be) taken
         self.barged = False  # the caller barged in on the prompts of this answer
+        # The utterance's 16 kHz audio, kept when the question asks (`Listen.keep_audio`).
+        self.captured: bytearray | None = None
+        # A Realtime `llm` step: every frame's µ-law goes to `tap`, and the endpointer,
+        # watching while the model speaks, calls `on_voice` when the caller starts talking.
+        self.tap: Callable[[bytes], None] | None = None
+        self.on_voice: Callable[[], None] | None = None
         self.speech_started: SpeechStarted | None = None
         self.speech_started_at = 0.0
         self._utt: Utterance | None = None  # the utterance being fed
@@ -124,6 +131,8 @@ class Inbound:
         """A media frame's decoded µ-law and `media.timestamp` (the socket's fast lane
         calls this directly, with no `Media` built)."""
         self.stats["frames_in"] += 1
+        if self.tap is not None:
+            self.tap(payload)  # a Realtime session hears the caller's µ-law as it came
         pcm = ulaw_to_pcm16(payload)
         endpointer = self.endpointer
         if self._grammar is not None and self._utt is not None and endpointer.in_speech:
@@ -200,6 +209,10 @@ class Inbound:
     def _on_speech_started(self, event: SpeechStarted) -> None:
         self.speech_started = event
         self.speech_started_at = time.monotonic()
+        if self.on_voice is not None:  # a Realtime step listens for itself
+            self.endpointer.disarm()
+            self.on_voice()
+            return
         if self._words_gate:
             self._voicing.reset()
             self._voicing.feed(event.preroll)
@@ -219,6 +232,7 @@ class Inbound:
         self._abandon_current()  # speech that never ended answers nothing now
         self.upsampler.reset()
         self._utt_backlog = [self.upsampler.process(event.preroll)]
+        self.captured = bytearray(self._utt_backlog[0]) if listen.keep_audio else None
         grammar = listen.grammar or (Grammar(listen.phrases) if listen.phrases else None)
         if grammar is not None and not grammar.phrases and grammar.jsgf is None:
             grammar = None  # free text: the language model
@@ -311,6 +325,8 @@ class Inbound:
     def _feed(self, pcm16k: bytes) -> None:
         if not pcm16k:
             return
+        if self.captured is not None:
+            self.captured += pcm16k
         if self._utt is not None:
             self._utt.feed(pcm16k)
         else:

@@ -64,16 +64,35 @@ class Speaker:
 
     # ------------------------------------------------------------- playback
 
-    async def play(self, action: engine.Play, *, interruptible: bool) -> Prompt:
-        """Play `action`'s text; returns once it is sent, or cut by `interrupt()`."""
+    async def play(
+        self, action: engine.Play, *, interruptible: bool,
+        audio: AsyncIterator[bytes] | None = None,
+    ) -> Prompt:
+        """Play `action`'s text (or `audio`, µ-law a model speaks, with the text its
+        transcript); returns once it is sent, or cut by `interrupt()`."""
+        prompt = self.start(action, interruptible=interruptible, audio=audio)
+        await self.sent()
+        return prompt
+
+    def start(
+        self, action: engine.Play, *, interruptible: bool,
+        audio: AsyncIterator[bytes] | None = None,
+    ) -> Prompt:
+        """Begin playing (see `play`); `await sent()` for the end of sending."""
         self.interruptible = interruptible
         prompt = self.player.new_prompt(action.text)
         self.prompts.append(prompt)
-        self._play_task = asyncio.create_task(self.player.play(prompt, self._audio(action.text)))
-        # wait(), not await: a cancelled play (barge-in) must not cancel the conductor.
-        await asyncio.wait({self._play_task})
-        self._play_task = None
+        if audio is None:
+            audio = self._audio(action.text)
+        self._play_task = asyncio.create_task(self.player.play(prompt, audio))
         return prompt
+
+    async def sent(self) -> None:
+        """Until the prompt begun last is sent, or cut by `interrupt()`."""
+        if self._play_task is not None:
+            # wait(), not await: a cancelled play (barge-in) must not cancel the conductor.
+            await asyncio.wait({self._play_task})
+            self._play_task = None
 
     def interrupt(self) -> None:
         """Barge-in: stop sending, and drop what Twilio has buffered."""
@@ -156,3 +175,14 @@ class Speaker:
             engine = served_by(synthesizer)
             timer.done(engine)
             self.record.usage.add("tts", engine, {"chars": len(text), "requests": 1})
+
+
+async def ulaw_of(pcm: AsyncIterator[tuple[bytes, int]]) -> AsyncIterator[bytes]:
+    """PCM16 chunks (at their rate) as 8 kHz µ-law, converted as they come."""
+    conv: ToUlaw8k | None = None
+    async for chunk, rate in pcm:
+        if conv is None:
+            conv = ToUlaw8k(rate)
+        yield conv.push(chunk)
+    if conv is not None:
+        yield conv.flush()

@@ -70,6 +70,9 @@ class Listen:
     barge_in: bool
     slot: str | None = None
     grammar: Grammar | None = None
+    # Keep the caller's audio with the answer (`Speech.audio`): a model that hears it
+    # (`engines.llm_mode: audio`) gets the voice, not only what the recognizer made of it.
+    keep_audio: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,8 @@ class Speech:
 
     text: str
     confidence: float = 1.0
+    # The utterance as 16 kHz mono PCM16, when the question asked for it (`Listen.keep_audio`).
+    audio: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,13 @@ check the file against `flows/schema.json`, which `python -m ivr.flows.schema` w
     name: booking                     # required; how calls and other flows refer to it
     description: Book a table.        # optional, for people
     voice: {name: en-us, rate: 165}   # optional synthesizer voice and words per minute
+    engines:                          # optional; this flow's choice of remote engines
+      llm_model: gpt-4o-mini          #   its llm steps' model (else IVR_LLM_MODEL)
+      llm_mode: realtime              #   pipeline | audio | realtime (else IVR_LLM_MODE)
+      realtime_model: gpt-realtime    #   (else IVR_REALTIME_MODEL)
+      barge_in: words                 #   what cuts a prompt: vad (any speech) or words
+                                      #   (only speech that is a word) (else IVR_BARGE_IN)
     timezone: America/New_York        # optional IANA zone of `now` and of dates said
-    engines: {llm_model: gpt-4o-mini, barge_in: words}   # optional; barge_in: vad (any
-                                      #   speech cuts a prompt) or words (only words do)
     start: greet                      # required; the step the call begins with
     on_error: sorry                   # optional; where a failed tool or template goes
     tools: [bookings.find, bookings.book]   # the tools `call` steps may use

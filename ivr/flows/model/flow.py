@@ -52,6 +52,13 @@ class Engines(FlowModel):
 
     llm_model: Text | None = Field(
         default=None, description="model for this flow's llm steps (else IVR_LLM_MODEL)")
+    llm_mode: Literal["pipeline", "audio", "realtime"] | None = Field(
+        default=None,
+        description="how llm steps talk (else IVR_LLM_MODE): pipeline (recognizer, text "
+                    "model, synthesizer), audio (GPT-4o audio in and out), realtime "
+                    "(a Realtime session, µ-law both ways)")
+    realtime_model: Text | None = Field(
+        default=None, description="model of realtime llm steps (else IVR_REALTIME_MODEL)")
     barge_in: Literal["vad", "words"] | None = Field(
         default=None, description="what may cut a prompt: any speech (vad) or only speech "
         "that is believably a word (words); else IVR_BARGE_IN")
