@@ -99,6 +99,7 @@ BUSY_MODES = ("message", "reject")
 # How an `llm` step talks (a flow's `engines.llm_mode` wins): recognizer → text model →
 # synthesizer; GPT-4o audio in and out through /chat/completions; or a Realtime session.
 LLM_MODES = ("pipeline", "audio", "realtime")
+STT_APIS = ("transcriptions", "chat", "realtime")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 # Server processes one supervisor runs (IVR_PROCESSES): past a few per core they only
 # compete for it; this bound catches a typo (80 for 8), not a policy.
@@ -225,8 +226,10 @@ class Settings:
     db_queue_max: int = 1000
     # Remote OpenAI-compatible engines (IVR_STT_*, IVR_TTS_*, IVR_LLM_*): None = embedded.
     stt: ProviderConfig | None = None
-    # How the remote recognizer is asked: /audio/transcriptions (whisper-1,
-    # gpt-4o-transcribe, ...) or "chat": GPT-4o audio via /chat/completions input_audio.
+    # How the remote recognizer is asked (STT_APIS): /audio/transcriptions (whisper-1,
+    # gpt-4o-transcribe, ...), "chat": GPT-4o audio via /chat/completions input_audio, or
+    # "realtime": a Realtime transcription session streamed as the caller speaks
+    # (IVR_REALTIME_URL, else the STT base URL's /realtime), with partial transcripts.
     stt_api: str = "transcriptions"
     tts: ProviderConfig | None = None
     # A remote synthesis with no audio this long after it was asked for is abandoned for
@@ -289,8 +292,9 @@ class Settings:
         if self.realtime_url and not self.realtime_url.startswith(("ws://", "wss://")):
             raise ConfigError(f"IVR_REALTIME_URL={self.realtime_url!r} must start with "
                               "wss:// (or ws://)")
-        if self.stt_api not in ("transcriptions", "chat"):
-            raise ConfigError(f"IVR_STT_API={self.stt_api!r} must be transcriptions or chat")
+        if self.stt_api not in STT_APIS:
+            raise ConfigError(f"IVR_STT_API={self.stt_api!r} must be one of "
+                              f"{', '.join(STT_APIS)}")
         if not 20 <= self.lead_ms <= 1000:
             raise ConfigError(f"IVR_PLAYER_LEAD_MS={self.lead_ms} must be within 20..1000 ms")
         if not 1 <= self.processes <= MAX_PROCESSES:
