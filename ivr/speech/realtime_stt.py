@@ -12,7 +12,9 @@ One session per utterance. The recognizer is one object shared by every call, wi
 per-call lifecycle to hang a socket on, and one session per utterance has exactly one
 committed item, so no event can be mistaken for another utterance's. The price is a
 connect per utterance: TCP and TLS, the WebSocket upgrade, then `session.created` and
-the update's round trip, a few hundred milliseconds to a provider in the same region.
+the update's round trip, so four or five network round trips (a few hundred ms to a
+provider in another region; our own part, against the loopback test server, is under
+1 ms: p50 0.55 ms from `start()` to the update arriving, 50 runs, 2-vCPU VM).
 It starts at `start()` (speech onset) in the background and overlaps the caller's words;
 audio fed before the socket is open waits in a buffer and goes once it is. Only an answer
 shorter than the connect waits for it.
