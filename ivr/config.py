@@ -101,6 +101,7 @@ BUSY_MODES = ("message", "reject")
 # synthesizer; GPT-4o audio in and out through /chat/completions; or a Realtime session.
 LLM_MODES = ("pipeline", "audio", "realtime")
 BARGE_IN_MODES = ("vad", "words")
+STT_APIS = ("transcriptions", "chat", "realtime")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 # Server processes one supervisor runs (IVR_PROCESSES): past a few per core they only
 # compete for it; this bound catches a typo (80 for 8), not a policy.
@@ -232,8 +233,10 @@ class Settings:
     db_queue_max: int = 1000
     # Remote OpenAI-compatible engines (IVR_STT_*, IVR_TTS_*, IVR_LLM_*): None = embedded.
     stt: ProviderConfig | None = None
-    # How the remote recognizer is asked: /audio/transcriptions (whisper-1,
-    # gpt-4o-transcribe, ...) or "chat": GPT-4o audio via /chat/completions input_audio.
+    # How the remote recognizer is asked (STT_APIS): /audio/transcriptions (whisper-1,
+    # gpt-4o-transcribe, ...), "chat": GPT-4o audio via /chat/completions input_audio, or
+    # "realtime": a Realtime transcription session streamed as the caller speaks
+    # (IVR_REALTIME_URL, else the STT base URL's /realtime), with partial transcripts.
     stt_api: str = "transcriptions"
     tts: ProviderConfig | None = None
     # A remote synthesis with no audio this long after it was asked for is abandoned for
@@ -296,8 +299,9 @@ class Settings:
         if self.realtime_url and not self.realtime_url.startswith(("ws://", "wss://")):
             raise ConfigError(f"IVR_REALTIME_URL={self.realtime_url!r} must start with "
                               "wss:// (or ws://)")
-        if self.stt_api not in ("transcriptions", "chat"):
-            raise ConfigError(f"IVR_STT_API={self.stt_api!r} must be transcriptions or chat")
+        if self.stt_api not in STT_APIS:
+            raise ConfigError(f"IVR_STT_API={self.stt_api!r} must be one of "
+                              f"{', '.join(STT_APIS)}")
         if self.barge_in not in BARGE_IN_MODES:
             raise ConfigError(f"IVR_BARGE_IN={self.barge_in!r} must be vad or words")
         if not 20 <= self.lead_ms <= 1000:

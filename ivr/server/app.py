@@ -27,6 +27,7 @@ from ivr.config import Settings
 from ivr.errors import SpeechError, StoreError
 from ivr.flows.library import FlowLibrary
 from ivr.llm.client import ChatClient
+from ivr.llm.realtime_wire import realtime_url
 from ivr.providers.http import ProviderClient
 from ivr.server import access, lifecycle
 from ivr.server.admission import ADMISSION, Admission, lag_ctx
@@ -40,6 +41,7 @@ from ivr.speech.fallback import FallbackRecognizer, FallbackSynthesizer, serving
 from ivr.speech.openai_audio_chat import AudioChatRecognizer
 from ivr.speech.openai_stt import OpenAIRecognizer
 from ivr.speech.openai_tts import OpenAISynthesizer
+from ivr.speech.realtime_stt import RealtimeRecognizer
 from ivr.speech.sphinx.pool import RecognizerPool
 from ivr.store.db import CallStore
 from ivr.store.queue import RETRYABLE, spill_path
@@ -163,9 +165,7 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
     if s.stt is not None:
         client = ProviderClient(s.stt, http, on_wait=waited)
         clients.append(client)
-        remote: Recognizer = (AudioChatRecognizer(client) if s.stt_api == "chat"
-                              else OpenAIRecognizer(client))
-        recognizer = FallbackRecognizer(remote, embedded)
+        recognizer = FallbackRecognizer(_remote_recognizer(s, client, http), embedded)
     if s.tts is not None:
         tts = ProviderClient(s.tts, http, on_wait=waited)
         clients.append(tts)
@@ -188,6 +188,17 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
     await http.close()
     await pool.close()
     log.info("engines_closed")
+
+
+def _remote_recognizer(s: Settings, client: ProviderClient,
+                       http: aiohttp.ClientSession) -> Recognizer:
+    """The STT provider's recognizer, by how it is asked (`IVR_STT_API`)."""
+    if s.stt_api == "chat":
+        return AudioChatRecognizer(client)
+    if s.stt_api == "realtime":
+        url = realtime_url(s.realtime_url, client.config.base_url)
+        return RealtimeRecognizer(client, http, url)
+    return OpenAIRecognizer(client)
 
 
 async def _start_workers(services: Services, pool: RecognizerPool) -> None:

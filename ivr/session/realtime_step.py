@@ -47,6 +47,7 @@ from ivr.llm.realtime import (
     SpeechStopped,
     usage_units,
 )
+from ivr.llm.realtime_wire import realtime_url
 from ivr.llm.tool_calls import END_CONVERSATION, TRANSFER_TO_HUMAN, StepTools
 from ivr.providers.errors import ProviderError
 from ivr.server.services import Services
@@ -73,17 +74,7 @@ class CallSide(Protocol):
 
     def tool_ran(self, run: ToolRun) -> None: ...
 
-__all__ = ["realtime_url", "run_realtime_step"]
-
-
-def realtime_url(configured: str | None, llm_base_url: str) -> str:
-    """The Realtime endpoint: `IVR_REALTIME_URL`, else the LLM provider's own
-    (`https://host/v1` → `wss://host/v1/realtime`)."""
-    if configured:
-        return configured
-    base = llm_base_url.rstrip("/")
-    scheme, _, rest = base.partition("://")
-    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/realtime"
+__all__ = ["run_realtime_step"]
 
 
 class _Reply:

@@ -8,6 +8,7 @@ import pytest
 
 from ivr.config import Settings
 from ivr.errors import ConfigError
+from ivr.llm.realtime_wire import realtime_url
 
 FILE = """
 server: {port: 9090, default_flow: concierge}
@@ -48,6 +49,24 @@ def test_bad_environment_values_are_clear() -> None:
         Settings.from_env({"IVR_PORT": "x"})
     with pytest.raises(ConfigError, match="IVR_LLM_BASE_URL must be an http"):
         Settings.from_env({"IVR_LLM_BASE_URL": "ftp://x"})
+
+
+def test_stt_api_takes_realtime_and_names_the_choices() -> None:
+    """IVR_STT_API: transcriptions by default; realtime (streaming) is one of the choices."""
+    assert Settings.from_env({}).stt_api == "transcriptions"
+    assert Settings.from_env({"IVR_STT_API": "realtime"}).stt_api == "realtime"
+    with pytest.raises(ConfigError, match="IVR_STT_API='stream' must be one of "
+                                          "transcriptions, chat, realtime"):
+        Settings.from_env({"IVR_STT_API": "stream"})
+
+
+def test_realtime_url_is_the_setting_else_derived_from_the_base_url() -> None:
+    """IVR_REALTIME_URL when set; else the provider's base URL as a WebSocket URL."""
+    assert realtime_url("wss://rt.example/v1/realtime", "https://x/v1") == (
+        "wss://rt.example/v1/realtime")
+    assert realtime_url(None, "https://api.openai.com/v1/") == (
+        "wss://api.openai.com/v1/realtime")
+    assert realtime_url(None, "http://127.0.0.1:8000/v1") == "ws://127.0.0.1:8000/v1/realtime"
 
 
 def test_llm_budget_per_call_defaults_and_bounds() -> None:
