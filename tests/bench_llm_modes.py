@@ -1,6 +1,6 @@
 """Voice-to-voice of the three `llm` modes against the test servers' fixed delays.
 
-    PYTHONPATH=. .venv/bin/python -m tests.bench_llm_modes [--calls N] [--concurrency C]
+    .venv/bin/python -m tests.bench_llm_modes [--calls N] [--concurrency C]   # repo root
 
 A benchmark, not a test: it prints figures and the command that reproduces them, and
 asserts nothing about them. It lives under `tests/` (not `ivr bench`) because it runs the
@@ -86,7 +86,7 @@ ENGINES: Final = {
     "pipeline-remote": f"remote STT ({STT_MS} ms) → text model → remote TTS "
                        f"({TTS_FIRST_BYTE_MS} ms to first byte)",
     "audio": "GPT-4o audio in and out (/chat/completions)",
-    "realtime": f"Realtime WebSocket, µ-law both ways (server VAD {VAD_SILENCE_MS} ms)",
+    "realtime": "Realtime WebSocket, µ-law both ways, the provider's VAD",
 }
 STAGES: Final = ("end of speech -> decision", "decision -> recognized",
                  "decision -> model first token", "first token -> first reply frame")
@@ -268,7 +268,8 @@ def report(results: dict[str, list[Sample]], command: str, concurrency: int,
         cells = []
         for stage in STAGES:
             values = [s.stages[stage] for s in samples if stage in s.stages]
-            cells.append(f"{percentile(values, 50):>32.0f}" if values else f"{'-':>32}")
+            # round() to an int: a pass-through's -0.3 ms (clocks a send apart) shows as 0
+            cells.append(f"{round(percentile(values, 50)):>32d}" if values else f"{'-':>32}")
         lines.append(f"{mode:16} " + "  ".join(cells))
     for samples in results.values():
         lines += [f"  FAILED {s.error}" for s in samples if s.error]
@@ -308,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure("warning", json=False)  # the servers' call logs would bury the table
     started = time.perf_counter()
     results = asyncio.run(bench(modes, args.calls, args.concurrency, args.vad_silence_ms))
-    command = (f"python -m tests.bench_llm_modes --calls {args.calls} "
+    command = (f".venv/bin/python -m tests.bench_llm_modes --calls {args.calls} "
                f"--concurrency {args.concurrency}")
     if modes != list(MODES):
         command += f" --modes {','.join(modes)}"
