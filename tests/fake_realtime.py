@@ -13,7 +13,9 @@ real server refuses unknown parameters, and vice versa.
 What it records: `session_updates`, `audio` (every `input_audio_buffer.append`, decoded),
 `received` (every client event, in order), `response_creates`, `function_outputs`
 (`(call_id, output)`), `cancels`, `truncates` (`(item_id, content_index, audio_end_ms)`),
-`headers` and `query` of each connection. Replies are scripted (`replies`), one per
+`headers` and `query` of each connection, `first_audio_at` (when each reply's first audio
+delta went out; `RealtimeReply.first_delay_s` holds it back: the model's time to first
+audio). Replies are scripted (`replies`), one per
 `response.create` or per simulated caller turn; with none queued a response is empty.
 Faults: `fail_connect` (401), `silent` (no `session.created`), `refuse_session` (an
 `error` for the update, echoing a key as some providers do), `hang_up()` (a normal close),
@@ -36,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -90,6 +93,9 @@ class RealtimeReply:
     # When given, the stream pauses after the first delta until it is set (or the
     # response is cancelled): a reply the caller can be made to talk over.
     hold: asyncio.Event | None = None
+    # The model's time to first audio: a fixed wait before the first audio delta
+    # (cancellable, like `delay_s`); when it went out is kept in `first_audio_at`.
+    first_delay_s: float = 0.0
 
 
 @dataclass
@@ -132,6 +138,7 @@ class FakeRealtime:
         self.transcription = False  # the current connection asked for intent=transcription
         self._buffer = bytearray()  # appended since the last commit
         self._item = ""  # the transcription item being spoken into
+        self.first_audio_at: list[float] = []  # time.monotonic() of each reply's first delta
         self._changed = asyncio.Condition()
         self._ws: web.WebSocketResponse | None = None
         self._request: web.Request | None = None
@@ -416,14 +423,16 @@ class FakeRealtime:
                           "output_index": 0, "item": item})
         await self._send({"type": "response.content_part.added", **part,
                           "part": {"type": "audio", "transcript": ""}})
+        if reply.first_delay_s and await self._cancelled(None, reply.first_delay_s):
+            return await self._incomplete(rid, item)
         for n, i in enumerate(range(0, len(reply.audio), reply.chunk)):
             chunk = reply.audio[i : i + reply.chunk]
+            if n == 0:
+                self.first_audio_at.append(time.monotonic())
             await self._send({"type": "response.output_audio.delta", **part,
                               "delta": base64.b64encode(chunk).decode()})
             if await self._cancelled(reply.hold if n == 0 else None, reply.delay_s):
-                await self._send({"type": "response.output_item.done", "response_id": rid,
-                                  "output_index": 0, "item": {**item, "status": "incomplete"}})
-                return {**item, "status": "incomplete"}, "cancelled"
+                return await self._incomplete(rid, item)
         await self._send({"type": "response.output_audio_transcript.delta", **part,
                           "delta": reply.transcript})
         await self._send({"type": "response.output_audio_transcript.done", **part,
@@ -435,6 +444,13 @@ class FakeRealtime:
         await self._send({"type": "response.output_item.done", "response_id": rid,
                           "output_index": 0, "item": item})
         return item, "completed"
+
+    async def _incomplete(self, rid: str, item: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """A reply cancelled before its end: its item closed as incomplete."""
+        item = {**item, "status": "incomplete"}
+        await self._send({"type": "response.output_item.done", "response_id": rid,
+                          "output_index": 0, "item": item})
+        return item, "cancelled"
 
     async def _cancelled(self, hold: asyncio.Event | None, delay_s: float) -> bool:
         """Wait out the pause (until `hold` is set, or `delay_s`); True when a cancel
