@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -125,6 +125,9 @@ class RealtimeStep:
         self.turn: TurnRecord | None = None  # the caller's turn awaiting its words
         self.session: RealtimeSession | None = None
         self.barge_ins = 0
+        # The responses asked for and not yet done, oldest first (an llm span each): the
+        # provider answers in order, and a response's `done` may come after the next ask.
+        self.laps: deque[SpanTimer] = deque()
 
     # ------------------------------------------------------------------ the step
 
@@ -146,6 +149,7 @@ class RealtimeStep:
         inbound = call.inbound
         inbound.tap, inbound.on_voice = session.append_audio, self._caller_spoke
         try:
+            self.laps.append(call.span("llm"))
             await session.respond()  # the model opens the conversation
             async for event in session.events():
                 done = await self._handle(event)
@@ -154,12 +158,17 @@ class RealtimeStep:
             return engine.AgentDone(False, "error", "realtime session ended")
         finally:
             inbound.tap = inbound.on_voice = None
+            for lap in self.laps:  # asked, never answered: the step ended first
+                lap.span["error"] = "unanswered"
+                lap.done(self.model)
             await self._end_reply()
             await session.close()
 
     async def _handle(self, event: RealtimeEvent) -> engine.AgentDone | None:
         call = self.call
         if isinstance(event, AudioDelta):
+            if self.laps:
+                self.laps[0].first()
             self._play(event)
         elif isinstance(event, AudioDone):
             if self.reply is not None and self.reply.item_id == event.item_id:
@@ -176,6 +185,8 @@ class RealtimeStep:
         elif isinstance(event, FunctionCall):
             return await self._function(event)
         elif isinstance(event, ResponseDone):
+            if self.laps:
+                self.laps.popleft().done(self.model)
             call.record.usage.add("llm", self.model, {**usage_units(event.usage), "requests": 1})
         elif isinstance(event, RealtimeError):
             call.stats["realtime_errors"] += 1
@@ -248,6 +259,7 @@ class RealtimeStep:
         turn.timings["endpoint"] = record.ms()
         record.read_free(engine.Speech(""))
         self.turn = turn
+        self.laps.append(self.call.span("llm"))  # the provider answers the turn just ended
 
     def _caller_words(self, text: str) -> None:
         turn = self.turn
@@ -285,6 +297,7 @@ class RealtimeStep:
         found = {k.replace(".", "__"): v for k, v in self.vars.items()}
         if self.runner.agent_update(dict(self.tools.slots), found):
             return engine.AgentDone(True, "exit")
+        self.laps.append(call.span("llm"))
         await session.send_function_result(event.call_id, json.dumps(result))
         return None
 

@@ -193,6 +193,11 @@ async def test_realtime_concierge_books_with_mulaw_passed_through(tmp_path: Path
     assert any(turn["input_text"] == "I'd like a cleaning on " + day for turn in record["turns"])
     usage = {(u["role"], u["engine"]): u["units"] for u in record["stats"]["usage"]}
     assert usage[("llm", "gpt-realtime")]["audio_out"] > 0
+    # Each response the model gave is an llm span: asked, first audio, done.
+    llm = [sp for turn in record["turns"] for sp in turn["spans"] if sp["stage"] == "llm"]
+    assert llm and all(sp["provider"] == "gpt-realtime" and sp["start"] <= sp["end"]
+                       for sp in llm)
+    assert any("first" in sp for sp in llm)
 
 
 async def test_realtime_barge_in_cancels_clears_truncates_and_a_drop_falls_back(
