@@ -145,7 +145,8 @@ class CallSession:
             if not runner.done and not self._failed:
                 runner.handle(engine.CallerHangup())
             tasks = [t for t in (self._conductor, *self.speaker.running(),
-                                 *self.inbound.running()) if t is not None and not t.done()]
+                                 *self.inbound.running(), *self.answers.running())
+                     if t is not None and not t.done()]
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
