@@ -114,14 +114,15 @@ def _guessed(found: Closeness) -> str:
     return f"; not in the dictionary, pronunciation guessed: {listed}"
 
 
-def _fix(near: str, far: str, answer: _Answer, other: _Answer, safe: Sequence[str],
-         free_key: str | None) -> str:
-    """How to tell `far` (of `answer`) from `near` (of `other`): drop it when the answer
-    has other words that are safe, else a different word; and a key."""
+def _fix(near: str, far: str, answer: _Answer, safe: Sequence[str], free_key: str | None) -> str:
+    """How to tell `far` (a word of `answer`) from `near`: drop it when the answer has
+    words that sound like no other answer, else a different word; and a key."""
     if safe:
         kept = " or ".join(f'"{w}"' for w in safe)
-        word = f'drop "{far}" (callers can still say {kept}) or use a word that sounds ' \
-               f'less like "{near}"'
+        word = (
+            f'drop "{far}" (callers can still say {kept}) or use a word that sounds less '
+            f'like "{near}"'
+        )
     else:
         word = f'say {answer.name} with a word that sounds less like "{near}"'
     if answer.key is not None:
@@ -146,17 +147,17 @@ def _confusions(listening: _Listening) -> Iterator[Finding]:
             found = closeness(wa, wb)
             if found.confusable:
                 close[(i, k, j, m)] = found
+    unclear = {(i, k) for (i, k, _, _) in close} | {(j, m) for (_, _, j, m) in close}
     for (i, k, j, m), found in close.items():
         a, b = answers[i], answers[j]
         wa, wb = a.words[k], b.words[m]
-        unclear_b = {mm for (ii, _, jj, mm) in close if (ii, jj) == (i, j)}
-        safe = [w for n, w in enumerate(b.words) if n not in unclear_b]
+        safe = [w for n, w in enumerate(b.words) if (j, n) not in unclear]
         yield Finding(
             b.locs[m],
             f"{listening.who}: {_said(found.first, wa)} and {_said(found.second, wb)} sound "
             f"alike on the phone (distance {found.distance:.2f}, under "
             f"{CONFUSABLE_BELOW}){_guessed(found)}",
-            _fix(wa, wb, b, a, safe, _free_key(answers)),
+            _fix(wa, wb, b, safe, _free_key(answers)),
             severity="warning",
         )
 
