@@ -28,7 +28,7 @@ check the file against `flows/schema.json`, which `python -m ivr.flows.schema` w
         type: choice
         choices:
           - {value: inside, words: [inside, indoors], key: "1"}
-          - {value: terrace, words: [terrace, outside], key: "2"}
+          - {value: terrace, words: [terrace, patio], key: "2"}  # not "outside": like "inside"
     steps:
       greet:
         say: "Good {{ 'morning' if now.hour < 12 else 'day' }}, this is Acme."   # template
