@@ -179,7 +179,15 @@ the targets between them), `flow` (the whole file). Import from `ivr.flows.model
 from __future__ import annotations
 
 from ivr.flows.model.base import FlowModel, Loc, Text, Value
-from ivr.flows.model.flow import DEFAULT_TIMEZONE, Engines, Flow, TemplateKind, TemplateUse, Voice
+from ivr.flows.model.flow import (
+    DEFAULT_TIMEZONE,
+    Certainty,
+    Engines,
+    Flow,
+    TemplateKind,
+    TemplateUse,
+    Voice,
+)
 from ivr.flows.model.slots import SLOT_TYPES, ChoiceOption, SlotDef, SlotType
 from ivr.flows.model.steps import (
     STEP_KIND_ERROR,
@@ -223,6 +231,7 @@ __all__ = [
     "BranchCase",
     "BranchStep",
     "CallStep",
+    "Certainty",
     "Choice",
     "ChoiceOption",
     "DtmfOptions",
