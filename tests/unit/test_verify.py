@@ -224,6 +224,30 @@ def test_a_caller_who_keeps_rejecting_the_check_reaches_the_fallback() -> None:
     assert texts(out) == ["Goodbye."]
 
 
+NAME = """
+name: name
+start: name
+slots:
+  name: {type: text}
+steps:
+  name: {ask: "Your name?", slot: name, verify: VERIFY, next: bye}
+  bye: {hangup: Thanks.}
+"""
+
+
+def test_auto_leaves_free_speech_unchecked() -> None:
+    run = FlowRunner(load_flow_text(NAME.replace("VERIFY", "auto")), now=lambda: NOW)
+    run.start()
+    run.handle(Speech("jane doe", 0.007))
+    assert run.slots["name"].text == "jane doe"
+
+
+def test_always_checks_free_speech() -> None:
+    run = FlowRunner(load_flow_text(NAME.replace("VERIFY", "always")), now=lambda: NOW)
+    run.start()
+    assert texts(run.handle(Speech("jane doe", SURE)))[0].startswith("Jane doe, right?")
+
+
 # -------------------------------------------------------- read-back `confirm`
 
 READ_BACK = """

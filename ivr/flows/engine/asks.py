@@ -168,11 +168,16 @@ class AskVisit:
                                                                 commits=False))
 
     def _check_needed(self, event: Speech, answer: Choice | SlotValue) -> bool:
+        verify = self.step.verify
+        if self.slot is not None and self.slot.type == "text":
+            # Free speech has no grammar to mistake one answer for another in, and its
+            # score is on another scale (a name scores ~0.007 on the phone): the flow's
+            # own `confirm` reads it back; only `always` checks it.
+            return verify == "always"
         # The commit thresholds hold whatever `verify` says; flows lower them to opt out.
         if self.stakes.commits(self.step, answer) and not sure(
                 event, self.certainty, commits=True):
             return True
-        verify = self.step.verify
         return verify == "always" or (verify == "auto" and not sure(
             event, self.certainty, commits=False))
 
