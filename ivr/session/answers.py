@@ -27,6 +27,13 @@ T = TypeVar("T")
 WithFiller = Callable[[Coroutine[Any, Any, T]], Coroutine[Any, Any, T]]
 
 
+def _margin(rec: Recognition) -> float | None:
+    """The lead of `rec` over the next-best hypothesis (0..1), when its engine ranks them
+    (`extra["margin"]`); None otherwise: the flow then judges by the confidence alone."""
+    margin = rec.extra.get("margin")
+    return float(margin) if isinstance(margin, int | float) else None
+
+
 class Answers:
     def __init__(
         self, settings: Settings, inbound: Inbound, speaker: Speaker, record: CallRecord,
@@ -88,7 +95,7 @@ class Answers:
             audio = bytes(captured) if captured is not None else None
             if rec is None:
                 return engine.Speech("", 0.0, audio=audio)
-            return engine.Speech(rec.text, rec.confidence, audio=audio)
+            return engine.Speech(rec.text, rec.confidence, margin=_margin(rec), audio=audio)
 
     async def _recognize(self) -> Recognition | None:
         task = self.inbound.claim_utterance()
