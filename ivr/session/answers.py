@@ -28,6 +28,13 @@ T = TypeVar("T")
 WithFiller = Callable[[Coroutine[Any, Any, T]], Coroutine[Any, Any, T]]
 
 
+def _margin(rec: Recognition) -> float | None:
+    """The lead of `rec` over the next-best hypothesis (0..1), when its engine ranks them
+    (`extra["margin"]`); None otherwise: the flow then judges by the confidence alone."""
+    margin = rec.extra.get("margin")
+    return float(margin) if isinstance(margin, int | float) else None
+
+
 class Answers:
     def __init__(
         self, settings: Settings, inbound: Inbound, speaker: Speaker, record: CallRecord,
@@ -94,7 +101,7 @@ class Answers:
             turn.timings["recognized"] = record.ms()
             if rec is None:
                 return engine.Speech("", 0.0)
-            return engine.Speech(rec.text, rec.confidence)
+            return engine.Speech(rec.text, rec.confidence, margin=_margin(rec))
 
     def _words_later(self, turn: TurnRecord) -> None:
         async def words() -> None:
