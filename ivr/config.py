@@ -47,6 +47,7 @@ _ENV: dict[str, str] = {
     # Personal data (docs/security.md)
     "redact_digits": "IVR_REDACT_DIGITS",
     "retention_days": "IVR_RETENTION_DAYS",
+    "demo_seed": "IVR_DEMO_SEED",
     "log_level": "IVR_LOG_LEVEL",
     "api_token": "IVR_API_TOKEN",
     "metrics_token": "IVR_METRICS_TOKEN",
@@ -167,6 +168,9 @@ class Settings:
     # in stored turns and in logs; purge turns older than this many days (0: keep them).
     redact_digits: bool = False
     retention_days: int = 0
+    # A new SQLite database (no services yet) gets the demo business the shipped flows
+    # book and look up (`tools.seed`) at start-up; PostgreSQL never does implicitly.
+    demo_seed: bool = True
     log_level: str = "info"
     # Operators' routes (/api, /dashboard, /metrics, /healthz detail): with a token, a
     # bearer or the dashboard's sign-in; without one, only a client on this machine.

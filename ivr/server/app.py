@@ -23,7 +23,7 @@ from aiohttp import web
 from ivr.analytics import api, dashboard
 from ivr.analytics.metrics import METRICS, metrics_handler
 from ivr.analytics.pricing import Pricing
-from ivr.config import Settings
+from ivr.config import Settings, env_var, is_database_url
 from ivr.errors import SpeechError, StoreError
 from ivr.flows.library import FlowLibrary
 from ivr.llm.client import ChatClient
@@ -48,6 +48,7 @@ from ivr.store.queue import RETRYABLE, spill_path
 from ivr.telephony import handler, twiml
 from ivr.tools.base import Tool
 from ivr.tools.registry import default_registry
+from ivr.tools.seed import seed_new
 from ivr.tools.webhooks import load_webhooks, webhook_tools
 
 log = structlog.get_logger("ivr.server.app")
@@ -61,8 +62,30 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         queue_max=s.db_queue_max, spill=spill_path(s.db, s.speech_cache_dir))
     # A stream token is spent once across every process on this database.
     services.stream_tokens.marks = services.store
+    await _demo_seed(services.store, s)  # before any call is admitted
     yield
     await services.store.close()  # queued writes land or spill first
+
+
+async def _demo_seed(store: CallStore, s: Settings) -> None:
+    """A new SQLite database gets the demo business, so `ivr serve` books a cleaning out of
+    the box; a PostgreSQL store is shared and operator-run, never seeded implicitly."""
+    if not s.demo_seed:
+        return
+    try:
+        if is_database_url(s.db):
+            if await store.db.fetchone("SELECT 1 FROM services LIMIT 1") is None:
+                log.info("demo_not_seeded", reason="a PostgreSQL store is never seeded "
+                         "implicitly", hint="ivr db seed --db URL inserts the demo business")
+            return
+        counts = await seed_new(store.db)
+    except StoreError as exc:  # the calls that need no services still work
+        log.warning("demo_seed_failed", error=str(exc))
+        return
+    if counts is not None:
+        log.info("demo_seeded", db=str(s.db), **counts,
+                 hint=f"a new database gets the demo business; {env_var('demo_seed')}=0 "
+                      "turns this off")
 
 
 def _instance_id() -> str:
