@@ -27,6 +27,7 @@ import structlog
 
 from ivr.audio.player import Prompt
 from ivr.config import Settings
+from ivr.dialog.agent_step import step_instructions
 from ivr.dialog.port import ToolRun
 from ivr.flows import engine
 from ivr.llm.client import ToolCallDone
@@ -112,12 +113,7 @@ class RealtimeStep:
         self.vars: dict[str, Any] = {}
         self.called: list[str] = []
         slots: dict[str, str] = {}
-        system = action.system
-        if action.slots:
-            system += ("\nUse set_slot to record what the caller tells you: "
-                       + ", ".join(action.slots) + ".")
-        system += f"\nToday is {runner.now().date().isoformat()}; give dates as YYYY-MM-DD."
-        self.system = system
+        self.system = system = step_instructions(action, runner)
         self.step = AgentStep(system_prompt=system, tools=action.tools,
                               max_rounds=action.max_rounds, slot_names=action.slots)
         self.tools = StepTools(registry, self.step, slots, stopwatch=call.span)
