@@ -101,7 +101,10 @@ class Answers:
             turn.timings["recognized"] = record.ms()
             if rec is None:
                 return engine.Speech("", 0.0)
-            return engine.Speech(rec.text, rec.confidence, margin=_margin(rec))
+            # An engine that gives no score is taken at its word (the certainty
+            # thresholds are on the embedded recognizer's scale).
+            confidence = 1.0 if rec.confidence is None else rec.confidence
+            return engine.Speech(rec.text, confidence, margin=_margin(rec))
 
     def _words_later(self, turn: TurnRecord) -> None:
         async def words() -> None:

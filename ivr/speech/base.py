@@ -19,7 +19,10 @@ class Recognition:
     """The final result of one utterance."""
 
     text: str
-    confidence: float = 0.0
+    # The engine's own score (pocketsphinx's posterior); None: the engine gives none
+    # (the remote ones), and the flow's certainty thresholds, which are measured on
+    # pocketsphinx's scale, do not apply to it.
+    confidence: float | None = None
     engine: str = ""
     audio_seconds: float = 0.0
     cpu_seconds: float = 0.0
