@@ -98,7 +98,9 @@ def test_grammar_to_jsgf_shape() -> None:
     assert "<lead> = i'd like | i would like;" in lines
     assert "<trail> = please;" in lines
     assert lines[-1] == (
-        "public <answer> = [ <lead> ] ( sales | technical support | press one ) [ <trail> ];"
+        "public <answer> = /1/ ( /20/ <NULL> | /1/ <lead> ) "
+        "( sales | technical support | press one ) ( /20/ <NULL> | /1/ <trail> ) "
+        "| /1/ <garbage>;"
     )
 
 
@@ -116,7 +118,7 @@ def test_grammar_without_speakable_phrases_is_an_error() -> None:
 
 
 def test_fillers_outside_vocabulary_are_left_out() -> None:
-    jsgf = grammar_to_jsgf(Grammar(("sales",)), frozenset({"sales"}))
+    jsgf = grammar_to_jsgf(Grammar(("sales",)), frozenset({"sales"}), garbage=False)
     assert "<lead>" not in jsgf and "<trail>" not in jsgf
     assert jsgf.splitlines()[-1] == "public <answer> = ( sales );"
     custom = grammar_to_jsgf(
@@ -221,10 +223,13 @@ async def test_grammar_recognizes_menu_phrases(pool: RecognizerPool) -> None:
             assert 0 < result.cpu_seconds < result.audio_seconds
 
 
-def test_default_grammar_has_no_fillers() -> None:
-    """Fillers cost accuracy on phone audio (see LEAD_FILLERS), so none by default."""
+def test_default_grammar_weighs_carrier_words_against_the_bare_answer() -> None:
+    """Unweighted fillers cost accuracy on phone audio (see LEAD_FILLERS): the default
+    carrier words are optional at 20:1 odds for the bare answer."""
     jsgf = grammar_to_jsgf(Grammar(("Sales", "Billing")), VOCAB)
-    assert jsgf.splitlines()[-1] == "public <answer> = ( sales | billing );"
+    assert "( /20/ <NULL> | /1/ <lead> ) ( sales | billing ) ( /20/ <NULL> | /1/ <trail> )" in (
+        jsgf.splitlines()[-1]
+    )
 
 
 async def test_language_model_returns_text(pool: RecognizerPool) -> None:
@@ -427,8 +432,10 @@ def test_raw_jsgf_grammar_is_used_as_given() -> None:
     """A structured grammar (dates, digit strings) passes through; its hypothesis is the text."""
     jsgf = "#JSGF V1.0;\ngrammar g;\npublic <answer> = <d> <d>;\n<d> = one | two;\n"
     compiled = compile_grammar(Grammar(jsgf=jsgf), VOCAB)
-    assert compiled.jsgf == jsgf
+    assert compiled.jsgf.startswith(jsgf.replace("public <answer> =", "<gbg_said> ="))
+    assert compiled.jsgf.endswith("public <answer> = /1/ <gbg_said> | /1/ <garbage>;\n")
     assert compiled.match("one two") == "one two"
+    assert compiled.match("gbg_w gbg_ah") is None  # the garbage path: out of grammar
     assert compiled.match("") is None
 
 
