@@ -209,7 +209,9 @@ def compile_grammar(
         body += " " + _optional("<trail>")
     if garbage:
         lines.extend(garbage_rules())
-        body = f"/1/ {body} | /1/ <garbage>"
+        # Each phrase gets 1/len(phrases) of its branch: the garbage branch is scaled the
+        # same way, or a long list (the compact times) loses its answers to it.
+        body = f"/{len(phrases)}/ {body} | /1/ <garbage>"
     lines.append(f"public <answer> = {body};")
     meaning = {p: group[0] for group in grammar.answers for p in group}
     return CompiledGrammar(
