@@ -98,7 +98,7 @@ def test_grammar_to_jsgf_shape() -> None:
     assert "<lead> = i'd like | i would like;" in lines
     assert "<trail> = please;" in lines
     assert lines[-1] == (
-        "public <answer> = /1/ ( /20/ <NULL> | /1/ <lead> ) "
+        "public <answer> = /3/ ( /20/ <NULL> | /1/ <lead> ) "
         "( sales | technical support | press one ) ( /20/ <NULL> | /1/ <trail> ) "
         "| /1/ <garbage>;"
     )
