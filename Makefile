@@ -26,6 +26,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ivr demo
 
+# On a new ./ivr.db the server seeds the demo business (services, accounts, orders) the
+# shipped flows use, so a call can book a cleaning at once; IVR_DEMO_SEED=0 starts it empty.
 serve: $(STAMP)
 	$(BIN)/ivr serve
 

@@ -40,12 +40,14 @@ _ENV: dict[str, str] = {
     "mark_grace_ms": "IVR_MARK_GRACE_MS",
     "recognition_timeout_ms": "IVR_RECOGNITION_TIMEOUT_MS",
     "endpoint_complete_ms": "IVR_ENDPOINT_COMPLETE_MS",
+    "barge_in": "IVR_BARGE_IN",
     "recognizer_wait_ms": "IVR_RECOGNIZER_WAIT_MS",
     "recognizer_hold_ms": "IVR_RECOGNIZER_HOLD_MS",
     "recognizer_slots": "IVR_RECOGNIZER_SLOTS",
     # Personal data (docs/security.md)
     "redact_digits": "IVR_REDACT_DIGITS",
     "retention_days": "IVR_RETENTION_DAYS",
+    "demo_seed": "IVR_DEMO_SEED",
     "log_level": "IVR_LOG_LEVEL",
     "api_token": "IVR_API_TOKEN",
     "metrics_token": "IVR_METRICS_TOKEN",
@@ -99,6 +101,8 @@ BUSY_MODES = ("message", "reject")
 # How an `llm` step talks (a flow's `engines.llm_mode` wins): recognizer → text model →
 # synthesizer; GPT-4o audio in and out through /chat/completions; or a Realtime session.
 LLM_MODES = ("pipeline", "audio", "realtime")
+BARGE_IN_MODES = ("vad", "words")
+STT_APIS = ("transcriptions", "chat", "realtime")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 # Server processes one supervisor runs (IVR_PROCESSES): past a few per core they only
 # compete for it; this bound catches a typo (80 for 8), not a policy.
@@ -145,6 +149,11 @@ class Settings:
     # whole answer for the step's grammar, this much silence ends the caller's turn
     # instead of the step's full end-of-speech time (0: always the full time).
     endpoint_complete_ms: int = 250
+    # What may cut a prompt that allows barge-in (a flow's `engines.barge_in` wins):
+    # "vad": any speech webrtcvad hears, at once; "words": only speech that is believably
+    # a word (`session.inbound`), so a cough or line noise does not, at the price of the
+    # word's first ~100-300 ms.
+    barge_in: str = "vad"
     # An utterance that waits this long for a free recognizer worker is a no-match (the
     # flow's retry or keypad path takes over) rather than a turn that waits on every call.
     recognizer_wait_ms: int = 5000
@@ -159,6 +168,9 @@ class Settings:
     # in stored turns and in logs; purge turns older than this many days (0: keep them).
     redact_digits: bool = False
     retention_days: int = 0
+    # A new SQLite database (no services yet) gets the demo business the shipped flows
+    # book and look up (`tools.seed`) at start-up; PostgreSQL never does implicitly.
+    demo_seed: bool = True
     log_level: str = "info"
     # Operators' routes (/api, /dashboard, /metrics, /healthz detail): with a token, a
     # bearer or the dashboard's sign-in; without one, only a client on this machine.
@@ -225,8 +237,10 @@ class Settings:
     db_queue_max: int = 1000
     # Remote OpenAI-compatible engines (IVR_STT_*, IVR_TTS_*, IVR_LLM_*): None = embedded.
     stt: ProviderConfig | None = None
-    # How the remote recognizer is asked: /audio/transcriptions (whisper-1,
-    # gpt-4o-transcribe, ...) or "chat": GPT-4o audio via /chat/completions input_audio.
+    # How the remote recognizer is asked (STT_APIS): /audio/transcriptions (whisper-1,
+    # gpt-4o-transcribe, ...), "chat": GPT-4o audio via /chat/completions input_audio, or
+    # "realtime": a Realtime transcription session streamed as the caller speaks
+    # (IVR_REALTIME_URL, else the STT base URL's /realtime), with partial transcripts.
     stt_api: str = "transcriptions"
     tts: ProviderConfig | None = None
     # A remote synthesis with no audio this long after it was asked for is abandoned for
@@ -289,8 +303,11 @@ class Settings:
         if self.realtime_url and not self.realtime_url.startswith(("ws://", "wss://")):
             raise ConfigError(f"IVR_REALTIME_URL={self.realtime_url!r} must start with "
                               "wss:// (or ws://)")
-        if self.stt_api not in ("transcriptions", "chat"):
-            raise ConfigError(f"IVR_STT_API={self.stt_api!r} must be transcriptions or chat")
+        if self.stt_api not in STT_APIS:
+            raise ConfigError(f"IVR_STT_API={self.stt_api!r} must be one of "
+                              f"{', '.join(STT_APIS)}")
+        if self.barge_in not in BARGE_IN_MODES:
+            raise ConfigError(f"IVR_BARGE_IN={self.barge_in!r} must be vad or words")
         if not 20 <= self.lead_ms <= 1000:
             raise ConfigError(f"IVR_PLAYER_LEAD_MS={self.lead_ms} must be within 20..1000 ms")
         if not 1 <= self.processes <= MAX_PROCESSES:

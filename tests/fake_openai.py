@@ -16,7 +16,8 @@ Speech-to-speech: a request with `modalities` holding "audio" is answered from a
 `audio` (PCM16 24 kHz) as `delta.audio` chunks, each its own base64 piece (as OpenAI
 sends them) with a share of `audio_transcript`; the provider's `audio_id` on the first and
 `expires_at` on the last. `audio_hold` stops the stream after `audio_hold_after` chunks
-until it is set, so a test can act while the reply is provably unfinished.
+until it is set, so a test can act while the reply is provably unfinished. `first_delay_s`
+holds a streamed reply's first chunk back by a fixed time (the model's time to first token).
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ class ChatReply:
     audio_hold: asyncio.Event | None = None  # wait for it after `audio_hold_after` chunks
     audio_hold_after: int = 1
     audio_bad_chunks: tuple[int, ...] = ()  # these chunks' data is sent as invalid base64
+    # Streaming: the model's time to first token, a fixed wait after the response headers
+    # and before the first chunk (`python -m tests.bench_llm_modes` compares modes at one).
+    first_delay_s: float = 0.0
 
 
 def tone_pcm(seconds: float, rate: int = 24000, freq: float = 440.0) -> bytes:
@@ -275,6 +279,8 @@ class FakeOpenAI:
             await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
         self.chat_stream_started.append(time.monotonic())
+        if reply.first_delay_s:
+            await asyncio.sleep(reply.first_delay_s)
         await send({"role": "assistant", "content": ""})
         sent = ""
         paused = False

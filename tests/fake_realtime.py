@@ -13,12 +13,24 @@ real server refuses unknown parameters, and vice versa.
 What it records: `session_updates`, `audio` (every `input_audio_buffer.append`, decoded),
 `received` (every client event, in order), `response_creates`, `function_outputs`
 (`(call_id, output)`), `cancels`, `truncates` (`(item_id, content_index, audio_end_ms)`),
-`headers` and `query` of each connection. Replies are scripted (`replies`), one per
+`headers` and `query` of each connection, `first_audio_at` (when each reply's first audio
+delta went out; `RealtimeReply.first_delay_s` holds it back: the model's time to first
+audio). Replies are scripted (`replies`), one per
 `response.create` or per simulated caller turn; with none queued a response is empty.
 Faults: `fail_connect` (401), `silent` (no `session.created`), `refuse_session` (an
 `error` for the update, echoing a key as some providers do), `hang_up()` (a normal close),
 `drop()` (the socket closed without a close frame), `send_error()`, `send_raw()`
 (anything, malformed frames too).
+
+Transcription mode: a connection to `?intent=transcription` is a transcription session,
+set up by a `session.update` of `type: "transcription"` (beta: `transcription_session.update`,
+answered `transcription_session.created` / `.updated`; either dialect refuses the other's
+shape and the conversation shape). Its audio is 24 kHz PCM16 (in `audio`, and per
+committed buffer in `committed`). On `input_audio_buffer.commit` (100 ms or more, as the
+real API wants) it answers `committed`, then the next scripted `TranscriptReply`
+(`transcripts`): its deltas, then `completed` with its usage, or `failed`; its `hold`
+delays the completed event until set. `transcript_delta()` sends a delta at any time,
+as a streaming transcriber does while the caller speaks.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -35,7 +48,8 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
-__all__ = ["DEFAULT_USAGE", "FakeRealtime", "RealtimeReply", "start_fake_realtime"]
+__all__ = ["DEFAULT_USAGE", "TRANSCRIPTION_USAGE", "FakeRealtime", "RealtimeReply",
+           "TranscriptReply", "start_fake_realtime"]
 
 DEFAULT_USAGE: dict[str, Any] = {
     "total_tokens": 180, "input_tokens": 120, "output_tokens": 60,
@@ -45,6 +59,13 @@ DEFAULT_USAGE: dict[str, Any] = {
     },
     "output_token_details": {"text_tokens": 15, "audio_tokens": 45},
 }
+
+# A transcription's usage as gpt-4o-transcribe reports it (tokens).
+TRANSCRIPTION_USAGE: dict[str, Any] = {
+    "type": "tokens", "total_tokens": 31, "input_tokens": 25, "output_tokens": 6,
+    "input_token_details": {"text_tokens": 7, "audio_tokens": 18},
+}
+_COMMIT_MIN_BYTES = 24000 * 2 // 10  # 100 ms of 24 kHz PCM16
 
 # GA name → beta name, where they differ.
 _BETA_NAMES = {
@@ -72,6 +93,26 @@ class RealtimeReply:
     # When given, the stream pauses after the first delta until it is set (or the
     # response is cancelled): a reply the caller can be made to talk over.
     hold: asyncio.Event | None = None
+    # The model's time to first audio: a fixed wait before the first audio delta
+    # (cancellable, like `delay_s`); when it went out is kept in `first_audio_at`.
+    first_delay_s: float = 0.0
+
+
+@dataclass
+class TranscriptReply:
+    """What the next committed buffer is transcribed as."""
+
+    text: str = ""
+    deltas: list[str] | None = None  # None: the text word by word
+    usage: dict[str, Any] | None = None  # on the completed event; None: no usage key
+    hold: asyncio.Event | None = None  # the completed event waits until it is set
+    fail: str | None = None  # an error code: `failed` instead of `completed`
+
+    def pieces(self) -> list[str]:
+        if self.deltas is not None:
+            return self.deltas
+        words = self.text.split(" ")
+        return [w if i == 0 else f" {w}" for i, w in enumerate(words)] if self.text else []
 
 
 class FakeRealtime:
@@ -92,6 +133,12 @@ class FakeRealtime:
         self.headers: list[dict[str, str]] = []
         self.query: list[dict[str, str]] = []
         self.responses_done: list[str] = []  # the status of each response.done sent
+        self.transcripts: deque[TranscriptReply] = deque()
+        self.committed: list[bytes] = []  # a transcription session's buffer at each commit
+        self.transcription = False  # the current connection asked for intent=transcription
+        self._buffer = bytearray()  # appended since the last commit
+        self._item = ""  # the transcription item being spoken into
+        self.first_audio_at: list[float] = []  # time.monotonic() of each reply's first delta
         self._changed = asyncio.Condition()
         self._ws: web.WebSocketResponse | None = None
         self._request: web.Request | None = None
@@ -106,6 +153,11 @@ class FakeRealtime:
         return app
 
     # --- test-side controls -----------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """A client's socket is open now."""
+        return self._ws is not None and not self._ws.closed
 
     async def wait_until(self, check: Callable[[FakeRealtime], bool]) -> None:
         """Until `check(fake)` holds (re-checked on every client event and response);
@@ -141,6 +193,12 @@ class FakeRealtime:
         await self._send({"type": "input_audio_buffer.speech_started",
                           "audio_start_ms": start, "item_id": item_id or self._id("item")})
 
+    async def transcript_delta(self, text: str) -> None:
+        """A transcript delta for the audio being appended (before any commit)."""
+        self._item = self._item or self._id("item")
+        await self._send({"type": "conversation.item.input_audio_transcription.delta",
+                          "item_id": self._item, "content_index": 0, "delta": text})
+
     async def send_error(self, code: str, message: str) -> None:
         await self._send({"type": "error", "event_id": self._id("event"), "error": {
             "type": "invalid_request_error", "code": code, "message": message, "param": None,
@@ -175,6 +233,8 @@ class FakeRealtime:
     async def _connect(self, request: web.Request) -> web.StreamResponse:
         self.headers.append(dict(request.headers))
         self.query.append(dict(request.query))
+        self.transcription = request.query.get("intent") == "transcription"
+        self._buffer, self._item = bytearray(), ""
         if self.fail_connect:
             body = {"error": {"type": "invalid_request_error", "code": "invalid_api_key",
                               "message": "Incorrect API key provided"}}
@@ -183,14 +243,31 @@ class FakeRealtime:
         await ws.prepare(request)
         self._ws, self._request = ws, request
         if not self.silent:
-            await self._send({"type": "session.created", "session": self._session(request)})
+            await self._send({"type": self._session_event("created"),
+                              "session": self._session(request)})
         async for msg in ws:
             if msg.type is WSMsgType.TEXT:
                 await self._on_event(json.loads(msg.data))
+        await self._notify()  # for `wait_until(lambda f: not f.connected)`
         return ws
+
+    def _session_event(self, what: str) -> str:
+        prefix = "transcription_session" if self.transcription and self.beta else "session"
+        return f"{prefix}.{what}"
 
     def _session(self, request: web.Request) -> dict[str, Any]:
         model = request.query.get("model", "")
+        if self.transcription:
+            vad = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
+                   "silence_duration_ms": 500}
+            if self.beta:
+                return {"id": self._id("sess"), "object": "realtime.transcription_session",
+                        "modalities": ["audio", "text"], "input_audio_format": "pcm16",
+                        "input_audio_transcription": None, "turn_detection": vad}
+            return {"type": "transcription", "object": "realtime.transcription_session",
+                    "id": self._id("sess"), "audio": {"input": {
+                        "format": {"type": "audio/pcm", "rate": 24000},
+                        "transcription": None, "turn_detection": vad}}}
         if self.beta:
             return {"id": self._id("sess"), "object": "realtime.session", "model": model,
                     "modalities": ["text", "audio"], "input_audio_format": "pcm16",
@@ -205,9 +282,17 @@ class FakeRealtime:
         self.received.append(event)
         kind = event.get("type")
         if kind == "input_audio_buffer.append":
-            self.audio += base64.b64decode(event["audio"])
-        elif kind == "session.update":
-            await self._session_update(event.get("session") or {})
+            audio = base64.b64decode(event["audio"])
+            self.audio += audio
+            self._buffer += audio
+        elif kind in ("session.update", "transcription_session.update"):
+            if kind != self._session_event("update"):
+                await self.send_error("invalid_request_error",
+                                      f"Invalid event for this session: '{kind}'.")
+            else:
+                await self._session_update(event.get("session") or {})
+        elif kind == "input_audio_buffer.commit" and self.transcription:
+            await self._commit()
         elif kind == "response.create":
             self.response_creates.append(event)
             self._start_response()
@@ -240,11 +325,49 @@ class FakeRealtime:
             await self.send_error("unknown_parameter",
                                   f"Unknown parameter: 'session.{sorted(wrong)[0]}'.")
             return
-        if not self.beta and session.get("type") != "realtime":
-            await self.send_error("missing_required_parameter",
-                                  "Missing required parameter: 'session.type'.")
+        kind = "transcription" if self.transcription else "realtime"
+        if not self.beta and session.get("type") != kind:
+            await self.send_error("invalid_value", f"Invalid value for 'session.type': "
+                                                   f"{session.get('type')!r} (want {kind!r}).")
             return
-        await self._send({"type": "session.updated", "session": session})
+        await self._send({"type": self._session_event("updated"), "session": session})
+
+    # --- transcription ----------------------------------------------------------------
+
+    async def _commit(self) -> None:
+        if len(self._buffer) < _COMMIT_MIN_BYTES:
+            await self.send_error("input_audio_buffer_commit_empty",
+                                  "Error committing input audio buffer: buffer too small.")
+            return
+        item = self._item or self._id("item")
+        self.committed.append(bytes(self._buffer))
+        self._buffer, self._item = bytearray(), ""
+        await self._send({"type": "input_audio_buffer.committed", "item_id": item,
+                          "previous_item_id": None})
+        reply = self.transcripts.popleft() if self.transcripts else TranscriptReply()
+        task = asyncio.create_task(self._transcribe(item, reply))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _transcribe(self, item: str, reply: TranscriptReply) -> None:
+        base = {"item_id": item, "content_index": 0}
+        for piece in reply.pieces():
+            await self._send({"type": "conversation.item.input_audio_transcription.delta",
+                              **base, "delta": piece})
+        if reply.hold is not None:
+            await reply.hold.wait()
+        if reply.fail is not None:
+            await self._send({"type": "conversation.item.input_audio_transcription.failed",
+                              **base, "error": {"type": "transcription_error",
+                                                "code": reply.fail, "message": "failed"}})
+        else:
+            done: dict[str, Any] = {
+                "type": "conversation.item.input_audio_transcription.completed", **base,
+                "transcript": reply.text}
+            if reply.usage is not None:
+                done["usage"] = reply.usage
+            await self._send(done)
+        await self._notify()
 
     # --- responses --------------------------------------------------------------------
 
@@ -300,14 +423,16 @@ class FakeRealtime:
                           "output_index": 0, "item": item})
         await self._send({"type": "response.content_part.added", **part,
                           "part": {"type": "audio", "transcript": ""}})
+        if reply.first_delay_s and await self._cancelled(None, reply.first_delay_s):
+            return await self._incomplete(rid, item)
         for n, i in enumerate(range(0, len(reply.audio), reply.chunk)):
             chunk = reply.audio[i : i + reply.chunk]
+            if n == 0:
+                self.first_audio_at.append(time.monotonic())
             await self._send({"type": "response.output_audio.delta", **part,
                               "delta": base64.b64encode(chunk).decode()})
             if await self._cancelled(reply.hold if n == 0 else None, reply.delay_s):
-                await self._send({"type": "response.output_item.done", "response_id": rid,
-                                  "output_index": 0, "item": {**item, "status": "incomplete"}})
-                return {**item, "status": "incomplete"}, "cancelled"
+                return await self._incomplete(rid, item)
         await self._send({"type": "response.output_audio_transcript.delta", **part,
                           "delta": reply.transcript})
         await self._send({"type": "response.output_audio_transcript.done", **part,
@@ -319,6 +444,13 @@ class FakeRealtime:
         await self._send({"type": "response.output_item.done", "response_id": rid,
                           "output_index": 0, "item": item})
         return item, "completed"
+
+    async def _incomplete(self, rid: str, item: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """A reply cancelled before its end: its item closed as incomplete."""
+        item = {**item, "status": "incomplete"}
+        await self._send({"type": "response.output_item.done", "response_id": rid,
+                          "output_index": 0, "item": item})
+        return item, "cancelled"
 
     async def _cancelled(self, hold: asyncio.Event | None, delay_s: float) -> bool:
         """Wait out the pause (until `hold` is set, or `delay_s`); True when a cancel

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ivr.analytics.report import parse_timestamp
 from ivr.errors import InvalidValue
 
 BUCKETS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
@@ -74,7 +75,7 @@ def cost_series(
     providers: set[str] = set()
     unpriced: set[str] = set()
     for row in rows:
-        started = _parse_ts(row.get("started_at"))
+        started = parse_timestamp(row.get("started_at"))
         if started is None or not since <= started < until:
             continue
         slot = slots[(floor(started, bucket) - first) // step]
@@ -113,13 +114,3 @@ def _cost(stats: Any) -> dict[str, Any]:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _parse_ts(text: Any) -> datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)

@@ -86,8 +86,9 @@ def parse_since(text: str | None, *, now: datetime | None = None) -> datetime | 
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
-def _parse_ts(text: str | None) -> datetime | None:
-    if not text:
+def parse_timestamp(text: object) -> datetime | None:
+    """A stored ISO 8601 time (UTC when it names no zone); None for anything else."""
+    if not isinstance(text, str) or not text:
         return None
     try:
         dt = datetime.fromisoformat(text)
@@ -110,7 +111,7 @@ def _duration_s(call: dict[str, Any]) -> float | None:
     ms = call["stats"].get("duration_ms")
     if isinstance(ms, int | float):
         return float(ms) / 1000
-    start, end = _parse_ts(call["started_at"]), _parse_ts(call["ended_at"])
+    start, end = parse_timestamp(call["started_at"]), parse_timestamp(call["ended_at"])
     if start and end and end >= start:
         return (end - start).total_seconds()
     return None
@@ -135,7 +136,7 @@ async def _load(
         rows = await conn.fetch(sql, params)
         calls = []
         for call in rows:
-            started = _parse_ts(call["started_at"])
+            started = parse_timestamp(call["started_at"])
             if since is not None and (started is None or started < since):
                 continue
             try:

@@ -102,16 +102,19 @@ def _as_int16(pcm16: bytes) -> np.ndarray:
 
 
 class Upsampler:
-    """Streaming 8 kHz -> 16 kHz PCM16 resampler for one call's recognizer feed.
+    """Streaming 8 kHz -> 16 kHz PCM16 resampler for one call's recognizer feed (or
+    between other rates: 16 -> 24 kHz for the Realtime transcriber).
 
     `process()` returns whatever output is ready (often nothing: see the cost note
     above); `flush()` at end of an utterance returns the rest and leaves the stream
     ready for the next utterance, so one instance serves a whole call. Over a stream,
-    exactly twice as many samples come out as went in.
+    exactly `rate_out / rate_in` times as many samples come out as went in.
     """
 
-    def __init__(self, quality: Quality = _DEFAULT_QUALITY) -> None:
+    def __init__(self, quality: Quality = _DEFAULT_QUALITY, *,
+                 rate_in: int = TELEPHONY_RATE, rate_out: int = 16000) -> None:
         self._quality = quality
+        self._rates = (rate_in, rate_out)
         # soxr's stream state is ~50 KB: held only while an utterance is being fed (a
         # call listens far more than its caller speaks), made again at the next one.
         self._stream: soxr.ResampleStream | None = None
@@ -124,7 +127,7 @@ class Upsampler:
         stream = self._stream
         if stream is None:
             stream = self._stream = soxr.ResampleStream(
-                TELEPHONY_RATE, 16000, 1, dtype="int16", quality=self._quality)
+                *self._rates, 1, dtype="int16", quality=self._quality)
         out: np.ndarray = stream.resample_chunk(_as_int16(data))
         return out.tobytes()
 

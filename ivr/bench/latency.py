@@ -10,7 +10,8 @@ The server is `ivr serve` in its own process (`ServerProcess`), with the embedde
 (pocketsphinx, espeak-ng); the callers are `ivr.sim` callers in this process, which
 answer a prompt once it has gone quiet (`Say`) or speak over it (`Barge`), and record
 every arrival time. `--complete-ms 0` runs the server without grammar-aware endpointing
-(`IVR_ENDPOINT_COMPLETE_MS`), the baseline the default is compared with.
+(`IVR_ENDPOINT_COMPLETE_MS`), the baseline the default is compared with; `--barge-in
+words` with word-gated barge-in (`IVR_BARGE_IN`), whose price is the barge-in figure.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ steps:
 """
 # A barge-in lands this long after the prompt's first audio: inside the menu prompt.
 BARGE_AFTER_MS: Final = 2500
+BARGE_HANGUP_MS: Final = 1500
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +192,8 @@ async def _call(url: str, flow: str, voice: str, actions: list[CallerAction],
 
 
 async def latency_main(voices: list[str], *, concurrency: int = 2, workers: int = 2,
-                       complete_ms: int | None = None, keep: Path | None = None) -> int:
+                       complete_ms: int | None = None, barge_in_mode: str | None = None,
+                       keep: Path | None = None) -> int:
     """`keep`: run in that folder and leave the server's debug log and database there."""
     env = {"IVR_RECOGNIZER_WORKERS": str(workers), "IVR_MAX_LOOP_LAG_MS": "0"}
     if keep is not None:
@@ -198,6 +201,8 @@ async def latency_main(voices: list[str], *, concurrency: int = 2, workers: int 
         os.makedirs(keep, exist_ok=True)
     if complete_ms is not None:
         env["IVR_ENDPOINT_COMPLETE_MS"] = str(complete_ms)
+    if barge_in_mode is not None:
+        env["IVR_BARGE_IN"] = barge_in_mode
     v2v: list[Sample] = []
     barges: list[Sample] = []
     missing: list[str] = []
@@ -223,7 +228,9 @@ async def latency_main(voices: list[str], *, concurrency: int = 2, workers: int 
                 async def one(flow: str, voice: str, said: tuple[str, ...], barge: bool) -> None:
                     actions: list[CallerAction] = (
                         [Barge(said[0], BARGE_AFTER_MS)] if barge else [Say(s) for s in said])
-                    actions.append(PutDown(after_ms=100))
+                    # After a barge-in the hang-up waits for a `clear` that comes late
+                    # (word-gated: at the end of the speech).
+                    actions.append(PutDown(after_ms=BARGE_HANGUP_MS if barge else 100))
                     async with gate:
                         t = await _call(server.base, flow, voice, actions, http)
                     found = barge_in(t) if barge else voice_to_voice(t)
@@ -258,7 +265,10 @@ async def latency_main(voices: list[str], *, concurrency: int = 2, workers: int 
             finally:
                 await server.stop()
     elapsed = time.perf_counter() - started
-    setting = "server default" if complete_ms is None else f"IVR_ENDPOINT_COMPLETE_MS={complete_ms}"
+    setting = ", ".join(
+        ([] if complete_ms is None else [f"IVR_ENDPOINT_COMPLETE_MS={complete_ms}"])
+        + ([] if barge_in_mode is None else [f"IVR_BARGE_IN={barge_in_mode}"])
+    ) or "server default"
     cases = len(CASES) + len(ANSWER_CASES)
     print(f"ivr bench latency: {cases} answers x voices {', '.join(voices)} "
           f"({setting}; {workers} recognizer workers, {concurrency} calls at a time; "
@@ -293,6 +303,8 @@ async def latency_main(voices: list[str], *, concurrency: int = 2, workers: int 
     command = f"ivr bench latency --voices {','.join(voices)}"
     if complete_ms is not None:
         command += f" --complete-ms {complete_ms}"
+    if barge_in_mode is not None:
+        command += f" --barge-in {barge_in_mode}"
     print(f"reproduce: {command}")
     if keep is not None:
         print(f"server log and database kept in {keep}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -16,6 +17,9 @@ from ivr.config import Settings, database_url, env_var
 from ivr.errors import IvrError
 
 _DB_HELP = "SQLite file or postgresql:// URL (default: IVR_DB or ./ivr.db)"
+_TRANSCRIBE_HELP = ("also print a recognizer check: the caller's own pocketsphinx "
+                    "transcription of each stretch of bot audio it heard (what the bot said "
+                    "is the server's prompt text, printed anyway)")
 
 
 def _serve_parser(sub: Any) -> None:
@@ -54,8 +58,8 @@ def _call_parser(sub: Any) -> None:
     p.add_argument("--voice", default="en-us", help="the caller's espeak-ng voice")
     p.add_argument("--from", dest="from_number", default="+15550100001")
     p.add_argument("--to", dest="to_number", default="+15550100002")
-    p.add_argument("--no-transcribe", action="store_true",
-                   help="do not recognize what the caller heard")
+    p.add_argument("--transcribe", action=argparse.BooleanOptionalAction, default=False,
+                   help=_TRANSCRIBE_HELP)
     p.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN") or None,
                    help="sign /voice and the stream as Twilio does (env TWILIO_AUTH_TOKEN)")
     p.add_argument("--public-url", default=os.environ.get("IVR_PUBLIC_URL") or None,
@@ -106,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _call_parser(sub)
-    sub.add_parser("demo", help="start a server, place a voice call and a keypad call, stop")
+    demo_p = sub.add_parser("demo", help="start a server, place a voice call and a keypad "
+                            "call, stop")
+    demo_p.add_argument("--transcribe", action="store_true", help=_TRANSCRIBE_HELP)
     _authoring_parsers(sub)
     report = sub.add_parser("report", help="calls, outcomes, cost and latency from the database")
     report.add_argument("--db", type=database_url, help=_DB_HELP)
@@ -167,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--complete-ms", type=int, default=None,
                      help="IVR_ENDPOINT_COMPLETE_MS for the server (0: grammar-aware "
                           "endpointing off, the baseline); default: the server's default")
+    lat.add_argument("--barge-in", choices=("vad", "words"), default=None,
+                     help="IVR_BARGE_IN for the server (words: only speech that is "
+                          "believably a word cuts a prompt); default: the server's default")
     lat.add_argument("--keep", type=Path, default=None, metavar="DIR",
                      help="run in DIR and keep it: the server's debug log (server.log: "
                           "partial hypotheses, end-of-speech decisions; it holds what the "
@@ -208,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.command == "call":
             sys.exit(asyncio.run(_call(args)))
         elif args.command == "demo":
-            sys.exit(asyncio.run(demo()))
+            sys.exit(asyncio.run(demo(transcribe=args.transcribe)))
         elif args.command == "report":
             from ivr.analytics.report import main as report_main
 
@@ -267,7 +276,7 @@ async def _bench(args: argparse.Namespace) -> int:
 
         return await latency_main(args.voices.split(","), concurrency=args.concurrency,
                                   workers=args.workers, complete_ms=args.complete_ms,
-                                  keep=args.keep)
+                                  barge_in_mode=args.barge_in, keep=args.keep)
     from ivr.bench.accuracy import accuracy_main
 
     return await accuracy_main(args.flow, args.voices.split(","), repeat=args.repeat,
@@ -346,15 +355,17 @@ async def _call(args: argparse.Namespace) -> int:
     transcript = await run_call(
         args.url, actions, flow=args.flow, voice=args.voice,
         from_number=args.from_number, to_number=args.to_number,
-        transcribe=not args.no_transcribe, auth_token=args.auth_token,
+        transcribe=args.transcribe, auth_token=args.auth_token,
         public_url=args.public_url, api_token=os.environ.get("IVR_API_TOKEN") or None,
     )
     print(format_transcript(transcript))
     return 0
 
 
-async def demo() -> int:
-    """Start the server on a free loopback port, place two calls, print them, stop."""
+async def demo(*, transcribe: bool = False) -> int:
+    """Start the server on a free loopback port, place two calls, print them, stop.
+
+    The server seeds its new database itself (`demo_seeded`), as `ivr serve` does."""
     import tempfile
 
     from ivr.logging import configure
@@ -362,30 +373,31 @@ async def demo() -> int:
     from ivr.sim.run import free_port, run_call
     from ivr.sim.script import CallerAction, PressKeys, Say
     from ivr.sim.transcript import format_transcript
-    from ivr.speech.sphinx.pool import RecognizerPool
 
     configure("warning")
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings.from_env(host="127.0.0.1", port=0, db=Path(tmp) / "demo.db")
-        from ivr.tools.seed import seed
+        async with contextlib.AsyncExitStack() as stack:
+            runner = web.AppRunner(create_app(settings))
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            site = web.TCPSite(runner, settings.host, free_port())
+            await site.start()
+            url = site.name  # the callers post /voice there, then open the stream it names
+            print(f"ivr demo: server on {site.name}, flow {settings.default_flow!r}\n")
+            ears = None
+            if transcribe:  # one pool checks what both callers heard
+                from ivr.speech.sphinx.pool import RecognizerPool
 
-        await seed(settings.db)  # the demo orders, accounts and bookings the tools look up
-        runner = web.AppRunner(create_app(settings))
-        await runner.setup()
-        site = web.TCPSite(runner, settings.host, free_port())
-        await site.start()
-        url = site.name  # the callers post /voice there, then open the stream it names
-        print(f"ivr demo: server on {site.name}, flow {settings.default_flow!r}\n")
-        # One pool transcribes what both callers heard, beside the server's own workers.
-        ears = RecognizerPool(size=1)
-        await ears.start_workers()
-        try:
+                ears = RecognizerPool(size=1)
+                stack.push_async_callback(ears.close)
+                await ears.start_workers()
             calls: dict[str, list[CallerAction]] = {
                 "by voice: order status": [Say("orders"), Say("one two three four")],
                 "by keypad: order status": [PressKeys("2"), PressKeys("4567")],
             }
             results = await asyncio.gather(
-                *(run_call(url, actions, recognizer=ears,
+                *(run_call(url, actions, transcribe=transcribe, recognizer=ears,
                            auth_token=settings.twilio_auth_token or None,
                            public_url=settings.public_base or None,
                            api_token=settings.api_token or None)
@@ -395,9 +407,6 @@ async def demo() -> int:
                 print(f"=== call {title} ===")
                 print(format_transcript(transcript))
                 print()
-        finally:
-            await ears.close()
-            await runner.cleanup()
     return 0
 
 

@@ -53,6 +53,16 @@ def per_flow_model(chat: ChatClient) -> ModelFor:
     return pick
 
 
+def step_instructions(action: engine.RunAgent, runner: engine.FlowRunner) -> str:
+    """The model's instructions for an `llm` step: the flow's, the slots it may set,
+    and today's date (the model has no clock)."""
+    system = action.system
+    if action.slots:
+        system += ("\nUse set_slot to record what the caller tells you: "
+                   + ", ".join(action.slots) + ".")
+    return system + f"\nToday is {runner.now().date().isoformat()}; give dates as YYYY-MM-DD."
+
+
 def _answer_for_model(answer: engine.Event) -> str:
     if isinstance(answer, engine.Speech):
         return answer.text
@@ -95,11 +105,7 @@ async def run_llm_step(
         return runner.agent_update(
             dict(values), {k.replace(".", "__"): v for k, v in found.items()})
 
-    system = action.system
-    if action.slots:
-        system += ("\nUse set_slot to record what the caller tells you: "
-                   + ", ".join(action.slots) + ".")
-    system += f"\nToday is {runner.now().date().isoformat()}; give dates as YYYY-MM-DD."
+    system = step_instructions(action, runner)
     agent = Agent(chat, tools, ctx,
                   AgentStep(system_prompt=system, tools=action.tools,
                             max_rounds=action.max_rounds, exit_when=exit_check,

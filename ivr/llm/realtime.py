@@ -16,6 +16,11 @@
     await session.cancel(); await session.truncate(item_id, heard_ms)  # barge-in
     await session.close()
 
+A transcription session (`RealtimeConfig(intent="transcription")`, `speech.realtime_stt`)
+takes 24 kHz PCM16 through the same `append_audio`, `commit()` at end of speech, and
+answers with `InputTranscriptDelta`s and one `InputTranscript` (or
+`InputTranscriptFailed`).
+
 The session is µ-law both ways (`realtime_wire.session_update`), so Twilio's frames go in
 and the provider's come out untouched. `connect` returns once the provider has accepted
 the session (`session.updated`), or raises a `ProviderError` (key redacted): unreachable
@@ -50,6 +55,7 @@ from ivr.llm.realtime_wire import (
     FunctionCall,
     InputTranscript,
     InputTranscriptDelta,
+    InputTranscriptFailed,
     OutputTranscript,
     RealtimeConfig,
     RealtimeError,
@@ -59,6 +65,8 @@ from ivr.llm.realtime_wire import (
     SpeechStarted,
     SpeechStopped,
     audio_append,
+    audio_commit,
+    connect_params,
     function_output,
     is_beta_session,
     item_truncate,
@@ -83,6 +91,7 @@ __all__ = [
     "FunctionCall",
     "InputTranscript",
     "InputTranscriptDelta",
+    "InputTranscriptFailed",
     "OutputTranscript",
     "RealtimeConfig",
     "RealtimeError",
@@ -143,7 +152,7 @@ class RealtimeSession:
         try:
             async with asyncio.timeout(config.connect_timeout_s):
                 ws = await http.ws_connect(
-                    config.url, params={"model": config.model}, headers=headers,
+                    config.url, params=connect_params(config), headers=headers,
                     heartbeat=config.heartbeat_s,
                     timeout=aiohttp.ClientWSTimeout(ws_close=_CLOSE_TIMEOUT_S),
                 )
@@ -173,13 +182,18 @@ class RealtimeSession:
 
     # --- sending ----------------------------------------------------------------------
 
-    def append_audio(self, ulaw: bytes) -> None:
-        """Queue one frame of caller µ-law for the provider (its server VAD listens)."""
+    def append_audio(self, audio: bytes) -> None:
+        """Queue caller audio for the provider: a frame of µ-law in a conversation (its
+        server VAD listens), 24 kHz PCM16 in a transcription session."""
         if self._ended or self._closing or len(self._outbox) >= MAX_QUEUED:
             self.stats["audio_dropped"] += 1
             return
-        self._outbox.append(audio_append(ulaw))
+        self._outbox.append(audio_append(audio))
         self._wake.set()
+
+    async def commit(self) -> None:
+        """End the input (a transcription session): what was appended gets transcribed."""
+        self._send(audio_commit())
 
     async def send_function_result(self, call_id: str, output: str) -> None:
         """The tool's result for `call_id`, then a new response that uses it."""
@@ -296,7 +310,8 @@ async def _handshake(
         event = decoder.decode(msg.data)
         if isinstance(event, SessionEvent):
             if event.kind == "session.created" and not updated:
-                detected = is_beta_session(event.session)
+                # `transcription_session.created` is beta by its name alone.
+                detected = True if decoder.beta_seen else is_beta_session(event.session)
                 beta = config.beta if detected is None else detected
                 await ws.send_str(json.dumps(session_update(config, beta)))
                 updated = True

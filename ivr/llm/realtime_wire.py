@@ -10,6 +10,12 @@ chose; incoming ones are accepted under either name, since the two differ only t
 
 Twilio's 8 kHz µ-law goes to the provider and comes back as it is (base64 in JSON): no
 decoding, no resampling, so the bytes a caller hears are the bytes the model produced.
+
+A transcription session (`intent="transcription"`, the remote streaming recognizer) is
+the same socket opened with `?intent=transcription` instead of `?model=`: GA configures it
+with a `session.update` of `type: "transcription"`, beta with `transcription_session.update`
+(and answers `transcription_session.created` / `.updated`); its input is 24 kHz PCM16,
+the only PCM rate the API takes, with no turn detection: the client commits the buffer.
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ import binascii
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
 from ivr.providers.usage import realtime_token_units
 
 __all__ = [
+    "TRANSCRIPTION_RATE",
     "AudioDelta",
     "AudioDone",
     "Closed",
@@ -33,6 +40,7 @@ __all__ = [
     "FunctionCall",
     "InputTranscript",
     "InputTranscriptDelta",
+    "InputTranscriptFailed",
     "OutputTranscript",
     "RealtimeConfig",
     "RealtimeError",
@@ -42,9 +50,12 @@ __all__ = [
     "SpeechStarted",
     "SpeechStopped",
     "audio_append",
+    "audio_commit",
+    "connect_params",
     "function_output",
     "is_beta_session",
     "item_truncate",
+    "realtime_url",
     "response_cancel",
     "response_create",
     "session_update",
@@ -52,6 +63,9 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+# The sample rate of a transcription session's PCM16 input (`audio/pcm` takes no other).
+TRANSCRIPTION_RATE = 24000
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +76,10 @@ class RealtimeConfig:
     "description", "parameters"}`); the chat-completions form (`{"type": "function",
     "function": {...}}`) is accepted and flattened. `beta` asks for the beta dialect
     (the `OpenAI-Beta` header); the server's `session.created` has the last word.
+
+    `intent="transcription"` opens a transcription session instead of a conversation:
+    `model` is then the transcription model (`gpt-4o-transcribe`), biased by
+    `transcription_prompt`, and the conversation fields are unused.
     """
 
     url: str  # ws:// or wss://, without the query (`?model=` is added)
@@ -76,6 +94,9 @@ class RealtimeConfig:
     # Pings this often; an unanswered one ends the session (`Closed("dropped")`) instead
     # of a dead socket leaving the caller in silence until TCP gives up.
     heartbeat_s: float | None = 15.0
+    intent: Literal["conversation", "transcription"] = "conversation"
+    transcription_prompt: str | None = None
+    language: str | None = None  # ISO-639-1 of the caller's speech, for transcription
 
 
 # --- server events --------------------------------------------------------------------
@@ -108,6 +129,18 @@ class InputTranscriptDelta:
 class InputTranscript:
     item_id: str
     text: str
+    # What the transcription was billed (a transcription `usage` object: tokens or
+    # duration), when the provider says.
+    usage: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class InputTranscriptFailed:
+    """The transcription of a committed buffer failed (the session goes on)."""
+
+    item_id: str
+    code: str
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +196,8 @@ class SessionEvent:
 
 RealtimeEvent = (
     AudioDelta | AudioDone | OutputTranscript | InputTranscriptDelta | InputTranscript
-    | SpeechStarted | SpeechStopped | FunctionCall | ResponseDone | RealtimeError | Closed
+    | InputTranscriptFailed | SpeechStarted | SpeechStopped | FunctionCall | ResponseDone
+    | RealtimeError | Closed
 )
 
 
@@ -177,9 +211,31 @@ def _tool(tool: Mapping[str, Any]) -> dict[str, Any]:
     return dict(tool)
 
 
+def realtime_url(configured: str | None, base_url: str) -> str:
+    """The Realtime endpoint: `IVR_REALTIME_URL`, else the provider's own
+    (`https://host/v1` → `wss://host/v1/realtime`)."""
+    if configured:
+        return configured
+    base = base_url.rstrip("/")
+    scheme, _, rest = base.partition("://")
+    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/realtime"
+
+
+def connect_params(config: RealtimeConfig) -> dict[str, str]:
+    """The query of the WebSocket URL: the model for a conversation; for transcription
+    only the intent (a `?model=` URL opens a conversation session, which refuses a
+    transcription update)."""
+    if config.intent == "transcription":
+        return {"intent": "transcription"}
+    return {"model": config.model}
+
+
 def session_update(config: RealtimeConfig, beta: bool) -> dict[str, Any]:
     """The `session.update` that sets µ-law both ways, server VAD, the step's instructions
-    and tools, and input transcription (for the turn record), in the session's dialect."""
+    and tools, and input transcription (for the turn record), in the session's dialect;
+    for a transcription session, `transcription_update`."""
+    if config.intent == "transcription":
+        return transcription_update(config, beta)
     tools = [_tool(t) for t in config.tools]
     transcription = {"model": config.transcription_model}
     if beta:
@@ -209,6 +265,25 @@ def session_update(config: RealtimeConfig, beta: bool) -> dict[str, Any]:
     }}
 
 
+def transcription_update(config: RealtimeConfig, beta: bool) -> dict[str, Any]:
+    """A transcription session's update: 24 kHz PCM16 in, `config.model` transcribing
+    (with the prompt and language when given), no turn detection (the client commits)."""
+    transcription: dict[str, Any] = {"model": config.model}
+    if config.transcription_prompt:
+        transcription["prompt"] = config.transcription_prompt
+    if config.language:
+        transcription["language"] = config.language
+    if beta:
+        return {"type": "transcription_session.update", "session": {
+            "input_audio_format": "pcm16", "input_audio_transcription": transcription,
+            "turn_detection": None,
+        }}
+    return {"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+        "format": {"type": "audio/pcm", "rate": TRANSCRIPTION_RATE},
+        "transcription": transcription, "turn_detection": None,
+    }}}}
+
+
 _APPEND_HEAD = '{"type":"input_audio_buffer.append","audio":"'
 
 
@@ -216,6 +291,11 @@ def audio_append(ulaw: bytes) -> str:
     """`input_audio_buffer.append` as JSON text, built without `json.dumps`: it is sent
     every 20 ms per call, and base64 needs no escaping."""
     return _APPEND_HEAD + base64.b64encode(ulaw).decode("ascii") + '"}'
+
+
+def audio_commit() -> dict[str, Any]:
+    """End of the input: the buffer becomes an item, and its transcription starts."""
+    return {"type": "input_audio_buffer.commit"}
 
 
 def function_output(call_id: str, output: str) -> dict[str, Any]:
@@ -241,7 +321,7 @@ def item_truncate(item_id: str, audio_end_ms: int) -> dict[str, Any]:
 
 def is_beta_session(session: Mapping[str, Any]) -> bool | None:
     """Which dialect a `session.created` session object is in (None: cannot tell)."""
-    if session.get("type") == "realtime" or "audio" in session:
+    if session.get("type") in ("realtime", "transcription") or "audio" in session:
         return False
     if "input_audio_format" in session or "modalities" in session:
         return True
@@ -264,6 +344,8 @@ _BETA = {
     "response.audio_transcript.delta": "response.output_audio_transcript.delta",
     "response.text.delta": "response.output_text.delta",
     "response.text.done": "response.output_text.done",
+    "transcription_session.created": "session.created",
+    "transcription_session.updated": "session.updated",
 }
 
 
@@ -321,7 +403,12 @@ class EventDecoder:
         if kind == "conversation.item.input_audio_transcription.delta":
             return InputTranscriptDelta(_str(e, "item_id"), _str(e, "delta"))
         if kind == "conversation.item.input_audio_transcription.completed":
-            return InputTranscript(_str(e, "item_id"), _str(e, "transcript"))
+            usage = e.get("usage")
+            return InputTranscript(_str(e, "item_id"), _str(e, "transcript"),
+                                   usage if isinstance(usage, dict) else {})
+        if kind == "conversation.item.input_audio_transcription.failed":
+            error = _error(e.get("error"))
+            return InputTranscriptFailed(_str(e, "item_id"), error.code, error.message)
         if kind == "input_audio_buffer.speech_started":
             return SpeechStarted(_ms(e, "audio_start_ms"), _str(e, "item_id"))
         if kind == "input_audio_buffer.speech_stopped":

@@ -23,10 +23,11 @@ from aiohttp import web
 from ivr.analytics import api, dashboard
 from ivr.analytics.metrics import METRICS, metrics_handler
 from ivr.analytics.pricing import Pricing
-from ivr.config import Settings
+from ivr.config import Settings, env_var, is_database_url
 from ivr.errors import SpeechError, StoreError
 from ivr.flows.library import FlowLibrary
 from ivr.llm.client import ChatClient
+from ivr.llm.realtime_wire import realtime_url
 from ivr.providers.http import ProviderClient
 from ivr.server import access, lifecycle
 from ivr.server.admission import ADMISSION, Admission, lag_ctx
@@ -40,12 +41,14 @@ from ivr.speech.fallback import FallbackRecognizer, FallbackSynthesizer, serving
 from ivr.speech.openai_audio_chat import AudioChatRecognizer
 from ivr.speech.openai_stt import OpenAIRecognizer
 from ivr.speech.openai_tts import OpenAISynthesizer
+from ivr.speech.realtime_stt import RealtimeRecognizer
 from ivr.speech.sphinx.pool import RecognizerPool
 from ivr.store.db import CallStore
 from ivr.store.queue import RETRYABLE, spill_path
 from ivr.telephony import handler, twiml
 from ivr.tools.base import Tool
 from ivr.tools.registry import default_registry
+from ivr.tools.seed import seed_new
 from ivr.tools.webhooks import load_webhooks, webhook_tools
 
 log = structlog.get_logger("ivr.server.app")
@@ -59,8 +62,30 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         queue_max=s.db_queue_max, spill=spill_path(s.db, s.speech_cache_dir))
     # A stream token is spent once across every process on this database.
     services.stream_tokens.marks = services.store
+    await _demo_seed(services.store, s)  # before any call is admitted
     yield
     await services.store.close()  # queued writes land or spill first
+
+
+async def _demo_seed(store: CallStore, s: Settings) -> None:
+    """A new SQLite database gets the demo business, so `ivr serve` books a cleaning out of
+    the box; a PostgreSQL store is shared and operator-run, never seeded implicitly."""
+    if not s.demo_seed:
+        return
+    try:
+        if is_database_url(s.db):
+            if await store.db.fetchone("SELECT 1 FROM services LIMIT 1") is None:
+                log.info("demo_not_seeded", reason="a PostgreSQL store is never seeded "
+                         "implicitly", hint="ivr db seed --db URL inserts the demo business")
+            return
+        counts = await seed_new(store.db)
+    except StoreError as exc:  # the calls that need no services still work
+        log.warning("demo_seed_failed", error=str(exc))
+        return
+    if counts is not None:
+        log.info("demo_seeded", db=str(s.db), **counts,
+                 hint=f"a new database gets the demo business; {env_var('demo_seed')}=0 "
+                      "turns this off")
 
 
 def _instance_id() -> str:
@@ -163,9 +188,7 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
     if s.stt is not None:
         client = ProviderClient(s.stt, http, on_wait=waited)
         clients.append(client)
-        remote: Recognizer = (AudioChatRecognizer(client) if s.stt_api == "chat"
-                              else OpenAIRecognizer(client))
-        recognizer = FallbackRecognizer(remote, embedded)
+        recognizer = FallbackRecognizer(_remote_recognizer(s, client, http), embedded)
     if s.tts is not None:
         tts = ProviderClient(s.tts, http, on_wait=waited)
         clients.append(tts)
@@ -188,6 +211,17 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
     await http.close()
     await pool.close()
     log.info("engines_closed")
+
+
+def _remote_recognizer(s: Settings, client: ProviderClient,
+                       http: aiohttp.ClientSession) -> Recognizer:
+    """The STT provider's recognizer, by how it is asked (`IVR_STT_API`)."""
+    if s.stt_api == "chat":
+        return AudioChatRecognizer(client)
+    if s.stt_api == "realtime":
+        url = realtime_url(s.realtime_url, client.config.base_url)
+        return RealtimeRecognizer(client, http, url)
+    return OpenAIRecognizer(client)
 
 
 async def _start_workers(services: Services, pool: RecognizerPool) -> None:

@@ -22,9 +22,17 @@ from ivr.session.inbound import Inbound, KeysDone, NothingHeard
 from ivr.session.record import CallRecord
 from ivr.session.speaker import Speaker
 from ivr.speech.base import Recognition
+from ivr.store.db import TurnRecord
 
 T = TypeVar("T")
 WithFiller = Callable[[Coroutine[Any, Any, T]], Coroutine[Any, Any, T]]
+
+
+def _margin(rec: Recognition) -> float | None:
+    """The lead of `rec` over the next-best hypothesis (0..1), when its engine ranks them
+    (`extra["margin"]`); None otherwise: the flow then judges by the confidence alone."""
+    margin = rec.extra.get("margin")
+    return float(margin) if isinstance(margin, int | float) else None
 
 
 class Answers:
@@ -40,6 +48,7 @@ class Answers:
         self.with_filler = with_filler
         self.stats = stats
         self.log = log
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def take(self, listen: engine.Listen) -> engine.Event:
         """The caller's answer to `listen` (set as `inbound.listen` already)."""
@@ -82,13 +91,34 @@ class Answers:
                 "speech_start": record.at(inbound.speech_started_at),
                 "endpoint": record.ms(),
             })
+            captured, inbound.captured = inbound.captured, None
+            if captured:
+                # A model that hears the audio itself is asked at once; the recognizer's
+                # words are only for the record, and fill the turn when they come.
+                self._words_later(turn)
+                return engine.Speech("", 1.0, audio=bytes(captured))
             rec = await self.with_filler(self._recognize())
             turn.timings["recognized"] = record.ms()
-            captured, inbound.captured = inbound.captured, None
-            audio = bytes(captured) if captured is not None else None
             if rec is None:
-                return engine.Speech("", 0.0, audio=audio)
-            return engine.Speech(rec.text, rec.confidence, audio=audio)
+                return engine.Speech("", 0.0)
+            return engine.Speech(rec.text, rec.confidence, margin=_margin(rec))
+
+    def _words_later(self, turn: TurnRecord) -> None:
+        async def words() -> None:
+            rec = await self._recognize()
+            turn.timings["recognized"] = self.record.ms()
+            if rec is not None:
+                turn.input_text = rec.text
+                turn.confidence = rec.confidence
+            self.record.span_ended(turn)  # written again if it already was
+
+        task = asyncio.create_task(words())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def running(self) -> list[asyncio.Task[None]]:
+        """Recognitions still filling in a turn's words (for the end of the call)."""
+        return [t for t in self._tasks if not t.done()]
 
     async def _recognize(self) -> Recognition | None:
         task = self.inbound.claim_utterance()

@@ -145,7 +145,8 @@ class CallSession:
             if not runner.done and not self._failed:
                 runner.handle(engine.CallerHangup())
             tasks = [t for t in (self._conductor, *self.speaker.running(),
-                                 *self.inbound.running()) if t is not None and not t.done()]
+                                 *self.inbound.running(), *self.answers.running())
+                     if t is not None and not t.done()]
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -329,10 +330,18 @@ class CallSession:
     def used(self, role: str, engine: str, units: dict[str, int]) -> None:
         self.record.usage.add(role, engine, {**units, "requests": 1})
 
+    def _barge_in_mode(self) -> str:
+        """`vad` or `words`: the flow speaking now decides (`engines.barge_in`), else
+        `IVR_BARGE_IN`."""
+        engines = self.dialog.flow.engines
+        if engines is not None and engines.barge_in is not None:
+            return engines.barge_in
+        return self.settings.barge_in
+
     async def _play(self, action: engine.Play, listen: engine.Listen | None) -> None:
         interruptible = bool(action.barge_in and listen is not None and listen.barge_in)
         if interruptible and listen is not None and listen.speech:
-            self.inbound.watch_barge_in(listen)
+            self.inbound.watch_barge_in(listen, words=self._barge_in_mode() == "words")
         prompt = await self.speaker.play(action, interruptible=interruptible)
         await self.record.replied(prompt)
         self.log.debug("prompt", step=action.step, name=prompt.name, text=action.text,

@@ -6,7 +6,11 @@ caller talks; what the endpointer and the key collector decide (speech ended, no
 keys complete) goes on `inputs`, for `answers.Answers` to take.
 
 Barge-in: speech (or a key) during a prompt that allows it interrupts the speaker within
-one frame of the speech-start decision.
+one frame of the speech-start decision. Word-gated (`IVR_BARGE_IN=words`, a flow's
+`engines.barge_in`), speech interrupts only once it is believably a word
+(`_believable`): a cough or line noise over the prompt is recognized on the side and,
+when it ends with no word, dropped while the prompt plays on. A key still interrupts at
+once.
 
 Every utterance started here is finished or cancelled: the one whose speech ended is
 claimed by `answers.Answers` (which releases it when recognition is over, whatever the
@@ -36,6 +40,7 @@ from ivr.audio.endpoint import (
     SpeechEnded,
     SpeechStarted,
 )
+from ivr.audio.voicing import VoicingMeter
 from ivr.flows import engine
 from ivr.grammar import Grammar
 from ivr.session.speaker import Speaker
@@ -109,6 +114,13 @@ class Inbound:
         # Every utterance started and not yet finished or cancelled, by its start task.
         self._open: set[asyncio.Task[Utterance]] = set()
         self._cancelling: set[asyncio.Task[None]] = set()
+        # Word-gated barge-in: the prompt playing wants words (set per prompt), the watch
+        # it runs, the speech over it not yet believed to be a word (`_gated`), and the
+        # pitch that speech has carried.
+        self._words_gate = False
+        self._watch: EndpointConfig | None = None
+        self._gated = False
+        self._voicing = VoicingMeter()
 
     # ------------------------------------------------------------ frames
 
@@ -131,10 +143,23 @@ class Inbound:
         self.caller_ms = endpointer.now_ms
         if endpointer.in_speech and not isinstance(event, SpeechStarted):
             self._feed(self.upsampler.process(pcm))
+            if self._words_gate:
+                self._voicing.feed(pcm)
+            if self._gated:
+                self._judge_gate()
         if event is not None:
             if isinstance(event, SpeechStarted):
                 self._on_speech_started(event)
+            elif isinstance(event, SpeechEnded) and self._gated and self.speaker.playing \
+                    and self._voicing.pitched_ms < WORD_PITCHED_MS:
+                self._drop_gated(event)
             elif isinstance(event, SpeechEnded):
+                if self._gated and self.speaker.playing:
+                    # Voiced enough for a word, but the recognizer's partials lagged (a
+                    # short word decoded late): the prompt is cut now and the speech is
+                    # the answer; the final result decides what it was.
+                    self._barge_in("words_at_end")
+                self._gated = False
                 if self.endpointer.answer_complete:
                     self.stats["turns_ended_complete"] += 1
                 self.log.debug("speech_ended", at_ms=event.at_ms, last_voice_ms=event.last_voice_ms,
@@ -171,6 +196,7 @@ class Inbound:
                             inter_digit_ms=spec.inter_digit_ms)
         if self.speaker.playing and self.speaker.interruptible:
             self._barge_in("dtmf")
+        self._gated = False
         # Keys win over speech: a caller who presses keys is not answering by voice.
         self.endpointer.disarm()
         done = self.dtmf.press(msg.digit, self.caller_ms)
@@ -187,6 +213,9 @@ class Inbound:
             self.endpointer.disarm()
             self.on_voice()
             return
+        if self._words_gate:
+            self._voicing.reset()
+            self._voicing.feed(event.preroll)
         listen = self.listen
         if listen is None or not listen.speech:
             self.endpointer.disarm()
@@ -196,7 +225,10 @@ class Inbound:
                 # Speech over a prompt that may not be interrupted is not an answer.
                 self.endpointer.disarm()
                 return
-            self._barge_in("speech")
+            if self._words_gate:
+                self._gated = True  # interrupts once it is a word (`_judge_gate`)
+            else:
+                self._barge_in("speech")
         self._abandon_current()  # speech that never ended answers nothing now
         self.upsampler.reset()
         self._utt_backlog = [self.upsampler.process(event.preroll)]
@@ -210,6 +242,29 @@ class Inbound:
         self._open.add(self._utt_task)
         self._utt_task.add_done_callback(self._utt_ready)
 
+    def _judge_gate(self) -> None:
+        """Gated speech over a prompt: interrupt it once the speech is believably a word.
+        A prompt that ended meanwhile needs no interrupting: the speech is its answer."""
+        if not self.speaker.playing:
+            self._gated = False
+            return
+        utt = self._utt
+        if _believable(partial_text(utt) if utt is not None else None,
+                       self._voicing.pitched_ms):
+            self._gated = False
+            self._barge_in("words")
+
+    def _drop_gated(self, event: SpeechEnded) -> None:
+        """Gated speech ended with no pitch to speak of while the prompt plays: the prompt
+        was never interrupted, nothing is answered, and the watch goes on."""
+        self._gated = False
+        self.stats["barge_ins_rejected"] += 1
+        self.log.info("barge_in_rejected", at_ms=event.at_ms,
+                      pitched_ms=self._voicing.pitched_ms)
+        self._abandon_current()
+        if self._watch is not None:
+            self.endpointer.watch_barge_in(self._watch, self.caller_ms)
+
     def _barge_in(self, by: str) -> None:
         if self.barged:
             return
@@ -220,10 +275,15 @@ class Inbound:
 
     # ------------------------------------------------------ listening
 
-    def watch_barge_in(self, listen: engine.Listen) -> None:
-        """A prompt that may be interrupted starts: listen for speech over it."""
-        self.endpointer.watch_barge_in(endpoint_config(listen, self.complete_ms),
-                                       self.caller_ms)
+    def watch_barge_in(self, listen: engine.Listen, *, words: bool = False) -> None:
+        """A prompt that may be interrupted starts: listen for speech over it; with
+        `words`, only speech that is believably a word interrupts it."""
+        self._words_gate = words
+        self._watch = endpoint_config(listen, self.complete_ms)
+        if words and self.endpointer.in_speech and not self.barged:
+            self._gated = True  # speech under way goes on, gated, over this prompt
+            return
+        self.endpointer.watch_barge_in(self._watch, self.caller_ms)
 
     def arm(self, listen: engine.Listen) -> EndpointConfig:
         """Start taking `listen`'s answer (speech already under way is kept)."""
@@ -240,6 +300,7 @@ class Inbound:
         self.endpointer.disarm()
         self.dtmf.cancel()
         self.barged = False
+        self._gated = False
         self.listen = None
         self._abandon_current()
         while not self.inputs.empty():  # leftovers (keys and speech both ended) are stale
@@ -328,3 +389,28 @@ class Inbound:
             self.release(task)
         if self._cancelling:
             await asyncio.wait(set(self._cancelling), timeout=3)
+
+
+# Fillers pocketsphinx may put in a hypothesis: none of them is a word the caller said.
+_NOT_WORDS = frozenset({"<s>", "</s>", "<sil>", "[noise]", "[speech]", "(null)"})
+# Pitched audio (`ivr.audio.voicing`) that makes speech over a prompt believable as a word.
+# Measured: every word had 160 ms or more of it; coughs, breaths and clicks none. With a
+# word in the partial hypothesis, 100 ms (reached 100-260 ms into a word). Without one,
+# 150 ms, a vowel's worth: pocketsphinx reports a word only once it has ended, so a long
+# word ("appointment") showed in a partial 560-780 ms after its onset, while 150 ms of
+# pitch came 160-320 ms in for every word of `ivr bench latency` in four voices.
+WORD_PITCHED_MS = 100
+VOWEL_PITCHED_MS = 150
+
+
+def _believable(partial: str | None, pitched_ms: int) -> bool:
+    """Is speech over a prompt a word? Its pitch says so: a vowel's worth alone, or less
+    with a word the recognizer heard. The word alone proves nothing: a grammar search
+    reports *some* phrase of its grammar even for a cough. An engine with no partial
+    hypotheses (a remote recognizer) has only the pitch to go by."""
+    if pitched_ms >= VOWEL_PITCHED_MS:
+        return True
+    if pitched_ms < WORD_PITCHED_MS:
+        return False
+    words = [w for w in (partial or "").lower().split() if w not in _NOT_WORDS]
+    return any(not (w.startswith("+") or w.startswith("[")) for w in words)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -27,6 +27,7 @@ import structlog
 
 from ivr.audio.player import Prompt
 from ivr.config import Settings
+from ivr.dialog.agent_step import step_instructions
 from ivr.dialog.port import ToolRun
 from ivr.flows import engine
 from ivr.llm.client import ToolCallDone
@@ -47,6 +48,7 @@ from ivr.llm.realtime import (
     SpeechStopped,
     usage_units,
 )
+from ivr.llm.realtime_wire import realtime_url
 from ivr.llm.tool_calls import END_CONVERSATION, TRANSFER_TO_HUMAN, StepTools
 from ivr.providers.errors import ProviderError
 from ivr.server.services import Services
@@ -73,17 +75,7 @@ class CallSide(Protocol):
 
     def tool_ran(self, run: ToolRun) -> None: ...
 
-__all__ = ["realtime_url", "run_realtime_step"]
-
-
-def realtime_url(configured: str | None, llm_base_url: str) -> str:
-    """The Realtime endpoint: `IVR_REALTIME_URL`, else the LLM provider's own
-    (`https://host/v1` → `wss://host/v1/realtime`)."""
-    if configured:
-        return configured
-    base = llm_base_url.rstrip("/")
-    scheme, _, rest = base.partition("://")
-    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/realtime"
+__all__ = ["run_realtime_step"]
 
 
 class _Reply:
@@ -121,12 +113,7 @@ class RealtimeStep:
         self.vars: dict[str, Any] = {}
         self.called: list[str] = []
         slots: dict[str, str] = {}
-        system = action.system
-        if action.slots:
-            system += ("\nUse set_slot to record what the caller tells you: "
-                       + ", ".join(action.slots) + ".")
-        system += f"\nToday is {runner.now().date().isoformat()}; give dates as YYYY-MM-DD."
-        self.system = system
+        self.system = system = step_instructions(action, runner)
         self.step = AgentStep(system_prompt=system, tools=action.tools,
                               max_rounds=action.max_rounds, slot_names=action.slots)
         self.tools = StepTools(registry, self.step, slots, stopwatch=call.span)
@@ -134,6 +121,9 @@ class RealtimeStep:
         self.turn: TurnRecord | None = None  # the caller's turn awaiting its words
         self.session: RealtimeSession | None = None
         self.barge_ins = 0
+        # The responses asked for and not yet done, oldest first (an llm span each): the
+        # provider answers in order, and a response's `done` may come after the next ask.
+        self.laps: deque[SpanTimer] = deque()
 
     # ------------------------------------------------------------------ the step
 
@@ -155,6 +145,7 @@ class RealtimeStep:
         inbound = call.inbound
         inbound.tap, inbound.on_voice = session.append_audio, self._caller_spoke
         try:
+            self.laps.append(call.span("llm"))
             await session.respond()  # the model opens the conversation
             async for event in session.events():
                 done = await self._handle(event)
@@ -163,12 +154,17 @@ class RealtimeStep:
             return engine.AgentDone(False, "error", "realtime session ended")
         finally:
             inbound.tap = inbound.on_voice = None
+            for lap in self.laps:  # asked, never answered: the step ended first
+                lap.span["error"] = "unanswered"
+                lap.done(self.model)
             await self._end_reply()
             await session.close()
 
     async def _handle(self, event: RealtimeEvent) -> engine.AgentDone | None:
         call = self.call
         if isinstance(event, AudioDelta):
+            if self.laps:
+                self.laps[0].first()
             self._play(event)
         elif isinstance(event, AudioDone):
             if self.reply is not None and self.reply.item_id == event.item_id:
@@ -185,6 +181,8 @@ class RealtimeStep:
         elif isinstance(event, FunctionCall):
             return await self._function(event)
         elif isinstance(event, ResponseDone):
+            if self.laps:
+                self.laps.popleft().done(self.model)
             call.record.usage.add("llm", self.model, {**usage_units(event.usage), "requests": 1})
         elif isinstance(event, RealtimeError):
             call.stats["realtime_errors"] += 1
@@ -257,6 +255,7 @@ class RealtimeStep:
         turn.timings["endpoint"] = record.ms()
         record.read_free(engine.Speech(""))
         self.turn = turn
+        self.laps.append(self.call.span("llm"))  # the provider answers the turn just ended
 
     def _caller_words(self, text: str) -> None:
         turn = self.turn
@@ -294,6 +293,7 @@ class RealtimeStep:
         found = {k.replace(".", "__"): v for k, v in self.vars.items()}
         if self.runner.agent_update(dict(self.tools.slots), found):
             return engine.AgentDone(True, "exit")
+        self.laps.append(call.span("llm"))
         await session.send_function_result(event.call_id, json.dumps(result))
         return None
 

@@ -155,7 +155,10 @@ class CallRecord:
         if turn is None:
             return
         if isinstance(answer, engine.Speech):
-            turn.input_kind, turn.input_text, turn.result = "speech", answer.text, "match"
+            # Words may have been filled in already (a model that hears the audio is
+            # asked before the recognizer's words arrive: `Answers._words_later`).
+            turn.input_kind, turn.result = "speech", "match"
+            turn.input_text = answer.text or turn.input_text
         elif isinstance(answer, engine.Digits):
             turn.input_kind, turn.input_text, turn.result = "dtmf", answer.digits, "match"
         else:

@@ -1,10 +1,11 @@
 """Placing one simulated call: `run_call`, and what the caller heard, transcribed.
 
 `run_call` is what `ivr call`, `ivr demo` and the end-to-end tests use: it places the
-call (`SimulatedCaller`), has the caller's recognizer transcribe every stretch of bot
-audio the caller heard (a pocketsphinx pool unless one is given), and fetches the
-server's own record of the call for comparison. `free_port` finds a loopback port to
-serve the server under test on.
+call (`SimulatedCaller`) and fetches the server's own record of the call, whose prompt
+texts are what the bot said. On request (`transcribe`) the caller's recognizer also
+transcribes every stretch of bot audio it heard (a pocketsphinx pool unless one is
+given): a check of the audio path, not a reading of the prompts. `free_port` finds a
+loopback port to serve the server under test on.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ async def run_call(
     rate: int | None = None,
     from_number: str = "+15550100001",
     to_number: str = "+15550100002",
-    transcribe: bool = True,
+    transcribe: bool = False,
     quiet_ms: int = 700,
     prompt_timeout: float = 15.0,
     hangup_timeout: float = 20.0,
@@ -102,6 +103,7 @@ async def run_call(
 
     `url` is `http://HOST:PORT` (or, as before, `ws://HOST:PORT/media`): the caller
     posts `/voice` there (`?flow=` when `flow` is given), then opens the stream it names.
+    `transcribe` fills each `BotSaid.text` (a recognizer check; off by default);
     `recognizer` overrides the embedded pocketsphinx pool used when `transcribe`;
     `auth_token` signs `/voice` and the WebSocket upgrade like Twilio does, over
     `public_url` (the https:// base the server validates against, default the server's

@@ -3,8 +3,10 @@
 `CallTranscript` holds everything the caller observed: each stretch of bot audio as it
 was heard (`BotSaid`), what the caller said, pressed, or left silent, every frame, mark
 and clear with its arrival time, and the server's own record of the call, fetched
-afterwards from `GET /api/calls/{call_sid}`. `format_transcript` prints both side by
-side, one turn at a time.
+afterwards from `GET /api/calls/{call_sid}`. `format_transcript` prints the call as a
+person follows it: what the bot played (the server's prompt text), what the caller did,
+what the server understood; the caller's own transcription of the audio only when there
+is one (`ivr call --transcribe`), labelled as the recognizer check it is.
 
 All times are `time.monotonic()` seconds.
 """
@@ -55,7 +57,8 @@ class BotSaid:
     t_end: float
     duration_s: float
     text: str | None = None
-    """What the caller's recognizer heard; None when not transcribed."""
+    """What the caller's recognizer made of it (a check of the audio, not what the bot
+    said: that is the server's prompt text); None when not transcribed."""
     mark: str | None = None
     """The mark that ended this stretch, if any."""
     cut_short: bool = False
@@ -188,55 +191,73 @@ def _rel(t: CallTranscript, when: float) -> str:
     return f"{when - t.t_start:7.2f}s"
 
 
-def _describe(t: CallTranscript, event: TranscriptEvent) -> str:
-    if isinstance(event, BotSaid):
-        said = f'"{event.text}"' if event.text is not None else "(not transcribed)"
-        notes = [f"{event.duration_s:.1f} s"]
-        if event.mark:
-            notes.append(f"mark {event.mark}")
-        if event.cut_short:
-            notes.append("cut short")
-        return f"{_rel(t, event.t_start)}  bot     heard: {said}  [{', '.join(notes)}]"
+_PAD = " " * 10  # under the time column
+
+
+def _caller_line(t: CallTranscript, event: TranscriptEvent) -> str:
     if isinstance(event, CallerSaid):
         kind = "barged in" if event.barge else "said"
-        return f'{_rel(t, event.t_start)}  caller  {kind}: "{event.text}"'
+        return f'{_rel(t, event.t_start)}  caller  {kind} "{event.text}"'
     if isinstance(event, CallerPressed):
-        return f"{_rel(t, event.t_start)}  caller  pressed: {event.digits}"
+        return f"{_rel(t, event.t_start)}  caller  pressed {event.digits}"
     if isinstance(event, CallerSilent):
         return f"{_rel(t, event.t_start)}  caller  (silent {event.ms} ms)"
     return f"{_rel(t, event.t_start)}  caller  hung up"
 
 
-def _turn_lines(turn: dict[str, Any]) -> list[str]:
-    head = f"turn {turn.get('seq', '?')}"
-    if turn.get("step"):
-        head += f"  step {turn['step']}"
-    lines = [head]
-    if turn.get("prompt"):
-        heard = turn.get("prompt_heard")
-        lines.append(f'    prompt: "{turn["prompt"]}"' + (f"  ({heard})" if heard else ""))
-    kind = turn.get("input_kind")
-    if kind:
-        text = turn.get("input_text")
-        got = f'{kind} "{text}"' if text is not None else str(kind)
-        conf = turn.get("confidence")
-        if isinstance(conf, int | float):
-            got += f" ({conf:.2f})"
-        lines.append(f"    server heard: {got}")
-    if turn.get("understood") is not None or turn.get("result") is not None:
-        lines.append(f"    understood: {turn.get('understood')}  result: {turn.get('result')}")
+_HEARD_NOTE = {"interrupted": "  (interrupted)", "unheard": "  (not heard)"}
+
+
+def _bot_lines(t: CallTranscript, played: list[BotSaid], turn: dict[str, Any] | None) -> list[str]:
+    """What the bot played: the server's own prompt text (what it synthesized), not what a
+    recognizer makes of it; with no server record, how much audio there was. A caller-side
+    transcription, when asked for, follows as a recognizer check."""
+    when = _rel(t, played[0].t_start) if played else _PAD[:-2]
+    prompt = turn.get("prompt") if turn else None
+    lines: list[str] = []
+    if prompt:
+        lines.append(f'{when}  bot     "{prompt}"'
+                     + _HEARD_NOTE.get(str(turn.get("prompt_heard") if turn else ""), ""))
+    elif played:
+        seconds = sum(e.duration_s for e in played)
+        cut = "  (cut short)" if any(e.cut_short for e in played) else ""
+        lines.append(f"{when}  bot     ({seconds:.1f} s of audio){cut}")
+    for e in played:
+        if e.text is not None:
+            lines.append(f'{_PAD}        (recognizer check: "{e.text}")')
     return lines
 
 
+def _understood_line(turn: dict[str, Any]) -> str | None:
+    """What the server made of the caller's answer, from its record of the turn."""
+    result = turn.get("result")
+    kind = turn.get("input_kind")
+    if result not in ("match", "no_match", "no_input") and not kind:
+        return None
+    heard = ""
+    if kind:
+        text = turn.get("input_text")
+        heard = f'{kind} "{text}"' if text is not None else str(kind)
+        conf = turn.get("confidence")
+        if isinstance(conf, int | float):
+            heard += f" {conf:.2f}"
+        heard = f"  (heard {heard})"
+    if result == "no_input":
+        what = "nothing heard"
+    elif result == "no_match":
+        what = "not understood"
+    else:
+        what = f"understood: {turn.get('understood')}"
+    return f"{_PAD}        → {what}{heard}"
+
+
 def format_transcript(t: CallTranscript) -> str:
-    """The call for humans: each turn as the caller heard it, beside the server's record."""
-    lines = [
-        f"call {t.call_sid}  stream {t.stream_sid}" + (f"  flow {t.flow}" if t.flow else ""),
-        f"  {t.duration_s:.1f} s, closed by {t.closed_by}, {len(t.frames)} frames received,"
-        f" {len(t.marks)} marks, {len(t.clears)} clears",
-    ]
+    """The call for a person: each prompt the bot played (the server's own text), the
+    caller's answer, and what the server understood of it."""
+    lines = [f"call {t.call_sid}" + (f"  flow {t.flow}" if t.flow else "")
+             + f"  {t.duration_s:.1f} s, closed by {t.closed_by}", ""]
     # Group the caller's side into rounds: the bot audio heard, then the caller's answer.
-    # Round i is shown beside the server's turn i, which is how both sides count turns.
+    # Round i is shown with the server's turn i, which is how both sides count turns.
     rounds: list[list[TranscriptEvent]] = [[]]
     for event in t.events:
         rounds[-1].append(event)
@@ -248,13 +269,16 @@ def format_transcript(t: CallTranscript) -> str:
     if t.server is not None and isinstance(t.server.get("turns"), list):
         turns = [x for x in t.server["turns"] if isinstance(x, dict)]
     for i in range(max(len(rounds), len(turns))):
-        lines.append("")
-        if i < len(turns):
-            lines += ["  " + s for s in _turn_lines(turns[i])]
-        else:
-            lines.append(f"  round {i + 1}")
-        for event in rounds[i] if i < len(rounds) else []:
-            lines.append("    " + _describe(t, event))
+        events = rounds[i] if i < len(rounds) else []
+        turn = turns[i] if i < len(turns) else None
+        lines += ["  " + s for s in _bot_lines(t, [e for e in events if isinstance(e, BotSaid)],
+                                               turn)]
+        for event in events:
+            if not isinstance(event, BotSaid):
+                lines.append("  " + _caller_line(t, event))
+        understood = _understood_line(turn) if turn else None
+        if understood:
+            lines.append("  " + understood)
     if t.server is None:
         lines += ["", "  (no server record)"]
     else:

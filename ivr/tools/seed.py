@@ -3,6 +3,9 @@
 Idempotent: every row has a fixed key and goes in with ON CONFLICT DO NOTHING, so seeding again
 (even on another day) adds nothing and never overwrites what callers changed since.
 Dates are relative to `today` on the first seeding.
+
+`seed` is `ivr db seed` (and the tests'); `seed_new` is what `ivr serve` runs at start-up on
+a new SQLite database, so the shipped flows book and look up out of the box.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from ivr.store.backend import connect
+from ivr.store.backend import Database, connect
 from ivr.store.db import CallStore, utc_now
 from ivr.tools.base import BUSY_TIMEOUT_S
 from ivr.tools.builtin.availability import OPEN_WEEKDAYS
@@ -66,15 +69,10 @@ def _open_day(today: date, n: int) -> date:
     return day
 
 
-async def seed(db_path: Path | str, *, today: date | None = None) -> dict[str, int]:
-    """Insert the demo data; returns how many rows each table gained (0s when re-run)."""
-    # The store owns the schema: opening it migrates a fresh or old file to the latest.
-    store = await CallStore.open(db_path)
-    await store.close()
-
-    today = today or date.today()
+def _plan(today: date) -> list[tuple[str, str, list[tuple[Any, ...]]]]:
+    """Each table's insert and rows, dated from `today`."""
     now = utc_now()
-    plan: list[tuple[str, str, list[tuple[Any, ...]]]] = [
+    return [
         ("services", "INSERT INTO services (name, duration_min, description) "
                      f"VALUES (?, ?, ?) {_IGNORE}", list(SERVICES)),
         ("accounts", "INSERT INTO accounts (phone, name, balance_cents, plan) "
@@ -92,13 +90,39 @@ async def seed(db_path: Path | str, *, today: date | None = None) -> dict[str, i
          [(ref, service, _open_day(today, nth).isoformat(), start, name, phone, now, now)
           for ref, service, nth, start, name, phone in BOOKINGS]),
     ]
+
+
+async def _insert(tx: Database, today: date | None) -> dict[str, int]:
     counts: dict[str, int] = {}
+    for table, sql, rows in _plan(today or date.today()):
+        counts[table] = await tx.executemany(sql, rows)
+    return counts
+
+
+async def seed(db_path: Path | str, *, today: date | None = None) -> dict[str, int]:
+    """Insert the demo data; returns how many rows each table gained (0s when re-run)."""
+    # The store owns the schema: opening it migrates a fresh or old file to the latest.
+    store = await CallStore.open(db_path)
+    await store.close()
+
     db = await connect(db_path, timeout_s=BUSY_TIMEOUT_S, pragmas=("foreign_keys=ON",))
     try:
         # One transaction: a seed is all there or not at all.
         async with db.transaction() as tx:
-            for table, sql, rows in plan:
-                counts[table] = await tx.executemany(sql, rows)
+            return await _insert(tx, today)
     finally:
         await db.close()
-    return counts
+
+
+async def seed_new(db: Database, *, today: date | None = None) -> dict[str, int] | None:
+    """Seed a migrated database that offers no services yet (a new one); None if it does.
+
+    The look and the inserts are one write transaction, so of several processes starting
+    on one new SQLite file (`ivr serve --processes N`) exactly one seeds: the others wait
+    for its lock and then find the services. A database an operator has filled, even
+    partly, is left as it is.
+    """
+    async with db.transaction() as tx:
+        if await tx.fetchone("SELECT 1 FROM services LIMIT 1") is not None:
+            return None
+        return await _insert(tx, today)

@@ -573,11 +573,46 @@ async def test_transcript_with_recognizer_and_server_record() -> None:
     assert [e.text for e in t.heard] == ["400 ms", "300 ms"]
     text = format_transcript(t)
     assert t.call_sid in text
-    assert 'heard: "400 ms"' in text and 'said: "yes"' in text
-    assert 'prompt: "Say yes or no."' in text and 'server heard: speech "yes"' in text
-    assert "server outcome: completed" in text
-    # The server's turn 1 is printed before what the caller heard in that round.
-    assert text.index("turn 1") < text.index('heard: "400 ms"') < text.index('said: "yes"')
+    # What the bot said is the server's prompt text; the caller's transcription of the
+    # audio is a recognizer check under it, then the answer and what the server made of it.
+    lines = text.splitlines()
+    order = [
+        'bot     "Say yes or no."',
+        '(recognizer check: "400 ms")',
+        'caller  said "yes"',
+        '→ understood: yes  (heard speech "yes" 0.90)',
+        'bot     (0.3 s of audio)',  # round 2: no server turn for it
+        '(recognizer check: "300 ms")',
+        "server outcome: completed",
+    ]
+    found = [next((i for i, line in enumerate(lines) if want in line), -1) for want in order]
+    assert -1 not in found and found == sorted(found), text
+    assert "heard:" not in text  # no caller-side transcription passed off as the bot's words
+
+
+async def test_transcript_without_a_check_shows_only_what_was_played() -> None:
+    """The default: no recognizer check; the bot's lines are the server's prompts."""
+    record = {
+        "call_sid": "", "outcome": "completed", "ended_at": "2025-01-01T00:00:00+00:00",
+        "turns": [{"seq": 1, "step": "ask", "prompt": "Say yes or no.", "prompt_heard":
+                   "interrupted", "input_kind": "speech", "input_text": "pizza",
+                   "confidence": 0.1, "understood": None, "result": "no_match"}],
+    }
+
+    async def script(peer: Peer) -> None:
+        await peer.send_audio(tone_ulaw(0.4))
+        await peer.send_mark("ask")
+        i, _ = await peer.wait_for(voiced_media)
+        await peer.wait_for(silent_media, after=i)
+
+    async with fake_server(script, api=record) as (url, _):
+        t = await call(url, [Say("pizza")], api_timeout=2.0)
+
+    assert [e.text for e in t.heard] == [None]
+    text = format_transcript(t)
+    assert 'bot     "Say yes or no."  (interrupted)' in text
+    assert '→ not understood  (heard speech "pizza" 0.10)' in text
+    assert "recognizer check" not in text
 
 
 async def test_missing_server_record_is_none() -> None:

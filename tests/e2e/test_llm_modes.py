@@ -193,6 +193,11 @@ async def test_realtime_concierge_books_with_mulaw_passed_through(tmp_path: Path
     assert any(turn["input_text"] == "I'd like a cleaning on " + day for turn in record["turns"])
     usage = {(u["role"], u["engine"]): u["units"] for u in record["stats"]["usage"]}
     assert usage[("llm", "gpt-realtime")]["audio_out"] > 0
+    # Each response the model gave is an llm span: asked, first audio, done.
+    llm = [sp for turn in record["turns"] for sp in turn["spans"] if sp["stage"] == "llm"]
+    assert llm and all(sp["provider"] == "gpt-realtime" and sp["start"] <= sp["end"]
+                       for sp in llm)
+    assert any("first" in sp for sp in llm)
 
 
 async def test_realtime_barge_in_cancels_clears_truncates_and_a_drop_falls_back(
@@ -241,3 +246,38 @@ async def test_realtime_barge_in_cancels_clears_truncates_and_a_drop_falls_back(
     record = t.server
     assert record["outcome"] in ("abandoned", "completed")
     assert record["stats"]["realtime_dropped"] == 1
+
+
+async def test_realtime_provider_speech_started_also_interrupts(tmp_path: Path) -> None:
+    """The provider's VAD hears the caller first (`input_audio_buffer.speech_started`)
+    while the model speaks: the reply stops with a Twilio `clear`, the response is
+    cancelled and the item truncated, without the local VAD having heard anything."""
+    long_reply = bytes(range(256)) * 125  # 4 s
+    async with start_fake_realtime() as rt, start_fake_openai() as fake:
+        rt.replies.append(RealtimeReply(audio=long_reply, transcript="A long story.",
+                                        chunk=len(long_reply)))
+        server = await _realtime_server(tmp_path, rt.url, fake.base_url)
+
+        async def provider_hears_caller() -> float:
+            await _until(rt, lambda f: bool(f.responses_done))
+            start = len(rt.audio)
+            await _until(rt, lambda f: len(f.audio) - start >= 8 * 600)  # 600 ms into it
+            sent = time.monotonic()
+            await rt.speech_started()
+            await _until(rt, lambda f: len(f.truncates) >= 1)
+            return sent
+
+        driver = asyncio.create_task(provider_hears_caller())
+        try:
+            t = await run_call(f"ws://127.0.0.1:{server.port}/media",
+                               [Silence(200), PutDown(after_ms=2500)],
+                               flow="concierge", from_number=CALLER, transcribe=False,
+                               hangup_timeout=20)
+        finally:
+            await server.close()
+        sent = await asyncio.wait_for(driver, 1)
+        truncated = rt.truncates[0]
+    assert t.clears and t.clears[0] > sent
+    assert t.clears[0] - sent < 0.3
+    assert not t.speech_onsets  # the caller's line carried no speech
+    assert 300 < truncated[2] < 1500

@@ -12,6 +12,12 @@ from ivr.sim.run import run_call
 from ivr.sim.script import Say
 from tests.conftest import make_settings
 from tests.fake_openai import ChatReply, Fault, start_fake_openai
+from tests.fake_realtime import (
+    TRANSCRIPTION_USAGE,
+    FakeRealtime,
+    TranscriptReply,
+    start_fake_realtime,
+)
 
 
 def _providers(base_url: str) -> dict[str, ProviderConfig]:
@@ -84,3 +90,55 @@ async def test_gpt4o_audio_chat_recognizer_understands_against_the_step(tmp_path
     assert "support" in body["messages"][0]["content"]  # the step's expected answers
     assert t.server is not None
     assert t.server["turns"][0]["understood"] == "support"
+
+
+async def _realtime_stt_call(tmp_path: Path, fake: FakeRealtime, answer: str
+                             ) -> dict[str, object]:
+    stt = ProviderConfig(role="stt", base_url="http://127.0.0.1:9/v1", api_key="sk-test",
+                         model="gpt-4o-transcribe", timeout_read_s=2.0, max_retries=1)
+    settings = make_settings(tmp_path, recognizer_workers=1, stt=stt, stt_api="realtime",
+                             realtime_url=fake.url)
+    server = TestServer(create_app(settings), host="127.0.0.1")
+    await server.start_server()
+    try:
+        t = await run_call(f"ws://127.0.0.1:{server.port}/media", [Say(answer)],
+                           flow="demo", transcribe=False)
+    finally:
+        await server.close()
+    assert t.server is not None
+    return t.server
+
+
+async def test_realtime_transcriber_understands_a_call(tmp_path: Path) -> None:
+    """IVR_STT_API=realtime: the caller's answer streams to a transcription session
+    (24 kHz PCM, the step's answers in the prompt) and its transcript is what the flow
+    matches, billed to the Realtime transcriber."""
+    async with start_fake_realtime() as fake:
+        fake.transcripts.append(TranscriptReply("Support, please.", usage=TRANSCRIPTION_USAGE))
+        record = await _realtime_stt_call(tmp_path, fake, "support")
+        assert fake.query[0] == {"intent": "transcription"}
+        prompt = fake.session_updates[0]["audio"]["input"]["transcription"]["prompt"]
+        assert "support" in prompt
+        assert len(fake.committed) == 1 and len(fake.committed[0]) > 24000  # > 0.5 s
+    turn = record["turns"][0]  # type: ignore[index]
+    assert turn["understood"] == "support"
+    assert record["outcome"] == "completed"
+    usage = {(u["role"], u["engine"]): u["units"]
+             for u in record["stats"]["usage"]}  # type: ignore[index]
+    assert usage[("stt", "realtime:gpt-4o-transcribe")] == {
+        "audio_in": 18, "text_in": 7, "text_out": 6, "requests": 1}
+
+
+async def test_refused_realtime_transcriber_falls_back_to_pocketsphinx(
+        tmp_path: Path) -> None:
+    """The transcription session is refused (401): pocketsphinx hears the same audio and
+    the call goes on as if nothing happened."""
+    async with start_fake_realtime() as fake:
+        fake.fail_connect = True
+        record = await _realtime_stt_call(tmp_path, fake, "support")
+        assert len(fake.query) == 1  # it was tried
+    turn = record["turns"][0]  # type: ignore[index]
+    assert turn["understood"] == "support"
+    assert record["outcome"] == "completed"
+    engines = {u["engine"] for u in record["stats"]["usage"]}  # type: ignore[index]
+    assert "pocketsphinx" in engines and "realtime:gpt-4o-transcribe" not in engines

@@ -8,6 +8,7 @@ import pytest
 
 from ivr.config import Settings
 from ivr.errors import ConfigError
+from ivr.llm.realtime_wire import realtime_url
 
 FILE = """
 server: {port: 9090, default_flow: concierge}
@@ -50,6 +51,24 @@ def test_bad_environment_values_are_clear() -> None:
         Settings.from_env({"IVR_LLM_BASE_URL": "ftp://x"})
 
 
+def test_stt_api_takes_realtime_and_names_the_choices() -> None:
+    """IVR_STT_API: transcriptions by default; realtime (streaming) is one of the choices."""
+    assert Settings.from_env({}).stt_api == "transcriptions"
+    assert Settings.from_env({"IVR_STT_API": "realtime"}).stt_api == "realtime"
+    with pytest.raises(ConfigError, match="IVR_STT_API='stream' must be one of "
+                                          "transcriptions, chat, realtime"):
+        Settings.from_env({"IVR_STT_API": "stream"})
+
+
+def test_realtime_url_is_the_setting_else_derived_from_the_base_url() -> None:
+    """IVR_REALTIME_URL when set; else the provider's base URL as a WebSocket URL."""
+    assert realtime_url("wss://rt.example/v1/realtime", "https://x/v1") == (
+        "wss://rt.example/v1/realtime")
+    assert realtime_url(None, "https://api.openai.com/v1/") == (
+        "wss://api.openai.com/v1/realtime")
+    assert realtime_url(None, "http://127.0.0.1:8000/v1") == "ws://127.0.0.1:8000/v1/realtime"
+
+
 def test_llm_budget_per_call_defaults_and_bounds() -> None:
     """IVR_LLM_MAX_TOKENS_PER_CALL: 20,000 by default, 0 for no limit, never negative."""
     assert Settings.from_env({}).llm_max_tokens_per_call == 20_000
@@ -71,6 +90,13 @@ def test_recognizer_bounds_default_and_refuse_zero() -> None:
     assert Settings.from_env({"IVR_RECOGNIZER_SLOTS": "1"}).recognizer_slots == 1
     with pytest.raises(ConfigError, match="IVR_RECOGNIZER_SLOTS=0 must be within"):
         Settings.from_env({"IVR_RECOGNIZER_SLOTS": "0"})
+
+
+def test_barge_in_is_vad_by_default_words_on_request_nothing_else() -> None:
+    assert Settings.from_env({}).barge_in == "vad"
+    assert Settings.from_env({"IVR_BARGE_IN": "words"}).barge_in == "words"
+    with pytest.raises(ConfigError, match="IVR_BARGE_IN='word' must be vad or words"):
+        Settings.from_env({"IVR_BARGE_IN": "word"})
 
 
 def test_processes_default_to_one_and_need_a_fixed_port() -> None:

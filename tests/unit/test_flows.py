@@ -718,6 +718,16 @@ def test_loading_is_side_effect_free_and_repeatable(tmp_path: Path) -> None:
     assert first == load_flow(DEMO)  # the working flow object is untouched
 
 
+def test_flow_may_choose_word_gated_barge_in_and_nothing_else() -> None:
+    """`engines: {barge_in: vad | words}` overrides IVR_BARGE_IN for the flow."""
+    flow = load_flow_text(
+        "name: f\nstart: a\nengines: {barge_in: words}\nsteps:\n  a: {hangup: Bye.}\n")
+    assert flow.engines is not None and flow.engines.barge_in == "words"
+    with pytest.raises(FlowLoadError, match="barge_in"):
+        load_flow_text(
+            "name: f\nstart: a\nengines: {barge_in: cough}\nsteps:\n  a: {hangup: Bye.}\n")
+
+
 def test_flow_may_choose_its_llm_model() -> None:
     """`engines: {llm_model: ...}` is part of the format (per-flow provider choice)."""
     flow = load_flow_text(

@@ -80,7 +80,7 @@ def test_menu_grammar_groups_each_choices_words() -> None:
         Choice(words=("account balance", "balance"), goto="b"),
         Choice(words=("Sales", "sales team"), goto="c"),
     ))
-    grammar = listen("menu", step, None, confirming=False).grammar
+    grammar = listen("menu", step, None).grammar
     assert grammar is not None
     assert not grammar.complete("account")  # another choice goes on from it
     assert grammar.complete("balance") and grammar.complete("account balance")

@@ -20,12 +20,14 @@ the graph itself is sound (start and every target exist):
 This package never reads files and never imports `ivr.flows.load` (which imports it).
 Modules: `diagnostics` (Finding, Issue, wording), `validate` (one thing at a time),
 `names` (slots, tools, template names), `graph` (reachability, ways out), `dataflow`
-(reads before sets), `lint` (`lint_flow`, all of them in order). Import from
+(reads before sets), `confusion` (answers that sound alike), `lint` (`lint_flow`, all
+of them in order but `lint_confusable`). Import from
 `ivr.flows.check`.
 """
 
 from __future__ import annotations
 
+from ivr.flows.check.confusion import lint_confusable
 from ivr.flows.check.dataflow import lint_slot_reads
 from ivr.flows.check.diagnostics import Finding, Issue, Severity
 from ivr.flows.check.graph import lint_unreachable, lint_way_out
@@ -48,6 +50,7 @@ __all__ = [
     "Finding",
     "Issue",
     "Severity",
+    "lint_confusable",
     "lint_flow",
     "lint_slot_reads",
     "lint_unreachable",

@@ -5,6 +5,7 @@ list or grammar, which keys to collect and when to stop) and what an input means
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal, TypeAlias
 
 from ivr.flows.engine.actions import DtmfSpec, Listen
 from ivr.flows.engine.events import Digits, Speech
@@ -17,6 +18,7 @@ __all__ = [
     "DEFAULT_INTER_DIGIT_MS",
     "VARIABLE_MAX_DIGITS",
     "YES_NO",
+    "Mode",
     "chosen",
     "listen",
     "parsed",
@@ -30,6 +32,10 @@ VARIABLE_MAX_DIGITS = 32
 
 # What a confirmation question ("... Is that right?") takes for an answer.
 YES_NO = SlotDef(type="yes_no")
+
+Mode: TypeAlias = Literal["answer", "yes_no", "keys"]
+"""What a `Listen` waits for: the step's own answer, a yes or no (its read-back or the
+check of an unsure answer), or keys alone (1 = yes, 2 = no)."""
 
 
 def terminator(step: AskStep) -> str | None:
@@ -53,9 +59,10 @@ def parsed(
     return parse_keys(slot, event.digits, now=now, terminator=terminator(step))
 
 
-def listen(name: str, step: AskStep, slot: SlotDef | None, *, confirming: bool) -> Listen:
+def listen(name: str, step: AskStep, slot: SlotDef | None, *, mode: Mode = "answer") -> Listen:
     """The `Listen` for `step` (called `name`): its menu, its `slot` (None for a menu),
-    or, when `confirming`, a yes or no."""
+    a yes or no, or keys alone (see `Mode`)."""
+    confirming = mode != "answer"
     options = step.dtmf
     keys_end = terminator(step)
     inter_digit = options.inter_digit_ms if options is not None else DEFAULT_INTER_DIGIT_MS
@@ -92,6 +99,8 @@ def listen(name: str, step: AskStep, slot: SlotDef | None, *, confirming: bool) 
             tuple(dict.fromkeys(s for s in map(speakable, c.words) if s)) for c in step.choices
         )
         grammar = Grammar(phrases, answers=answers) if phrases else None
+    if mode == "keys":
+        phrases, grammar = (), None
     return Listen(
         step=name,
         phrases=phrases,
@@ -99,7 +108,7 @@ def listen(name: str, step: AskStep, slot: SlotDef | None, *, confirming: bool) 
         timeout_ms=step.timeout_ms,
         end_silence_ms=step.end_silence_ms,
         max_utterance_ms=step.max_utterance_ms,
-        speech=step.speech,
+        speech=step.speech and mode != "keys",
         barge_in=step.barge_in,
         slot=None if confirming else step.slot,
         grammar=grammar,

@@ -20,10 +20,17 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Speech:
-    """What the caller said (recognized) or typed."""
+    """What the caller said (recognized) or typed.
+
+    `confidence` is the recognizer's score for `text` (typed text: 1.0). `margin` is how
+    far `text` is ahead of the next-best hypothesis, normalized to 0..1, when the
+    recognizer ranks its hypotheses; None when it does not say. Both decide whether the
+    flow acts on the answer or checks it first (`AskStep.verify`, `Flow.certainty`).
+    """
 
     text: str
     confidence: float = 1.0
+    margin: float | None = None
     # The utterance as 16 kHz mono PCM16, when the question asked for it (`Listen.keep_audio`).
     audio: bytes | None = field(default=None, repr=False, compare=False)
 

@@ -22,7 +22,7 @@ class Turn:
     understood: str | None  # the matched choice's label, the slot value's text, yes/no
     slot: str | None = None  # the slot the step fills
     value: str | None = None  # the slot value's text when this input filled it
-    confirm: bool = False  # an answer to the step's confirmation question
+    confirm: bool = False  # an answer to a yes/no check: the read-back, an unsure answer's
 
 
 TraceKind: TypeAlias = Literal[
@@ -36,6 +36,7 @@ TraceKind: TypeAlias = Literal[
     "ignored",
     "agent_slot_rejected",
     "agent_done",
+    "unsure",
 ]
 
 

@@ -35,6 +35,7 @@ from ivr.flows.engine.events import (
     ToolDone,
 )
 from ivr.flows.engine.records import Trace, TraceKind, Turn
+from ivr.flows.engine.verify import Stakes
 from ivr.flows.model import (
     AskStep,
     BranchStep,
@@ -109,6 +110,7 @@ class FlowRunner:
         self._tool_calls = 0
         self._fell_back = False
         self._handled_template_failure = False
+        self._stakes_of: dict[str, Stakes] = {}
 
     # ------------------------------------------------------------ state
 
@@ -217,8 +219,11 @@ class FlowRunner:
         if slot is not None and reply.forget:
             self.slots.pop(slot, None)
         then = reply.then
+        if reply.unsure is not None:
+            self._note("unsure", reply.unsure, visit.name)
         if isinstance(then, Reprompt):
-            out.append(Play(self._text(then.prompt), visit.step.barge_in, visit.name))
+            text = then.prompt if then.plain else self._text(then.prompt)
+            out.append(Play(text, visit.step.barge_in, visit.name))
             out.append(visit.listen())
             return
         self._fell_back = self._fell_back or then.gave_up
@@ -319,7 +324,7 @@ class FlowRunner:
         if isinstance(step, AskStep):
             prompt = self._text(step.ask)
             slot = self._slot_def(step.slot) if step.slot is not None else None
-            self._visit = AskVisit(target, step, slot)
+            self._visit = AskVisit(target, step, slot, self.flow.certainty, self._stakes(target))
             out.append(Play(prompt, step.barge_in, target))
             out.append(self._visit.listen())
             return None
@@ -394,6 +399,14 @@ class FlowRunner:
         self._tool = step
         self._note("tool_call", step.call, name)
         out.append(CallTool(name, step.call, args))
+
+    def _stakes(self, name: str) -> Stakes:
+        stakes = self._stakes_of.get(name)
+        if stakes is None:
+            step = self.flow.steps[name]
+            assert isinstance(step, AskStep)
+            stakes = self._stakes_of[name] = Stakes.of(self.flow, step)
+        return stakes
 
     def _slot_def(self, name: str) -> SlotDef:
         # The loader makes every slot used a declared one; a flow built in code gets text.

@@ -15,7 +15,7 @@ import yaml
 from yaml.nodes import Node
 
 from ivr.errors import FlowError
-from ivr.flows.check import Finding, Issue
+from ivr.flows.check import Finding, Issue, lint_confusable
 from ivr.flows.check.diagnostics import suggest
 from ivr.flows.load.document import FlowYamlLoader, by_position, located
 from ivr.flows.load.errors import FlowLoadError
@@ -146,12 +146,17 @@ def check_paths(paths: Iterable[str | Path], known_tools: set[str] | None = None
     severity "error".
 
     `{flow: x}` may name a flow among the files or beside them; with `known_tools` (the
-    registry's names) every declared tool must exist, None skips that.
+    registry's names) every declared tool must exist, None skips that. Beyond what a load
+    checks, answers a step listens for that sound alike on the phone are warned about
+    (`lint_confusable`).
     """
     files = _flow_files(paths)
 
     def with_warnings(text: str, file: str) -> tuple[Flow, Node, list[Issue]]:
-        return analyse(text, file, known_tools)
+        flow, root, issues = analyse(text, file, known_tools)
+        # Only here, not in every load: it reads the pronunciation dictionary.
+        issues += [located(f, root, file) for f in lint_confusable(flow)]
+        return flow, root, issues
 
     loaded, issues = _gather(files, with_warnings)
     issues += _missing_flows(loaded, sorted(set(loaded) | _sibling_names(files)))

@@ -13,7 +13,11 @@ check the file against `flows/schema.json`, which `python -m ivr.flows.schema` w
       llm_model: gpt-4o-mini          #   its llm steps' model (else IVR_LLM_MODEL)
       llm_mode: realtime              #   pipeline | audio | realtime (else IVR_LLM_MODE)
       realtime_model: gpt-realtime    #   (else IVR_REALTIME_MODEL)
+      barge_in: words                 #   what cuts a prompt: vad (any speech) or words
+                                      #   (only speech that is a word) (else IVR_BARGE_IN)
     timezone: America/New_York        # optional IANA zone of `now` and of dates said
+    certainty: {confidence: 0.05, margin: 0.1, commit_confidence: 0.07, commit_margin: 0.25}
+                                      # optional; when a voice answer is sure (defaults shown)
     start: greet                      # required; the step the call begins with
     on_error: sorry                   # optional; where a failed tool or template goes
     tools: [bookings.find, bookings.book]   # the tools `call` steps may use
@@ -26,7 +30,7 @@ check the file against `flows/schema.json`, which `python -m ivr.flows.schema` w
         type: choice
         choices:
           - {value: inside, words: [inside, indoors], key: "1"}
-          - {value: terrace, words: [terrace, outside], key: "2"}
+          - {value: terrace, words: [terrace, patio], key: "2"}  # not "outside": like "inside"
     steps:
       greet:
         say: "Good {{ 'morning' if now.hour < 12 else 'day' }}, this is Acme."   # template
@@ -49,6 +53,7 @@ check the file against `flows/schema.json`, which `python -m ivr.flows.schema` w
         max_utterance_ms: 10000
         speech: true                    # optional; false listens for keys only
         dtmf: {max_digits: 1, terminator: "#", inter_digit_ms: 3000}   # optional
+        verify: auto                    # optional; check unsure voice answers: auto|always|never
       hours: {say: We are open noon to ten., next: goodbye}
       ask_day:                          # an ask with a slot: fills one typed answer
         ask: For which day?
@@ -141,6 +146,17 @@ Semantics worth knowing when writing a flow:
   `confirm`, a yes goes to `next` and a no forgets the value and asks again (a no
   counts as a no-match, so endless rejections reach the fallback). A slot ask without
   `next` ends the call once filled.
+- Never act on a guess (`verify`, default `auto`): a voice answer under the flow's
+  `certainty` (confidence, or margin to the next-best hypothesis when the recognizer
+  gives one) is checked first ("Cleaning, right? Say yes or no, or press 1 for yes, 2
+  for no."); no asks again (a no-match), yes or key 1 takes it. `always` checks every
+  voice answer, `never` none; keys and (under `auto`) free-speech `text` slots are never
+  checked; an unsure yes/no answer is asked for by keys ("Press 1 for yes, 2 for no.").
+  An answer whose `next` (or `goto`) runs a committing tool (its name's last part has
+  book, cancel, reschedule, pay, refund or delete) before the next question needs
+  `commit_confidence` and `commit_margin` whatever `verify` says; a spoken yes that
+  falls short gets "Press 1 to confirm, 2 to change." and only keys answer it. README
+  "Never act on a guess" has the measurements behind the defaults.
 - `set` converts each value to its slot's type: a literal or rendered text is parsed
   as the caller's answer would be ("tomorrow", "2026-11-24", "4"), a typed value
   (a date from `now.date()`, a number) must fit the slot. Setting an undeclared slot
@@ -179,7 +195,15 @@ the targets between them), `flow` (the whole file). Import from `ivr.flows.model
 from __future__ import annotations
 
 from ivr.flows.model.base import FlowModel, Loc, Text, Value
-from ivr.flows.model.flow import DEFAULT_TIMEZONE, Engines, Flow, TemplateKind, TemplateUse, Voice
+from ivr.flows.model.flow import (
+    DEFAULT_TIMEZONE,
+    Certainty,
+    Engines,
+    Flow,
+    TemplateKind,
+    TemplateUse,
+    Voice,
+)
 from ivr.flows.model.slots import SLOT_TYPES, ChoiceOption, SlotDef, SlotType
 from ivr.flows.model.steps import (
     STEP_KIND_ERROR,
@@ -223,6 +247,7 @@ __all__ = [
     "BranchCase",
     "BranchStep",
     "CallStep",
+    "Certainty",
     "Choice",
     "ChoiceOption",
     "DtmfOptions",

@@ -22,7 +22,9 @@ from ivr.flows.model.steps import (
     TransferStep,
 )
 
-__all__ = ["DEFAULT_TIMEZONE", "Engines", "Flow", "TemplateKind", "TemplateUse", "Voice"]
+__all__ = [
+    "DEFAULT_TIMEZONE", "Certainty", "Engines", "Flow", "TemplateKind", "TemplateUse", "Voice",
+]
 
 DEFAULT_TIMEZONE = "America/New_York"
 
@@ -48,7 +50,7 @@ class TemplateUse(NamedTuple):
 
 
 class Engines(FlowModel):
-    """Per-flow choices among the configured remote engines (the embedded ones have none)."""
+    """Per-flow choices among the configured remote engines, and how speech is heard."""
 
     llm_model: Text | None = Field(
         default=None, description="model for this flow's llm steps (else IVR_LLM_MODEL)")
@@ -59,6 +61,33 @@ class Engines(FlowModel):
                     "(a Realtime session, µ-law both ways)")
     realtime_model: Text | None = Field(
         default=None, description="model of realtime llm steps (else IVR_REALTIME_MODEL)")
+    barge_in: Literal["vad", "words"] | None = Field(
+        default=None, description="what may cut a prompt: any speech (vad) or only speech "
+        "that is believably a word (words); else IVR_BARGE_IN")
+
+
+class Certainty(FlowModel):
+    """When a voice answer counts as sure (`ask` steps' `verify`).
+
+    The defaults come from the embedded recognizer (pocketsphinx) on the 8 kHz phone path
+    (espeak voices; README "Never act on a guess"): its confidence is a grammar posterior
+    shared among a phrase list's near-synonyms, so right answers score 0.05-0.48 and
+    wrong ones 0.04-0.49 - it only tells the worst guesses apart. The confidence floors
+    catch that tail; the margins (`Speech.margin`, when the recognizer reports one) are
+    what separate "yes" from "no".
+    """
+
+    confidence: float = Field(
+        default=0.05, ge=0, le=1, description="below it a voice answer is unsure")
+    margin: float = Field(
+        default=0.1, ge=0, le=1,
+        description="a smaller margin to the second-best hypothesis is unsure")
+    commit_confidence: float = Field(
+        default=0.07, ge=0, le=1,
+        description="a voice answer that books, cancels or reschedules needs at least this")
+    commit_margin: float = Field(
+        default=0.25, ge=0, le=1,
+        description="... and at least this margin over the next-best (\"no\")")
 
 
 class Flow(FlowModel):
@@ -66,6 +95,7 @@ class Flow(FlowModel):
     description: str = ""
     voice: Voice | None = None
     engines: Engines | None = None
+    certainty: Certainty = Certainty()
     timezone: Text = Field(default=DEFAULT_TIMEZONE, description="IANA time zone of `now`")
     start: Text
     on_error: Target | None = Field(

@@ -152,6 +152,12 @@ class AskStep(FlowModel):
     end_silence_ms: int | None = Field(default=None, ge=100, le=5000)
     max_utterance_ms: int | None = Field(default=None, ge=1000, le=60000)
     dtmf: DtmfOptions | None = None
+    verify: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="check a voice answer with a short question (\"cleaning, right?\"): "
+                    "auto when unsure (see the flow's certainty), always, or never; keys "
+                    "are never checked",
+    )
 
     @field_validator("choices")
     @classmethod
