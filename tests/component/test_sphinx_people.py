@@ -56,8 +56,12 @@ async def heard(pool: RecognizerPool, text: str, grammar: Grammar) -> Recognitio
 
 
 @pytest.mark.parametrize("said", ["pizza", "hello"])
-async def test_an_out_of_grammar_answer_is_a_no_match(pool: RecognizerPool, said: str) -> None:
-    """Not the nearest menu choice: nothing, so the flow says it did not get that."""
+async def test_an_out_of_grammar_answer_is_a_no_match(
+    pool: RecognizerPool, said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not the nearest menu choice: nothing, so the flow says it did not get that. Needs
+    the garbage path, off by default (IVR_OOG_REJECT: it also rejects real answers)."""
+    monkeypatch.setenv("IVR_OOG_REJECT", "1")
     result = await heard(pool, said, MENU)
     assert result.text == "", result.extra
     assert result.extra.get("no_match") is True
@@ -74,8 +78,10 @@ async def test_an_out_of_grammar_answer_is_a_no_match(pool: RecognizerPool, said
     ],
 )
 async def test_carrier_words_around_an_answer_are_understood(
-    pool: RecognizerPool, slot: SlotDef, said: str, meant: str
+    pool: RecognizerPool, slot: SlotDef, said: str, meant: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """With IVR_GRAMMAR_CARRIERS=1 (off by default: it costs other flows' bare answers)."""
+    monkeypatch.setenv("IVR_GRAMMAR_CARRIERS", "1")
     result = await heard(pool, said, grammar_for(slot))
     value = parse_text(slot, result.text, now=NOW)
     assert value is not None and value.text == meant, result

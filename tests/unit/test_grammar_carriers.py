@@ -3,26 +3,77 @@ mapped back to the answer, the garbage path as no answer, and the N-best margin.
 
 from __future__ import annotations
 
+import pytest
+
+from ivr.config import grammar_flags
+from ivr.errors import ConfigError
 from ivr.grammar import Grammar
 from ivr.speech.sphinx.grammar import compile_grammar
 from ivr.speech.sphinx.utterance import answer_margin
 
 VOCAB = frozenset(
     "yes yeah no please a an on at it's it is i'd like to cleaning wednesday two p m "
-    "book booking cancel".split()
+    "book booking cancel i want need would".split()
 )
 YES_NO = Grammar(("yes", "yeah", "no"), answers=(("yes", "yeah"), ("no",)))
+MENU = Grammar(("book", "cancel"))
 
 
+@pytest.fixture
+def carriers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IVR_GRAMMAR_CARRIERS", "1")
+
+
+@pytest.fixture(autouse=True)
+def plain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts from the shipped defaults, whatever the shell exports."""
+    monkeypatch.delenv("IVR_GRAMMAR_CARRIERS", raising=False)
+    monkeypatch.delenv("IVR_OOG_REJECT", raising=False)
+
+
+def test_by_default_the_grammar_is_the_bare_phrase_list() -> None:
+    compiled = compile_grammar(MENU, VOCAB)
+    assert compiled.jsgf.splitlines()[-1] == "public <answer> = ( book | cancel );"
+    assert compiled.match("i'd like to book") is None
+
+
+@pytest.mark.usefixtures("carriers")
 def test_carrier_words_map_back_to_the_phrase() -> None:
     compiled = compile_grammar(Grammar(("cleaning", "wednesday", "two p.m.")), VOCAB)
-    assert compiled.match("a cleaning please") == "cleaning"
-    assert compiled.match("on wednesday") == "wednesday"
-    assert compiled.match("at two p m") == "two p.m."
-    assert compiled.match("it is wednesday") == "wednesday"
+    assert compiled.match("i'd like a cleaning please") is None  # "a": not a carrier
+    assert compiled.match("i'd like to book") is None  # not a phrase
+    assert compiled.match("cleaning please") == "cleaning"
+    assert compiled.match("i want to two p m") == "two p.m."
+    assert compiled.match("i would like wednesday please") == "wednesday"
 
 
-def test_the_garbage_path_is_no_answer() -> None:
+@pytest.mark.usefixtures("carriers")
+def test_carrier_words_only_around_short_lists() -> None:
+    """A long list (the compact times) loses its answers to carrier paths: none there."""
+    words = ("a", "on", "at", "it's")
+    many = Grammar(tuple(f"{w} {n}" for w in words for n in ("two", "m", "p", "it")))
+    assert "<lead>" not in compile_grammar(many, VOCAB).jsgf
+    assert "<lead>" in compile_grammar(MENU, VOCAB).jsgf
+
+
+@pytest.mark.usefixtures("carriers")
+def test_a_grammar_that_spells_its_carriers_is_left_as_written() -> None:
+    """yes/no lists "yes please" itself: more carriers there lost real answers."""
+    spelled = Grammar(("yes", "yes please", "no"), answers=(("yes", "yes please"), ("no",)))
+    assert "<lead>" not in compile_grammar(spelled, VOCAB).jsgf
+    assert "<trail>" not in compile_grammar(spelled, VOCAB).jsgf
+
+
+def test_carriers_and_the_garbage_path_are_settings() -> None:
+    assert grammar_flags({}) == (False, False)
+    assert grammar_flags({"IVR_GRAMMAR_CARRIERS": "1", "IVR_OOG_REJECT": "true"}) == (True, True)
+    with pytest.raises(ConfigError, match="IVR_OOG_REJECT"):
+        grammar_flags({"IVR_OOG_REJECT": "sometimes"})
+
+
+def test_the_garbage_path_is_no_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "<garbage>" not in compile_grammar(Grammar(("cleaning",)), VOCAB).jsgf
+    monkeypatch.setenv("IVR_OOG_REJECT", "1")
     compiled = compile_grammar(Grammar(("cleaning",)), VOCAB)
     assert "<garbage> = <gbg_phone>" in compiled.jsgf
     assert compiled.match("gbg_p gbg_iy gbg_t gbg_s gbg_ah") is None

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 from typing import Final
 
+from ivr.config import grammar_flags
 from ivr.errors import InvalidValue
 from ivr.grammar import Grammar, digit_words, number_words
 
@@ -29,28 +30,31 @@ __all__ = [
     "normalize_phrase",
 ]
 
-# Carrier words a caller wraps an answer in ("a cleaning please", "on wednesday", "at two
-# p m", "I'd like to book"); `CompiledGrammar.match` strips them again. Unweighted, such
-# optional fillers stole utterances through the phone path (`ivr bench accuracy` 18/24 with
-# ("i'd like", "i would like") / ("please",) against 22/24 with none: a decode that cannot
-# finish a phrase ends inside a filler). Weighted `CARRIER_ODDS` to 1 against the bare answer
-# and beside the garbage path below they cost nothing measurable (README, "Measured").
+# Carrier words a caller wraps an answer in ("I'd like to book", "a cleaning please");
+# `CompiledGrammar.match` strips them again. Off unless `IVR_GRAMMAR_CARRIERS=1`, and then
+# only around short lists (`is_short`) that do not spell carriers themselves: through the
+# phone path a decode that cannot finish a phrase ends inside a filler ("hours" heard as
+# "i would", a no-match), whatever the weight (`CARRIER_ODDS` 20, 200 and 2000 measured
+# alike). `ivr bench accuracy` (README, "Measured"): this set keeps dental_booking's own
+# words (113/134) and takes its people's phrasings from 74/105 to 84/105, but costs
+# flows/demo.yaml 22/24 -> 18/24 and flows/main_menu.yaml 20/20 -> 19/20; the set the
+# issue names ("a", "on", "at", "it's", "thanks" ...) cost dental 109/134 and demo 14/24.
 LEAD_FILLERS: Final[tuple[str, ...]] = (
-    "a", "an", "on", "at", "for", "it's", "it is", "that's", "make it",
-    "i'd like", "i'd like a", "i'd like an", "i'd like to", "i would like", "i would like a",
-    "i would like to", "i want", "i want a", "i want to", "i need a", "i need to",
+    "i'd like", "i'd like to", "i would like", "i would like to", "i want to", "i need to",
 )
-TRAIL_FILLERS: Final[tuple[str, ...]] = ("please", "thanks", "thank you")
+TRAIL_FILLERS: Final[tuple[str, ...]] = ("please",)
 CARRIER_ODDS: Final = 20
+SHORT_LIST: Final = 12
 
-# Out-of-grammar rejection. A grammar decoder always ends on some phrase, so "pizza" or a
-# cough became the nearest choice. Beside the phrases the grammar offers a loop of
-# single-phone "words" (the en-us model's 39 phones as `gbg_<gbg_phone>`), each phone after the
-# first weighted `GARBAGE_PHONE_WEIGHT`: speech that fits no phrase is cheaper as phones,
-# an answer in the grammar is cheaper as itself. A hypothesis with a garbage word is no
-# answer (`CompiledGrammar.match` gives None). Measured on menu and service answers in
-# three espeak voices through the phone path: 1e-12 lost 6 of 16 real answers to the loop,
-# 1e-16 and 1e-20 2 of 16, 1e-30 none, and each rejected 12 of 12 out-of-grammar answers.
+# Out-of-grammar rejection (`IVR_OOG_REJECT=1`, off by default). A grammar decoder always
+# ends on some phrase, so "pizza" or a cough became the nearest choice. Beside the phrases
+# the grammar offers a loop of single-phone "words" (the en-us model's 39 phones as
+# `gbg_<phone>`), each phone after the first weighted `GARBAGE_PHONE_WEIGHT`: speech that
+# fits no phrase is cheaper as phones. A hypothesis with a garbage word is no answer
+# (`CompiledGrammar.match` gives None). It rejects out-of-grammar answers but steals real
+# ones ("book", "today", "correct" came back empty: dental_booking's own words 113/134 ->
+# 89/134 with carriers, demo 22/24 -> 8/24), and weights below ~1e-20 change nothing (a
+# floor in pocketsphinx's log maths); on short lists only, dental's own words were 100/134.
 GARBAGE_PREFIX: Final = "gbg_"
 GARBAGE_PHONES: Final[tuple[str, ...]] = tuple(
     "aa ae ah ao aw ay b ch d dh eh er ey f g hh ih iy jh k l m n ng ow oy p r s sh t th uh "
@@ -148,6 +152,23 @@ class CompiledGrammar:
         return None
 
 
+def is_short(grammar: Grammar) -> bool:
+    """A list of at most `SHORT_LIST` answers (a menu, a choice, yes/no), where carrier
+    words pay; not the long compact date and time lists, where they steal answers."""
+    return len(grammar.answers or grammar.phrases) <= SHORT_LIST
+
+
+def _spells_carriers(phrases: Iterable[tuple[str, ...]], lead: Iterable[tuple[str, ...]],
+                     trail: Iterable[tuple[str, ...]]) -> bool:
+    """Does a phrase already wrap an answer in carrier words ("yes please", "no thanks")?
+    Such a grammar (yes/no) is left as its author wrote it: measured, adding more there
+    lost "okay" and "that's right" to a partial carrier path."""
+    phrases, lead, trail = list(phrases), list(lead), list(trail)
+    return any(p[: len(f)] == f for p in phrases for f in lead) or any(
+        p[-len(f):] == f for p in phrases for f in trail
+    )
+
+
 def is_garbage(hypothesis: str) -> bool:
     """Did the decoder take the garbage path (speech that fits no phrase)?"""
     return any(w.startswith(GARBAGE_PREFIX) for w in hypothesis.split())
@@ -185,20 +206,32 @@ def compile_grammar(
     grammar: Grammar,
     vocabulary: Set[str],
     *,
-    lead_fillers: Iterable[str] = LEAD_FILLERS,
-    trail_fillers: Iterable[str] = TRAIL_FILLERS,
-    garbage: bool = True,
+    lead_fillers: Iterable[str] | None = None,
+    trail_fillers: Iterable[str] | None = None,
+    garbage: bool | None = None,
 ) -> CompiledGrammar:
     """Compile `grammar` to JSGF: `[<lead>] ( phrase | ... ) [<trail>] | <garbage>`, the
     carrier words weighted against, the garbage path there to reject what fits no phrase.
-    Raises InvalidValue (a ValueError) if no phrase is speakable."""
+    Fillers and garbage left as None follow `IVR_GRAMMAR_CARRIERS` and `IVR_OOG_REJECT`
+    (both off by default: see `LEAD_FILLERS`). Raises InvalidValue (a ValueError) if no
+    phrase is speakable."""
+    carriers, reject = grammar_flags()
+    garbage = reject if garbage is None else garbage
+    carriers = carriers and is_short(grammar)
+    if lead_fillers is None:
+        lead_fillers = LEAD_FILLERS if carriers else ()
+    if trail_fillers is None:
+        trail_fillers = TRAIL_FILLERS if carriers else ()
     if grammar.jsgf is not None:
-        return CompiledGrammar(_with_garbage(grammar.jsgf), {}, (), (), (), raw=True)
+        jsgf = _with_garbage(grammar.jsgf) if garbage else grammar.jsgf
+        return CompiledGrammar(jsgf, {}, (), (), (), raw=True)
     phrases, skipped = _speakable(grammar.phrases, vocabulary)
     if not phrases:
         raise InvalidValue(f"no speakable phrase in grammar {list(grammar.phrases)!r}")
     lead = tuple(_speakable(lead_fillers, vocabulary)[0])
     trail = tuple(_speakable(trail_fillers, vocabulary)[0])
+    if carriers and _spells_carriers(phrases, lead, trail):
+        lead, trail = (), ()
     lines = ["#JSGF V1.0;", "grammar ivr;"]
     body = "( " + " | ".join(" ".join(words) for words in phrases) + " )"
     if lead:
@@ -223,9 +256,9 @@ def grammar_to_jsgf(
     grammar: Grammar,
     vocabulary: Set[str],
     *,
-    lead_fillers: Iterable[str] = LEAD_FILLERS,
-    trail_fillers: Iterable[str] = TRAIL_FILLERS,
-    garbage: bool = True,
+    lead_fillers: Iterable[str] | None = None,
+    trail_fillers: Iterable[str] | None = None,
+    garbage: bool | None = None,
 ) -> str:
     """JSGF for `grammar` (see `compile_grammar`); InvalidValue if no phrase is speakable
     (every phrase has a word outside `vocabulary`)."""
