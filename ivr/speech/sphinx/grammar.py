@@ -37,7 +37,7 @@ __all__ = [
 # "i would", a no-match), whatever the weight (`CARRIER_ODDS` 20, 200 and 2000 measured
 # alike). `ivr bench accuracy` (README, "Measured"): this set keeps dental_booking's own
 # words (113/134) and takes its people's phrasings from 74/105 to 84/105, but costs
-# flows/demo.yaml 22/24 -> 18/24 and flows/main_menu.yaml 20/20 -> 19/20; the set the
+# flows/demo.yaml 22/24 -> 19/24 and flows/main_menu.yaml 20/20 -> 19/20; the set the
 # issue names ("a", "on", "at", "it's", "thanks" ...) cost dental 109/134 and demo 14/24.
 LEAD_FILLERS: Final[tuple[str, ...]] = (
     "i'd like", "i'd like to", "i would like", "i would like to", "i want to", "i need to",
@@ -53,7 +53,7 @@ SHORT_LIST: Final = 12
 # fits no phrase is cheaper as phones. A hypothesis with a garbage word is no answer
 # (`CompiledGrammar.match` gives None). It rejects out-of-grammar answers but steals real
 # ones ("book", "today", "correct" came back empty: dental_booking's own words 113/134 ->
-# 89/134 with carriers, demo 22/24 -> 8/24), and weights below ~1e-20 change nothing (a
+# 92/134, demo 22/24 -> 10/24), and weights below ~1e-20 change nothing (a
 # floor in pocketsphinx's log maths); on short lists only, dental's own words were 100/134.
 GARBAGE_PREFIX: Final = "gbg_"
 GARBAGE_PHONES: Final[tuple[str, ...]] = tuple(
