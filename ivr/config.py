@@ -392,6 +392,19 @@ def _convert(name: str, var: str, raw: str, type_name: str) -> Any:
     return raw
 
 
+def grammar_flags(env: dict[str, str] | None = None) -> tuple[bool, bool]:
+    """(`IVR_GRAMMAR_CARRIERS`, `IVR_OOG_REJECT`): carrier words around the embedded
+    recognizer's phrase lists, and its in-grammar garbage path for out-of-grammar answers.
+    Off by default: measured on `flows/dental_booking.yaml`, either one costs the flow's own
+    words more than it gains (README, "Measured"). Read per grammar compiled (cached)."""
+    env = dict(os.environ) if env is None else env
+    carriers, reject = (
+        bool(_convert(var, var, env.get(var, "0"), "bool"))
+        for var in ("IVR_GRAMMAR_CARRIERS", "IVR_OOG_REJECT")
+    )
+    return carriers, reject
+
+
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 

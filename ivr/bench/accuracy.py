@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Final
 from zoneinfo import ZoneInfo
 
 from ivr.audio.codec import ULAW_SILENCE, Upsampler, frames, to_ulaw8k, ulaw_to_pcm16
@@ -43,8 +44,32 @@ def endpointed(speech: bytes) -> bytes:
     return bytes(out)
 
 
-def _answers(flow: Flow, step: AskStep, now: datetime) -> list[tuple[str, str]]:
+# `--phrasings people` (issue 15): answers to `flows/dental_booking.yaml` as callers say
+# them, carrier words included, and what the flow must understand ("" : nothing, a no-match).
+PEOPLE: Final[dict[str, tuple[tuple[str, str], ...]]] = {
+    "menu": (("i'd like to book", "book"), ("a new appointment please", "book"),
+             ("i want to cancel", "cancel"), ("i need to reschedule", "reschedule")),
+    "ask_service": (("a cleaning please", "cleaning"), ("a checkup", "checkup"),
+                    ("whitening please", "whitening"), ("a filling", "filling")),
+    "ask_day": (("on wednesday", "wednesday"), ("on tuesday", "tuesday"),
+                ("next friday please", "next friday"), ("it's monday", "monday")),
+    "ask_time": (("at two p m", "14:00"), ("at ten a m", "10:00"),
+                 ("at eleven thirty", "11:30"), ("at three p m please", "15:00")),
+    "confirm": (("yes please", "yes"), ("that's right", "yes"),
+                ("yes that's right", "yes"), ("no thanks", "no")),
+}
+# Out-of-grammar answers: each must be understood as nothing (a no-match), never a choice.
+NONSENSE: Final = ("pizza", "banana", "what's the weather like")
+
+
+def _answers(flow: Flow, step: AskStep, now: datetime, people: str | None = None
+             ) -> list[tuple[str, str]]:
     """(what a caller says, what the flow should understand) for one ask step."""
+    if people is not None:  # the step's name
+        if people not in PEOPLE:
+            return []
+        return [(said, _meaning(flow, step, said, now, expected)) for said, expected in
+                PEOPLE.get(people, ())] + [(said, "") for said in NONSENSE]
     if step.slot is None:
         return [(phrase, c.label) for c in step.choices for phrase in c.words]
     slot = flow.slots[step.slot]
@@ -59,6 +84,14 @@ def _answers(flow: Flow, step: AskStep, now: datetime) -> list[tuple[str, str]]:
     return out
 
 
+def _meaning(flow: Flow, step: AskStep, said: str, now: datetime, expected: str) -> str:
+    """`expected` as the flow reports it: a date answer as the parser dates it on `now`."""
+    if step.slot is not None and flow.slots[step.slot].type == "date":
+        value = parse_text(flow.slots[step.slot], expected, now=now)
+        return value.text if value is not None else expected
+    return expected
+
+
 def _grammar(flow: Flow, step: AskStep) -> Grammar:
     if step.slot is None:
         return Grammar(expected_phrases(step))
@@ -66,6 +99,8 @@ def _grammar(flow: Flow, step: AskStep) -> Grammar:
 
 
 def _understood(flow: Flow, step: AskStep, text: str, now: datetime) -> str | None:
+    if not text:
+        return ""
     if step.slot is None:
         choice = match_choice(text, step.choices)
         return choice.label if choice is not None else None
@@ -77,7 +112,8 @@ SLOT_SAMPLES = 12
 
 
 async def accuracy_main(
-    flow_path: str, voices: list[str], workers: int = 2, repeat: int = 1
+    flow_path: str, voices: list[str], workers: int = 2, repeat: int = 1,
+    phrasings: str = "flow",
 ) -> int:
     flow = load_flow(Path(flow_path))
     synth = EspeakSynthesizer()
@@ -86,7 +122,8 @@ async def accuracy_main(
     for name, step in flow.steps.items():
         if not isinstance(step, AskStep) or not step.speech:
             continue
-        for phrase, expected in _answers(flow, step, now):
+        people = name if phrasings == "people" else None
+        for phrase, expected in _answers(flow, step, now, people=people):
             for voice in voices:
                 # espeak's output differs slightly on every synthesis: repeat to see it.
                 cases.extend([(name, voice, phrase, expected)] * repeat)
@@ -112,5 +149,6 @@ async def accuracy_main(
     pct = 100 * ok / len(cases) if cases else 0.0
     print(f"understood {ok}/{len(cases)} = {pct:.0f}% through 8 kHz µ-law "
           f"({elapsed:.1f} s; reproduce: ivr bench accuracy --flow {flow_path} "
-          f"--voices {','.join(voices)}" + (f" --repeat {repeat}" if repeat > 1 else "") + ")")
+          f"--voices {','.join(voices)}" + (f" --repeat {repeat}" if repeat > 1 else "")
+          + (f" --phrasings {phrasings}" if phrasings != "flow" else "") + ")")
     return 0

@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--flow", default="flows/demo.yaml")
     acc.add_argument("--repeat", type=int, default=1,
                      help="synthesize each answer this many times (espeak varies slightly)")
+    acc.add_argument("--phrasings", choices=("flow", "people"), default="flow",
+                     help="the flow's own words, or answers as people say them (carrier "
+                          "words, out-of-grammar answers; for flows/dental_booking.yaml)")
     load = bench_sub.add_parser("load", help="N concurrent calls against a server process")
     load.add_argument("--calls", type=int, default=100)
     load.add_argument("--seconds", type=float, default=10.0)
@@ -276,7 +279,8 @@ async def _bench(args: argparse.Namespace) -> int:
                                   barge_in_mode=args.barge_in, keep=args.keep)
     from ivr.bench.accuracy import accuracy_main
 
-    return await accuracy_main(args.flow, args.voices.split(","), repeat=args.repeat)
+    return await accuracy_main(args.flow, args.voices.split(","), repeat=args.repeat,
+                               phrasings=args.phrasings)
 
 
 def serve(args: argparse.Namespace) -> None:

@@ -30,8 +30,9 @@ WithFiller = Callable[[Coroutine[Any, Any, T]], Coroutine[Any, Any, T]]
 
 def _margin(rec: Recognition) -> float | None:
     """The lead of `rec` over the next-best hypothesis (0..1), when its engine ranks them
-    (`extra["margin"]`); None otherwise: the flow then judges by the confidence alone."""
-    margin = rec.extra.get("margin")
+    (`Recognition.margin`; `extra["margin"]` from engines that predate the field); None
+    otherwise: the flow then judges by the confidence alone."""
+    margin = rec.margin if rec.margin is not None else rec.extra.get("margin")
     return float(margin) if isinstance(margin, int | float) else None
 
 

@@ -30,6 +30,10 @@ class Recognition:
     # What `engine` bills this utterance in (`analytics.usage` units); empty: its audio
     # seconds (`audio_s`), the unit of per-minute recognizers.
     usage: dict[str, float] = field(default_factory=dict)
+    # How far `text` leads the recognizer's best other answer, in [0, 1] (0: a tie, 1: no
+    # rival); None when the engine has no N-best list. The embedded recognizer's
+    # normalization is `ivr.speech.sphinx.utterance.answer_margin`.
+    margin: float | None = None
 
 
 class Utterance(Protocol):

@@ -91,14 +91,18 @@ FILLERS = {"lead_fillers": ("i'd like", "i would like"), "trail_fillers": ("plea
 
 
 def test_grammar_to_jsgf_shape() -> None:
-    jsgf = grammar_to_jsgf(Grammar(("Sales", "Technical Support", "Press 1")), VOCAB, **FILLERS)
+    jsgf = grammar_to_jsgf(
+        Grammar(("Sales", "Technical Support", "Press 1")), VOCAB, garbage=True, **FILLERS
+    )
     lines = jsgf.splitlines()
     assert lines[0] == "#JSGF V1.0;"
     assert lines[1] == "grammar ivr;"
     assert "<lead> = i'd like | i would like;" in lines
     assert "<trail> = please;" in lines
     assert lines[-1] == (
-        "public <answer> = [ <lead> ] ( sales | technical support | press one ) [ <trail> ];"
+        "public <answer> = /3/ ( /20/ <NULL> | /1/ <lead> ) "
+        "( sales | technical support | press one ) ( /20/ <NULL> | /1/ <trail> ) "
+        "| /1/ <garbage>;"
     )
 
 
@@ -116,7 +120,7 @@ def test_grammar_without_speakable_phrases_is_an_error() -> None:
 
 
 def test_fillers_outside_vocabulary_are_left_out() -> None:
-    jsgf = grammar_to_jsgf(Grammar(("sales",)), frozenset({"sales"}))
+    jsgf = grammar_to_jsgf(Grammar(("sales",)), frozenset({"sales"}), garbage=False)
     assert "<lead>" not in jsgf and "<trail>" not in jsgf
     assert jsgf.splitlines()[-1] == "public <answer> = ( sales );"
     custom = grammar_to_jsgf(
@@ -221,8 +225,11 @@ async def test_grammar_recognizes_menu_phrases(pool: RecognizerPool) -> None:
             assert 0 < result.cpu_seconds < result.audio_seconds
 
 
-def test_default_grammar_has_no_fillers() -> None:
-    """Fillers cost accuracy on phone audio (see LEAD_FILLERS), so none by default."""
+def test_default_grammar_has_no_fillers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fillers and the garbage path cost accuracy on phone audio (see LEAD_FILLERS), so
+    none unless IVR_GRAMMAR_CARRIERS / IVR_OOG_REJECT ask for them."""
+    monkeypatch.delenv("IVR_GRAMMAR_CARRIERS", raising=False)
+    monkeypatch.delenv("IVR_OOG_REJECT", raising=False)
     jsgf = grammar_to_jsgf(Grammar(("Sales", "Billing")), VOCAB)
     assert jsgf.splitlines()[-1] == "public <answer> = ( sales | billing );"
 
@@ -426,10 +433,16 @@ async def test_event_loop_lag_while_decoding(realtime: bool) -> None:
 def test_raw_jsgf_grammar_is_used_as_given() -> None:
     """A structured grammar (dates, digit strings) passes through; its hypothesis is the text."""
     jsgf = "#JSGF V1.0;\ngrammar g;\npublic <answer> = <d> <d>;\n<d> = one | two;\n"
-    compiled = compile_grammar(Grammar(jsgf=jsgf), VOCAB)
+    compiled = compile_grammar(Grammar(jsgf=jsgf), VOCAB, garbage=False)
     assert compiled.jsgf == jsgf
     assert compiled.match("one two") == "one two"
     assert compiled.match("") is None
+    # With the garbage path (IVR_OOG_REJECT=1) it sits beside the grammar's own answer.
+    compiled = compile_grammar(Grammar(jsgf=jsgf), VOCAB, garbage=True)
+    assert compiled.jsgf.startswith(jsgf.replace("public <answer> =", "<gbg_said> ="))
+    assert compiled.jsgf.endswith("public <answer> = /1/ <gbg_said> | /1/ <garbage>;\n")
+    assert compiled.match("one two") == "one two"
+    assert compiled.match("gbg_w gbg_ah") is None  # the garbage path: out of grammar
 
 
 async def test_raw_jsgf_grammar_recognizes_digits(pool: RecognizerPool) -> None:

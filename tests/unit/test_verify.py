@@ -315,3 +315,15 @@ def test_flow_thresholds_are_read_from_certainty() -> None:
 ])
 def test_which_tools_commit(tool: str, commits: bool) -> None:
     assert commits_tool(tool) is commits
+
+
+def test_the_session_takes_the_margin_from_the_recognition_field_then_extra() -> None:
+    """`Recognition.margin` (the embedded recognizer's N-best lead) reaches `Speech.margin`;
+    an engine that only reports `extra["margin"]` still does."""
+    from ivr.session.answers import _margin
+    from ivr.speech.base import Recognition
+
+    assert _margin(Recognition("yes", 0.1, "pocketsphinx", margin=0.02)) == 0.02
+    assert _margin(Recognition("yes", 0.1, "x", extra={"margin": 0.3})) == 0.3
+    assert _margin(Recognition("yes", 0.1, "x", margin=0.5, extra={"margin": 0.3})) == 0.5
+    assert _margin(Recognition("yes", 0.1, "x")) is None

@@ -47,6 +47,11 @@ _YES_NO_PHRASES: Final = (
     "okay",
     "please do",
     "go ahead",
+    # Confirmations as people say them, "yes" wrapped around "that's right" (issue 15).
+    "yes that's right",
+    "yeah that's right",
+    "yes that is right",
+    "yes it is",
     "no",
     "nope",
     "no thanks",
@@ -58,7 +63,10 @@ _YES_NO_PHRASES: Final = (
 )
 # The same phrases by meaning (yes up to "go ahead"): "yes" is a whole answer beside
 # "yes please", for grammar-aware endpointing.
-_YES_NO_ANSWERS: Final = (_YES_NO_PHRASES[:11], _YES_NO_PHRASES[11:])
+_YES_NO_ANSWERS: Final = (
+    _YES_NO_PHRASES[: _YES_NO_PHRASES.index("no")],
+    _YES_NO_PHRASES[_YES_NO_PHRASES.index("no") :],
+)
 
 
 def _jsgf(rules: Iterable[str], answer: str) -> str:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
+from ivr.speech.sphinx.grammar import GARBAGE_PREFIX
 from ivr.speech.sphinx.model import model_paths
 from ivr.speech.sphinx.wire import SAMPLE_RATE
 
@@ -157,8 +158,10 @@ class Slot:
             self._grammars.move_to_end(digest)
             return name
         name = "g_" + digest
+        words = jsgf_words(jsgf)
+        self._learn_garbage(words)
         if self.lexicon is not None:
-            self._learn_words(jsgf_words(jsgf))
+            self._learn_words(words)
         self.decoder.add_jsgf_string(name, jsgf)  # ValueError on a bad grammar
         self._grammars[digest] = name
         if len(self._grammars) > _GRAMMAR_CACHE_SIZE:
@@ -168,6 +171,12 @@ class Slot:
             except KeyError:
                 pass
         return name
+
+    def _learn_garbage(self, words: set[str]) -> None:
+        """The garbage path's one-phone words (`gbg_aa` is the phone AA): in no dictionary."""
+        for word in words:
+            if word.startswith(GARBAGE_PREFIX) and self.decoder.lookup_word(word) is None:
+                self.decoder.add_word(word, word[len(GARBAGE_PREFIX):].upper(), False)
 
     def _learn_words(self, words: set[str]) -> None:
         assert self.lexicon is not None

@@ -15,7 +15,7 @@ from typing import Final, Protocol
 from ivr.errors import SpeechError
 from ivr.speech.base import Recognition
 from ivr.speech.sphinx import wire
-from ivr.speech.sphinx.grammar import CompiledGrammar
+from ivr.speech.sphinx.grammar import CompiledGrammar, is_garbage
 
 __all__ = ["ENGINE", "FrameSink", "RecognitionError", "SphinxUtterance", "UtteranceOwner"]
 
@@ -132,6 +132,8 @@ class SphinxUtterance:
         if self.settled or self.ended:
             return
         phrase = self.compiled.match(hypothesis) if self.compiled is not None else None
+        if phrase is None and is_garbage(hypothesis):
+            hypothesis = ""  # nothing the grammar knows, so far
         self._partial = phrase if phrase is not None else hypothesis
 
     def attach(self, worker: FrameSink) -> None:
@@ -176,11 +178,13 @@ class SphinxUtterance:
         if self.finished is not None:
             extra["latency_seconds"] = now - self.finished  # end of speech -> result
         text = hypothesis
+        margin: float | None = None
         if self.compiled is not None:
             phrase = self.compiled.match(hypothesis)
+            margin = answer_margin(self.compiled, message.get("nbest"))
             if phrase is None:
                 # The decoder never reached the grammar's end: a partial path is no answer.
-                text, confidence = "", 0.0
+                text, confidence, margin = "", 0.0, None
                 extra["no_match"] = True
             else:
                 text = phrase
@@ -195,7 +199,32 @@ class SphinxUtterance:
             audio_seconds=_as_float(message.get("audio_seconds")),
             cpu_seconds=_as_float(message.get("cpu_seconds")),
             extra=extra,
+            margin=margin,
         )
+
+
+def answer_margin(compiled: CompiledGrammar, nbest: object) -> float | None:
+    """How far the best answer leads the best *other* one in the N-best list, in [0, 1].
+
+    pocketsphinx 5 reports a path's score as exp(log score), so `1 - second / best` is
+    `1 - exp(-(log best - log second))`: 0 when another answer (or the garbage path, which
+    is "no answer") scored as well, towards 1 the more it trails; 1.0 when no other answer is
+    among the paths at all. Paths that are the same answer ("yes" and "yes please", other
+    segmentations of the same words) are not rivals. None without a list or a best answer.
+    """
+    if not isinstance(nbest, list) or not nbest:
+        return None
+    paths = [(str(p[0]), float(p[1])) for p in nbest if isinstance(p, list | tuple) and len(p) == 2]
+    if not paths:
+        return None
+    best_text, best_score = paths[0]
+    best = compiled.answer(best_text)
+    if best is None or best_score <= 0:
+        return None
+    for text, score in paths[1:]:
+        if compiled.answer(text) != best:
+            return max(0.0, min(1.0, 1.0 - score / best_score))
+    return 1.0
 
 
 def _as_float(value: object) -> float:

@@ -14,6 +14,7 @@ once rather than after the backlog.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import select
@@ -23,7 +24,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ivr.speech.sphinx.decoding import (
     Job,
@@ -218,7 +219,7 @@ class Worker:
             self.send(PARTIAL, json.dumps({"id": job.id, "text": text}).encode())
 
     def _reply(self, job: Job, hyp: Any) -> None:
-        self._release(job)
+        slot = job.slot
         message: dict[str, object] = {
             "id": job.id,
             "text": "",
@@ -233,6 +234,9 @@ class Worker:
             message["text"] = hyp.hypstr or ""
             message["confidence"] = float(hyp.prob)
             message["score"] = float(hyp.score)
+            if job.search != "lm" and slot is not None:
+                message["nbest"] = _nbest(slot.decoder)
+        self._release(job)
         self.send(RESULT, json.dumps(message).encode())
 
     def send(self, kind: bytes, payload: bytes) -> None:
@@ -240,6 +244,24 @@ class Worker:
         while view:
             written = os.write(self._out_fd, view)
             view = view[written:]
+
+
+# Enough lattice paths to find the best hypothesis of a different answer: pocketsphinx lists
+# near-duplicates (the same words, other segmentations) first.
+NBEST: Final = 10
+
+
+def _nbest(decoder: Decoder) -> list[tuple[str, float]]:
+    """The lattice's best paths as (words, score), best first; empty when it has none."""
+    out: list[tuple[str, float]] = []
+    try:
+        for entry in itertools.islice(decoder.nbest(), NBEST):
+            if entry is None:
+                break
+            out.append((entry.hypstr or "", float(entry.score)))
+    except (RuntimeError, ValueError):
+        return []  # no lattice for this utterance: the margin stays unknown
+    return out
 
 
 def run(in_fd: int, out_fd: int) -> int:

@@ -1,0 +1,94 @@
+"""Answers as people say them (issue 15), through the phone path and the real recognizer:
+carrier words around an answer are understood, an answer outside the grammar is a
+no-match rather than the nearest choice, and a result carries its margin."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from ivr.audio.codec import to_ulaw8k
+from ivr.bench.accuracy import endpointed
+from ivr.flows.model import SlotDef
+from ivr.flows.slots import grammar_for, parse_text
+from ivr.grammar import Grammar
+from ivr.speech.base import Recognition
+from ivr.speech.espeak import synthesize_blocking
+from ivr.speech.sphinx.pool import RecognizerPool
+from tests.component.test_sphinx import feed_all
+
+# The booking menu and service question of flows/dental_booking.yaml.
+MENU = Grammar(
+    ("book", "booking", "new appointment", "cancel", "reschedule", "change", "move"),
+    answers=(("book", "booking", "new appointment"), ("cancel",),
+             ("reschedule", "change", "move")),
+)
+SERVICE = SlotDef(type="choice", choices=[
+    {"value": "cleaning", "words": ["cleaning", "clean"]},
+    {"value": "checkup", "words": ["checkup", "check up", "exam"]},
+    {"value": "whitening", "words": ["whitening"]},
+    {"value": "filling", "words": ["filling"]},
+])
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=ZoneInfo("America/New_York"))
+
+
+@functools.cache
+def phone(text: str, voice: str = "en-us") -> bytes:
+    """`text` as a call delivers it to the recognizer: 8 kHz µ-law, endpointed, 16 kHz."""
+    pcm, rate = synthesize_blocking(text, voice)
+    return endpointed(to_ulaw8k(pcm, rate))
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[RecognizerPool]:
+    async with RecognizerPool(1, timeout=20) as p:
+        yield p
+
+
+async def heard(pool: RecognizerPool, text: str, grammar: Grammar) -> Recognition:
+    utterance = await pool.start(grammar)
+    feed_all(utterance, phone(text))
+    return await utterance.finish()
+
+
+@pytest.mark.parametrize("said", ["pizza", "hello"])
+async def test_an_out_of_grammar_answer_is_a_no_match(
+    pool: RecognizerPool, said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not the nearest menu choice: nothing, so the flow says it did not get that. Needs
+    the garbage path, off by default (IVR_OOG_REJECT: it also rejects real answers)."""
+    monkeypatch.setenv("IVR_OOG_REJECT", "1")
+    result = await heard(pool, said, MENU)
+    assert result.text == "", result.extra
+    assert result.extra.get("no_match") is True
+
+
+@pytest.mark.parametrize(
+    ("slot", "said", "meant"),
+    [
+        (SERVICE, "a cleaning please", "cleaning"),
+        (SlotDef(type="date"), "on wednesday", "2026-11-25"),
+        (SlotDef(type="time"), "at two p m", "14:00"),
+        (SlotDef(type="yes_no"), "yes please", "yes"),
+        (SlotDef(type="yes_no"), "that's right", "yes"),
+    ],
+)
+async def test_carrier_words_around_an_answer_are_understood(
+    pool: RecognizerPool, slot: SlotDef, said: str, meant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With IVR_GRAMMAR_CARRIERS=1 (off by default: it costs other flows' bare answers)."""
+    monkeypatch.setenv("IVR_GRAMMAR_CARRIERS", "1")
+    result = await heard(pool, said, grammar_for(slot))
+    value = parse_text(slot, result.text, now=NOW)
+    assert value is not None and value.text == meant, result
+
+
+async def test_a_decode_with_rivals_reports_its_margin(pool: RecognizerPool) -> None:
+    """The N-best list gives how far the answer leads the best other one, in [0, 1]."""
+    result = await heard(pool, "cancel", MENU)
+    assert result.text == "cancel"
+    assert result.margin is not None and 0.0 <= result.margin <= 1.0
