@@ -1,5 +1,5 @@
-"""`/api/*`: calls, one call's detail and the prompts a live call has played, stats, cost over time and bookings, as JSON for
-operators.
+"""`/api/*`: calls, one call's detail and the prompts a live call has played so far,
+stats, cost over time and bookings, as JSON for operators.
 
 Who may ask is decided before any handler here runs, by `server.access.guard` on every
 `/api/` route: with `IVR_API_TOKEN` its bearer (or the dashboard's session cookie),
