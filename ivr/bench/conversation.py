@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as clock
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -44,7 +44,8 @@ from ivr.sim.caller import SimulatedCaller
 from ivr.sim.script import CallerAction
 from ivr.tools.seed import BOOKINGS, ORDERS
 
-__all__ = ["HELD_OUT", "VOICES", "CallResult", "conversation_main", "plan_goals"]
+__all__ = ["HELD_OUT", "VOICES", "Bench", "CallResult", "Plan", "Slots", "conversation_main",
+           "judge", "plan_goals"]
 
 # The tuned-on voices (the tests' and the other benches') and two used nowhere else.
 VOICES: Final = ("en-us", "en-gb", "en-us+m3", "en-us+f3", "en-gb-x-rp", "en-us+f2")
@@ -174,8 +175,20 @@ def judge(goal: Goal, before: list[tuple[Any, ...]], after: list[tuple[Any, ...]
     return success, wrong
 
 
+class Served(Protocol):
+    """Where the server under test answers, and its SQLite file."""
+
+    @property
+    def base(self) -> str: ...
+
+    @property
+    def db(self) -> Path: ...
+
+
 class Bench:
-    def __init__(self, server: ServerProcess, http: aiohttp.ClientSession, token: str,
+    """Places the calls of a run and judges each (`call`)."""
+
+    def __init__(self, server: Served, http: aiohttp.ClientSession, token: str,
                  slots: Slots, today: date) -> None:
         self.server, self.http, self.token = server, http, token
         self.slots, self.today = slots, today
