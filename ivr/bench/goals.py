@@ -8,7 +8,9 @@ keypad. `Listener` is the caller's mind: given the words of the prompts it has j
 heard, it picks the next answer. It reads the bot's words only, the way a person does:
 a question about the service gets the service, a read-back is compared with the goal
 and gets a yes or a no, "Press 1 to confirm, 2 to change." gets the key its last
-verdict calls for, and a re-ask ("Sorry, ...") is answered again. Pure: no I/O, no clock.
+verdict calls for, and a re-ask ("Sorry, ...") is answered again; a question off the
+goal's way (a cancel sent to the booking questions), or one asked a sixth time, gets a
+hang-up. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from datetime import date, time
 from typing import Final, Literal
 
 from ivr.flows.slots import spoken_date, spoken_time
-from ivr.sim.script import CallerAction, PressKeys, Say
+from ivr.sim.script import CallerAction, PressKeys, PutDown, Say
 
 __all__ = ["STYLES", "Goal", "Listener", "keypad_name", "time_words"]
 
@@ -160,6 +162,17 @@ _QUESTIONS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
 )
 
 
+# The questions on each goal's way; a caller asked anything else (a cancel sent down the
+# booking path) is where it did not want to be, and hangs up, as a person would.
+ON_THE_WAY: Final[dict[str, frozenset[str]]] = {
+    "book": frozenset({"front", "menu", "service", "day", "time", "name", "readback"}),
+    "cancel": frozenset({"front", "menu", "day"}),
+    "order": frozenset({"front", "order"}),
+}
+# A person asked the same question this many times gives up.
+GIVE_UP_AFTER: Final = 6
+
+
 def question_of(text: str) -> str | None:
     """The kind of question `text` asks (see `_QUESTIONS`), or None for a statement."""
     lowered = text.lower()
@@ -180,6 +193,7 @@ class Listener:
     last_answered: str | None = None
     verdict: bool = True  # was the last thing read back right?
     status_heard: bool = False  # the order's status, as the goal expects it, was read
+    gave_up: bool = False  # hung up: off the goal's way, or asked once too often
 
     @property
     def reasks(self) -> int:
@@ -204,6 +218,10 @@ class Listener:
     def _answer(self, key: str, text: str) -> CallerAction:
         g = self.goal
         self.asked[key] += 1
+        checking = key in ("commit_keys", "yes_no_keys", "check")
+        if (not checking and key not in ON_THE_WAY[g.kind]) or self.asked[key] >= GIVE_UP_AFTER:
+            self.gave_up = True
+            return PutDown()
         if key in ("commit_keys", "yes_no_keys"):
             return PressKeys("1" if self.verdict else "2")
         if key == "check":

@@ -11,7 +11,7 @@ import numpy as np
 from ivr.audio.codec import pcm16_to_ulaw, ulaw_to_pcm16
 from ivr.bench.conversation import judge, plan_goals
 from ivr.bench.goals import Goal, Listener, question_of, time_words
-from ivr.sim.script import PressKeys, Say
+from ivr.sim.script import PressKeys, PutDown, Say
 from ivr.sim.voice import LineNoise
 
 WED = date(2026, 3, 4)  # a Wednesday
@@ -129,3 +129,14 @@ def test_line_noise_sits_at_the_asked_snr() -> None:
                              for _ in range(100)]).astype(np.float64)
     snr = 20 * np.log10(8000 / np.sqrt(2) / np.sqrt(np.mean(frames * frames)))
     assert abs(snr - 15.0) < 0.5
+
+
+def test_a_caller_off_its_way_or_asked_too_often_hangs_up() -> None:
+    cancel = Listener(Goal("cancel", "flow", day=WED, start=time(14, 30)))
+    assert cancel.hear([MENU]) == Say("cancel")
+    assert cancel.hear(["Which service? Cleaning, checkup, whitening, or filling."]) == PutDown()
+    assert cancel.gave_up
+    book = Listener(BOOK)
+    answers = [book.hear(["Sorry, which day? You can say a weekday, like Tuesday."])
+               for _ in range(6)]
+    assert answers == [Say("on wednesday")] * 5 + [PutDown()]
