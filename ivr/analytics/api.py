@@ -1,5 +1,5 @@
-"""`/api/*`: calls, one call's detail, stats, cost over time and bookings, as JSON for
-operators.
+"""`/api/*`: calls, one call's detail and the prompts a live call has played so far,
+stats, cost over time and bookings, as JSON for operators.
 
 Who may ask is decided before any handler here runs, by `server.access.guard` on every
 `/api/` route: with `IVR_API_TOKEN` its bearer (or the dashboard's session cookie),
@@ -97,6 +97,28 @@ async def call(request: web.Request) -> web.Response:
     return web.json_response(record)
 
 
+async def prompts(request: web.Request) -> web.Response:
+    """What the caller has been told so far: `{"live", "prompts": [{mark, text, state}]}`.
+
+    A live call on this process answers from its speaker, marks (`prompt-N`) and all, so
+    a client that hears a mark come back knows the words behind it; an ended call (or one
+    on another process) answers from its stored turns, without marks.
+    """
+    services = request.app[SERVICES]
+    sid = request.match_info["call_sid"]
+    live = next((c for c in list(services.calls.values()) if c.call_sid == sid), None)
+    if live is not None:
+        return web.json_response({"call_sid": sid, "live": True,
+                                  "prompts": live.prompts_played()})
+    assert services.store is not None
+    record = await services.store.get_call(sid)
+    if record is None:
+        raise web.HTTPNotFound(text="no such call\n")
+    said = [{"mark": None, "text": t["prompt"], "state": "played"}
+            for t in record["turns"] if t.get("prompt")]
+    return web.json_response({"call_sid": sid, "live": False, "prompts": said})
+
+
 def _waterfall(turn: dict[str, Any]) -> dict[str, Any]:
     """Stage points and provider spans of one turn on the server clock (ms since the
     stream started). Spans come in start order, so a chart draws them top to bottom as
@@ -166,6 +188,7 @@ async def bookings(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/calls", calls)
     app.router.add_get("/api/calls/{call_sid}", call)
+    app.router.add_get("/api/calls/{call_sid}/prompts", prompts)
     app.router.add_get("/api/stats", stats)
     app.router.add_get("/api/costs", costs)
     app.router.add_get("/api/bookings", bookings)

@@ -181,7 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
                           "partial hypotheses, end-of-speech decisions; it holds what the "
                           "callers said) and its database")
     _bench_fault_parsers(bench_sub)
+    _bench_conversation_parser(bench_sub)
     return parser
+
+
+def _bench_conversation_parser(bench_sub: Any) -> None:
+    conv = bench_sub.add_parser(
+        "conversation", help="callers with goals (book, cancel, order status) through the "
+                             "shipped flows and a server process, judged by the database")
+    conv.add_argument("--calls", type=int, default=100, help="voice calls")
+    conv.add_argument("--concurrency", type=int, default=6, help="calls live at once")
+    conv.add_argument("--voices", default=None,
+                      help="comma-separated espeak voices (default: the 6 of "
+                           "ivr/bench/conversation.py, 2 of them held out)")
+    conv.add_argument("--keypad", type=int, default=2, help="keypad calls per goal")
+    conv.add_argument("--workers", type=int, default=2, help="server recognizer workers")
+    conv.add_argument("--json", type=Path, default=None, metavar="PATH",
+                      help="write every call's result there")
 
 
 def _bench_fault_parsers(bench_sub: Any) -> None:
@@ -277,6 +293,13 @@ async def _bench(args: argparse.Namespace) -> int:
         return await latency_main(args.voices.split(","), concurrency=args.concurrency,
                                   workers=args.workers, complete_ms=args.complete_ms,
                                   barge_in_mode=args.barge_in, keep=args.keep)
+    if args.bench == "conversation":
+        from ivr.bench.conversation import VOICES, conversation_main
+
+        voices = tuple(args.voices.split(",")) if args.voices else VOICES
+        return await conversation_main(args.calls, args.concurrency, voices,
+                                       keypad_per_goal=args.keypad, json_path=args.json,
+                                       workers=args.workers)
     from ivr.bench.accuracy import accuracy_main
 
     return await accuracy_main(args.flow, args.voices.split(","), repeat=args.repeat,

@@ -39,8 +39,12 @@ class LiveCall(Protocol):
     """A call in progress, as the server sees it (a `session.call.CallSession`)."""
 
     stream_sid: str
+    call_sid: str
 
     async def end(self, reason: str) -> None: ...
+
+    def prompts_played(self) -> list[dict[str, str]]:
+        """[{mark, text, state}] of every prompt played so far, in order."""
 
     async def shut_down(self, *, budget_s: float) -> None:
         """The server is going away: say `SHUTDOWN_PROMPT` (within `budget_s`; none

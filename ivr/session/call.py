@@ -164,6 +164,11 @@ class CallSession:
             self.services.calls.pop(self.stream_sid, None)
             self.record.count(outcome, reason, stats)
 
+    def prompts_played(self) -> list[dict[str, str]]:
+        """The prompts played to the caller so far: mark name, text and state
+        ("playing", "sent", "played" once the mark came back, or "interrupted")."""
+        return [{"mark": p.name, "text": p.text, "state": p.state} for p in self.speaker.played]
+
     async def shut_down(self, *, budget_s: float) -> None:
         """The server is going away (a drain ran out of time): the flow stops where it
         is, the caller hears `SHUTDOWN_PROMPT` (what is left of it after `budget_s` is

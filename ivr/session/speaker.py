@@ -2,7 +2,8 @@
 
 Playback goes through `audio.player.Player` (paced frames, a mark per prompt, clear on
 barge-in). The prompts played since the last answer are kept (`prompts`) for the turn
-record and for `wait_heard`, which waits until the caller has heard them.
+record and for `wait_heard`, which waits until the caller has heard them; every prompt of
+the call (`played`) for the live prompt record an operator's client may read.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from ivr.session.record import CallRecord
 from ivr.speech.base import STAND_IN
 from ivr.speech.fallback import served_by
 
+# A long call (an agent's) keeps only its last prompts for the live prompt record.
+PLAYED_KEPT = 200
+
 
 class Speaker:
     def __init__(
@@ -36,6 +40,9 @@ class Speaker:
         self.stats = record.stats
         self.log = log
         self.prompts: list[Prompt] = []  # prompts since the last answer
+        # Every prompt of the call, in order (the last `PLAYED_KEPT`): what the caller has
+        # been told, for `GET /api/calls/{sid}/prompts` while the call goes on.
+        self.played: list[Prompt] = []
         self.interruptible = False  # the prompt playing may be cut by the caller
         self._play_task: asyncio.Task[Prompt] | None = None
         self._prefetched: dict[str, asyncio.Task[bytes]] = {}
@@ -82,6 +89,9 @@ class Speaker:
         self.interruptible = interruptible
         prompt = self.player.new_prompt(action.text)
         self.prompts.append(prompt)
+        self.played.append(prompt)
+        if len(self.played) > PLAYED_KEPT:
+            del self.played[0]
         if audio is None:
             audio = self._audio(action.text)
         self._play_task = asyncio.create_task(self.player.play(prompt, audio))

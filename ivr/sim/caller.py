@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeAlias
 
 import aiohttp
 
@@ -36,13 +37,18 @@ from ivr.sim.transcript import (
     TranscriptEvent,
     new_sid,
 )
-from ivr.sim.voice import CallerSpeech, synthesize
+from ivr.sim.voice import CallerSpeech, LineNoise, synthesize
 from ivr.speech.base import Synthesizer
 
-__all__ = ["DTMF_INTERVAL", "SimulatedCaller"]
+__all__ = ["DTMF_INTERVAL", "Reaction", "SimulatedCaller"]
 
 # Twilio sends the digit event once the tone has ended; people press about this fast.
 DTMF_INTERVAL = 0.150
+
+
+# A caller that reacts: given the caller once the bot has gone quiet, what to do next
+# (None: nothing to answer yet, listen on).
+Reaction: TypeAlias = Callable[["SimulatedCaller"], Awaitable[CallerAction | None]]
 
 
 def _event_time(event: TranscriptEvent) -> float:
@@ -82,8 +88,22 @@ class SimulatedCaller:
         public_url: str | None = None,
         synthesizer: Synthesizer | None = None,
         session: aiohttp.ClientSession | None = None,
+        react: Reaction | None = None,
+        may_say: Sequence[str] = (),
+        max_reactions: int = 40,
+        noise_snr_db: float | None = None,
+        noise_seed: int = 0,
     ) -> None:
+        """`react` replaces the script `actions` with a caller deciding as it goes (its
+        answers in `may_say` are synthesized before dialling; others when first said);
+        `noise_snr_db` puts white noise on the line, that far below the caller's voice,
+        under its speech and its silences alike."""
         self.actions = list(actions)
+        self.react = react
+        self.may_say = tuple(may_say)
+        self.max_reactions = max_reactions
+        self.noise_snr_db = noise_snr_db
+        self.noise_seed = noise_seed
         self.voice = voice
         self.rate = rate
         self.quiet = quiet_ms / 1000
@@ -115,6 +135,7 @@ class SimulatedCaller:
             auth_token=auth_token,
         )
         self._utterances: dict[str, list[bytes]] = {}
+        self._noise: LineNoise | None = None
         self._caller_events: list[TranscriptEvent] = []
 
     async def run(self) -> CallTranscript:
@@ -159,18 +180,22 @@ class SimulatedCaller:
         Synthesis during the call would compete with the media clock for the CPU, and
         a barge-in must start on time, not after espeak has run.
         """
-        texts = {a.text for a in self.actions if isinstance(a, Say | Barge)}
-        if not texts:
-            return
-        synth = self._synth
-        if synth is None:
+        texts = {a.text for a in self.actions if isinstance(a, Say | Barge)} | set(self.may_say)
+        for text in sorted(texts):
+            self._utterances[text] = await self._synthesize(text)
+        if self.noise_snr_db is not None and self._utterances:
+            noise = LineNoise.below(list(self._utterances.values()), self.noise_snr_db,
+                                    seed=self.noise_seed)
+            self._noise = noise
+            self._utterances = {t: noise.mix(f) for t, f in self._utterances.items()}
+            self.line.idle_frame = noise.frame
+
+    async def _synthesize(self, text: str) -> list[bytes]:
+        if self._synth is None:
             from ivr.speech.espeak import EspeakSynthesizer
 
-            synth = EspeakSynthesizer()
-        for text in sorted(texts):
-            self._utterances[text] = await synthesize(
-                synth, text, self.voice, self.rate, self.synth_timeout
-            )
+            self._synth = EspeakSynthesizer()
+        return await synthesize(self._synth, text, self.voice, self.rate, self.synth_timeout)
 
     async def _call(self, session: aiohttp.ClientSession) -> None:
         t = self.transcript
@@ -193,6 +218,12 @@ class SimulatedCaller:
     # ----------------------------------------------------------------- turn-taking
 
     async def _converse(self) -> None:
+        if self.react is not None:
+            await self._converse_reacting(self.react)
+        else:
+            await self._converse_scripted()
+
+    async def _converse_scripted(self) -> None:
         t = self.transcript
         # A prompt "for" the next action is audio that arrives after this time.
         since = t.t_start
@@ -209,26 +240,63 @@ class SimulatedCaller:
                 await self._prompt_start(since)
                 await self._until_quiet()
             self._check_open()
-            start = time.monotonic()
-            if isinstance(action, Say | Barge):
-                u = await self._speak(action.text, barge=isinstance(action, Barge))
-                # After a barge-in, the interrupted prompt's last frames may still be
-                # arriving while the caller speaks; only audio after it is the reply.
-                since = (u.t_end or time.monotonic()) if isinstance(action, Barge) else start
-            elif isinstance(action, PressKeys):
-                await self._press(action.digits)
-                since = start
-            elif isinstance(action, Silence):
-                await self._wait(lambda: False, action.ms / 1000)
-                self._caller_events.append(CallerSilent(action.ms, start, time.monotonic()))
-                since = start
-            else:
-                self._caller_events.append(CallerHungUp(start))
-                t.closed_by = "caller"
-                t.actions_done += 1
+            next_since = await self._perform(action)
+            if next_since is None:
                 return
+            since = next_since
+        await self._await_hangup()
+
+    async def _converse_reacting(self, react: Reaction) -> None:
+        """Hear each prompt out, then ask `react` what to do; None from it is "nothing to
+        answer yet": listen on, and stop answering if the bot says nothing more."""
+        since = self.transcript.t_start
+        listening = False
+        for _ in range(self.max_reactions):
+            self._check_open()
+            if await self._prompt_start(since, quietly=listening) is None and listening:
+                break
+            await self._until_quiet()
+            self._check_open()
+            start = time.monotonic()
+            action = await react(self)
+            self._check_open()
+            if action is None:
+                since, listening = start, True
+                continue
+            listening = False
+            next_since = await self._perform(action)
+            if next_since is None:
+                return
+            since = next_since
+        await self._await_hangup()
+
+    async def _perform(self, action: CallerAction) -> float | None:
+        """Do `action` now; the time after which audio is the reply to it (None: hung up)."""
+        t = self.transcript
+        start = time.monotonic()
+        if isinstance(action, Say | Barge):
+            u = await self._speak(action.text, barge=isinstance(action, Barge))
+            # After a barge-in, the interrupted prompt's last frames may still be
+            # arriving while the caller speaks; only audio after it is the reply.
+            since = (u.t_end or time.monotonic()) if isinstance(action, Barge) else start
+        elif isinstance(action, PressKeys):
+            await self._press(action.digits)
+            since = start
+        elif isinstance(action, Silence):
+            await self._wait(lambda: False, action.ms / 1000)
+            self._caller_events.append(CallerSilent(action.ms, start, time.monotonic()))
+            since = start
+        else:
+            self._caller_events.append(CallerHungUp(start))
+            t.closed_by = "caller"
             t.actions_done += 1
-        # Done talking: give the bot time to say goodbye and hang up.
+            return None
+        t.actions_done += 1
+        return since
+
+    async def _await_hangup(self) -> None:
+        """Done talking: give the bot time to say goodbye and hang up."""
+        t = self.transcript
         if not await self._wait(self.line.closed.is_set, self.hangup_timeout):
             t.closed_by = "timeout"
             t.errors.append(f"server did not hang up within {self.hangup_timeout:g} s")
@@ -252,7 +320,7 @@ class SimulatedCaller:
     async def _sleep_until(self, when: float) -> None:
         await self._wait(lambda: False, max(0.0, when - time.monotonic()))
 
-    async def _prompt_start(self, since: float) -> float | None:
+    async def _prompt_start(self, since: float, *, quietly: bool = False) -> float | None:
         """Arrival time of the first bot audio after `since`; None if none came in time."""
         frames = self.transcript.frames
 
@@ -263,9 +331,10 @@ class SimulatedCaller:
 
         if await self._wait(lambda: first_after() is not None, self.prompt_timeout):
             return first_after()
-        self.transcript.errors.append(
-            f"no prompt within {self.prompt_timeout:g} s; answering anyway"
-        )
+        if not quietly:
+            self.transcript.errors.append(
+                f"no prompt within {self.prompt_timeout:g} s; answering anyway"
+            )
         return None
 
     async def _until_quiet(self) -> None:
@@ -276,6 +345,9 @@ class SimulatedCaller:
             self.transcript.errors.append(f"bot never went quiet in {limit:g} s; answering anyway")
 
     async def _speak(self, text: str, *, barge: bool) -> CallerSpeech:
+        if text not in self._utterances and self.react is not None:
+            frames = await self._synthesize(text)
+            self._utterances[text] = self._noise.mix(frames) if self._noise else frames
         u = CallerSpeech(text, self._utterances.get(text, []), barge)
         self.line.speak(u)
         duration = len(u.frames) * FRAME_SECONDS

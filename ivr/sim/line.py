@@ -72,6 +72,8 @@ class CallerLine:
         self._hanging_up = False
         self._marks_changed = asyncio.Event()
         self._speech: deque[CallerSpeech] = deque()
+        self.idle_frame: Callable[[], bytes] = lambda: SILENT_FRAME
+        """What the line carries while the caller says nothing (digital silence, or noise)."""
         self._tasks: list[asyncio.Task[None]] = []
         # Strong references to fire-and-forget echo tasks, which asyncio holds weakly.
         self._background: set[asyncio.Task[None]] = set()
@@ -323,4 +325,4 @@ class CallerLine:
                 return frame, speech
             self._speech.popleft()
             speech.done.set()
-        return SILENT_FRAME, None
+        return self.idle_frame(), None

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ivr.audio.codec import Framer, ToUlaw8k, ulaw_to_pcm16
+from ivr.audio.codec import FRAME_BYTES, Framer, ToUlaw8k, pcm16_to_ulaw, ulaw_to_pcm16
 from ivr.speech.base import Synthesizer
 
-__all__ = ["VOICED_RMS", "CallerSpeech", "synthesize", "trim", "voiced"]
+__all__ = ["VOICED_RMS", "CallerSpeech", "LineNoise", "synthesize", "trim", "voiced"]
 
 # RMS (PCM16) above which a frame counts as voiced. Synthesized speech is far above it
 # and digital silence is 0, so the exact value only matters for faint onsets.
@@ -71,3 +71,39 @@ async def synthesize(
         out += framer.push(conv.flush())
     out += framer.flush(pad=True)
     return trim(out)
+
+
+def _pcm(frame: bytes) -> np.ndarray:
+    return np.frombuffer(ulaw_to_pcm16(frame), dtype=np.int16).astype(np.float64)
+
+
+class LineNoise:
+    """White noise on the line at a fixed level: added to the caller's speech frames
+    (`mix`) and sent alone while the caller is silent (`frame`), through µ-law as a
+    phone line carries it. `below` sets the level from the caller's voice and an SNR."""
+
+    def __init__(self, rms: float, *, seed: int = 0) -> None:
+        self.rms = rms
+        self._rng = np.random.default_rng(seed)
+
+    @classmethod
+    def below(cls, utterances: list[list[bytes]], snr_db: float, *, seed: int = 0) -> LineNoise:
+        """Noise `snr_db` below the RMS of the voiced frames of `utterances`."""
+        voiced_pcm = [_pcm(f) for frames in utterances for f in frames if voiced(f)]
+        speech = np.concatenate(voiced_pcm) if voiced_pcm else np.zeros(1)
+        speech_rms = float(np.sqrt(np.mean(speech * speech)))
+        return cls(speech_rms / 10 ** (snr_db / 20), seed=seed)
+
+    def _noise(self, n: int) -> np.ndarray:
+        return self._rng.normal(0.0, self.rms, n)
+
+    def _ulaw(self, pcm: np.ndarray) -> bytes:
+        return pcm16_to_ulaw(np.clip(pcm, -32768, 32767).astype(np.int16).tobytes())
+
+    def frame(self) -> bytes:
+        """One 20 ms frame of the noise alone."""
+        return self._ulaw(self._noise(FRAME_BYTES))
+
+    def mix(self, frames: list[bytes]) -> list[bytes]:
+        """`frames` with the noise added."""
+        return [self._ulaw(_pcm(f) + self._noise(len(f))) for f in frames]

@@ -124,7 +124,8 @@ EVIL = {"Host": "evil.example"}
 
 
 @pytest.mark.parametrize("path", ["/api/calls", "/api/stats", "/api/bookings", "/api/costs",
-                                  f"/api/calls/CA{0:032d}", "/dashboard", "/metrics"])
+                                  f"/api/calls/CA{0:032d}", f"/api/calls/CA{0:032d}/prompts",
+                                  "/dashboard", "/metrics"])
 async def test_without_a_token_a_foreign_host_is_refused(tmp_path: Path, path: str) -> None:
     """A loopback peer naming another host (DNS rebinding) gets 401; with 127.0.0.1, 200."""
     client = await _client(tmp_path)
@@ -279,6 +280,11 @@ async def test_calls_detail_stats_and_bookings(tmp_path: Path, db_target: Path |
         assert detail["waterfall"][0]["points"]["endpoint"] == 900.0
         assert detail["costs"]["total"] == 0.0125
         assert (await client.get("/api/calls/CAnope")).status == 404
+        # An ended call's prompts come from its stored turns (a live call's carry marks).
+        said = await (await client.get(f"/api/calls/{sid}/prompts")).json()
+        assert said["live"] is False
+        assert said["prompts"][0] == {"mark": None, "text": "Say sales.", "state": "played"}
+        assert (await client.get("/api/calls/CAnope/prompts")).status == 404
         stats = await (await client.get("/api/stats")).json()
         assert stats == await build_report(db_target)
         # Figures computed here from what was seeded: 3 calls, 2 completed, 1 abandoned
