@@ -92,3 +92,16 @@ async def test_a_decode_with_rivals_reports_its_margin(pool: RecognizerPool) -> 
     result = await heard(pool, "cancel", MENU)
     assert result.text == "cancel"
     assert result.margin is not None and 0.0 <= result.margin <= 1.0
+
+
+@pytest.mark.parametrize("said", ["no that is wrong", "that is wrong"])
+async def test_a_caller_who_says_the_read_back_is_wrong_is_heard_saying_no(
+    pool: RecognizerPool, said: str,
+) -> None:
+    """`ivr bench conversation` saw "no that is wrong" heard as "go ahead" at a booking's
+    read-back (8 wrong bookings in 100 calls) and "that is wrong" as "that is right": the
+    yes/no grammar now holds them, and they parse as no."""
+    slot = SlotDef(type="yes_no")
+    rec = await heard(pool, said, grammar_for(slot))
+    value = parse_text(slot, rec.text, now=NOW)
+    assert value is not None and value.value is False, rec.text
