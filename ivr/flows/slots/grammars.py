@@ -47,11 +47,6 @@ _YES_NO_PHRASES: Final = (
     "okay",
     "please do",
     "go ahead",
-    # Confirmations as people say them, "yes" wrapped around "that's right" (issue 15).
-    "yes that's right",
-    "yeah that's right",
-    "yes that is right",
-    "yes it is",
     "no",
     "nope",
     "no thanks",
