@@ -21,7 +21,7 @@ from ivr.flows import engine
 from ivr.session.inbound import Inbound, KeysDone, NothingHeard
 from ivr.session.record import CallRecord
 from ivr.session.speaker import Speaker
-from ivr.speech.base import Recognition
+from ivr.speech.base import Recognition, Utterance
 from ivr.store.db import TurnRecord
 
 T = TypeVar("T")
@@ -108,8 +108,12 @@ class Answers:
             return engine.Speech(rec.text, confidence, margin=_margin(rec))
 
     def _words_later(self, turn: TurnRecord) -> None:
+        # Claimed now: the answer is returned next and the listen disarmed, which would
+        # drop an utterance nobody holds yet.
+        claimed = self.inbound.claim_utterance()
+
         async def words() -> None:
-            rec = await self._recognize()
+            rec = await self._recognize(claimed)
             turn.timings["recognized"] = self.record.ms()
             if rec is not None:
                 turn.input_text = rec.text
@@ -124,8 +128,10 @@ class Answers:
         """Recognitions still filling in a turn's words (for the end of the call)."""
         return [t for t in self._tasks if not t.done()]
 
-    async def _recognize(self) -> Recognition | None:
-        task = self.inbound.claim_utterance()
+    async def _recognize(
+        self, claimed: asyncio.Task[Utterance] | None = None,
+    ) -> Recognition | None:
+        task = claimed if claimed is not None else self.inbound.claim_utterance()
         if task is None:
             return None
         timeout = self.settings.recognition_timeout_ms / 1000

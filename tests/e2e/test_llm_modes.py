@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from ivr.config import ProviderConfig
 from ivr.server.app import create_app
+from ivr.server.services import SERVICES
 from ivr.sim.run import run_call
 from ivr.sim.script import Barge, PutDown, Say, Silence
 from ivr.tools.seed import seed
@@ -119,6 +120,8 @@ async def _until(rt: FakeRealtime, check: Callable[[FakeRealtime], bool]) -> Non
 
 
 async def _realtime_server(tmp_path: Path, realtime_url: str, openai_url: str) -> TestServer:
+    """A server in realtime mode; its database is `fresh_database(tmp_path)`'s, kept in
+    `server.app` settings (with IVR_DB a PostgreSQL URL each call makes a new schema)."""
     llm = ProviderConfig(role="llm", base_url=openai_url, api_key="sk-test",
                          model="gpt-4o-mini", timeout_read_s=3.0, max_retries=0)
     settings = make_settings(tmp_path, recognizer_workers=1, llm=llm,
@@ -146,6 +149,7 @@ async def test_realtime_concierge_books_with_mulaw_passed_through(tmp_path: Path
         ])
         server = await _realtime_server(tmp_path, rt.url, fake.base_url)
         port = server.port
+        db = server.app[SERVICES].settings.db
 
         async def server_vad() -> None:
             # The provider's VAD: once the caller has spoken after the model's greeting,
@@ -172,8 +176,8 @@ async def test_realtime_concierge_books_with_mulaw_passed_through(tmp_path: Path
     assert t.server is not None, t.errors
     record = t.server
     assert record["outcome"] == "completed", record
-    rows = await db_rows(fresh_database(tmp_path), "SELECT service, day, start FROM bookings "
-                         "WHERE phone = ?", (CALLER,))
+    rows = await db_rows(db, "SELECT service, day, start FROM bookings WHERE phone = ?",
+                         (CALLER,))
     assert rows == [("cleaning", day, "15:00")]
     # µ-law both ways, the step's instructions and its tools.
     assert update["audio"]["input"]["format"]["type"] == "audio/pcmu"
