@@ -169,16 +169,11 @@ class Speaker:
         self.stats["tts_chars"] += len(text)  # prewarmed static prompts cost nothing per call
         synthesizer = services.synthesizer
         timer = self.record.span("tts")
-        conv: ToUlaw8k | None = None
         STAND_IN.set(None)
         try:
-            async for pcm, sr in synthesizer.synthesize(text, voice=voice, rate=rate):
-                if conv is None:
-                    conv = ToUlaw8k(sr)
-                    timer.first()
-                yield conv.push(pcm)
-            if conv is not None:
-                yield conv.flush()
+            pcm = synthesizer.synthesize(text, voice=voice, rate=rate)
+            async for chunk in ulaw_of(pcm, first=timer.first):
+                yield chunk
         finally:
             # Billed to the engine that answered (the fallback's, if it stood in), also
             # when the prompt was cut short: the provider was asked for all of it.
@@ -187,12 +182,17 @@ class Speaker:
             self.record.usage.add("tts", engine, {"chars": len(text), "requests": 1})
 
 
-async def ulaw_of(pcm: AsyncIterator[tuple[bytes, int]]) -> AsyncIterator[bytes]:
-    """PCM16 chunks (at their rate) as 8 kHz µ-law, converted as they come."""
+async def ulaw_of(
+    pcm: AsyncIterator[tuple[bytes, int]], *, first: Callable[[], None] | None = None,
+) -> AsyncIterator[bytes]:
+    """PCM16 chunks (at their rate) as 8 kHz µ-law, converted as they come; `first` is
+    called when the first chunk arrives (a first-byte timing)."""
     conv: ToUlaw8k | None = None
     async for chunk, rate in pcm:
         if conv is None:
             conv = ToUlaw8k(rate)
+            if first is not None:
+                first()
         yield conv.push(chunk)
     if conv is not None:
         yield conv.flush()
