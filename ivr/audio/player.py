@@ -66,6 +66,13 @@ class Prompt:
     def duration_ms(self) -> float:
         return self.frames * FRAME_SECONDS * 1000
 
+    def heard_ms_at(self, now: float) -> float:
+        """How much of it the caller has heard at `now` (monotonic seconds): it plays from
+        its first frame, and no more than was sent; 0 before its first frame."""
+        if self.first_frame_at is None:
+            return 0.0
+        return min(self.duration_ms, (now - self.first_frame_at) * 1000)
+
 
 class Player:
     """One call's outbound audio channel."""
@@ -195,7 +202,7 @@ class Player:
     def _cut(prompt: Prompt, now: float) -> None:
         prompt.state = "interrupted"
         if prompt.first_frame_at is not None:
-            prompt.heard_ms = min(prompt.duration_ms, (now - prompt.first_frame_at) * 1000)
+            prompt.heard_ms = prompt.heard_ms_at(now)
         prompt.done.set()
 
     def abandon(self) -> None:

@@ -95,9 +95,7 @@ class _Reply:
     def heard_ms(self) -> int:
         """How much of it the caller has heard by now (it plays from its first frame)."""
         prompt = self.prompt
-        if prompt is None or prompt.first_frame_at is None:
-            return 0
-        return int(min(prompt.duration_ms, (time.monotonic() - prompt.first_frame_at) * 1000))
+        return 0 if prompt is None else int(prompt.heard_ms_at(time.monotonic()))
 
 
 class RealtimeStep:
