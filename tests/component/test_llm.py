@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from ivr.config import ProviderConfig
 from ivr.llm import (
     Agent,
     AgentEvent,
@@ -35,47 +33,14 @@ from ivr.llm import (
     Usage,
     UsageEvent,
 )
-from ivr.providers.http import ProviderBadResponse, ProviderClient
-from ivr.tools import ToolContext, ToolRegistry, default_registry, seed
+from ivr.providers.http import ProviderBadResponse
+from ivr.tools import ToolContext, ToolRegistry
+from tests.component.conftest import provider
 from tests.component.test_tools import MONDAY, NOW, THURSDAY, WEDNESDAY
-from tests.fake_openai import ChatReply, FakeOpenAI, Fault, ToolCall, start_fake_openai
+from tests.fake_openai import ChatReply, FakeOpenAI, Fault, ToolCall
 
 CALLER = "+15550100009"  # seeded: no bookings, no orders
 CAROL = "+15550100003"  # seeded: booking BK-SEED3 on WEDNESDAY at 14:30, order 5150
-
-
-async def _no_sleep(_: float) -> None:
-    return None
-
-
-def provider(base_url: str, session: aiohttp.ClientSession) -> ProviderClient:
-    config = ProviderConfig(role="llm", base_url=base_url, model="test-model", max_retries=1,
-                            timeout_read_s=5.0)
-    return ProviderClient(config, session, sleep=_no_sleep)
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    async with start_fake_openai() as f:
-        yield f
-
-
-@pytest.fixture
-async def chat(fake: FakeOpenAI) -> AsyncIterator[ChatClient]:
-    async with aiohttp.ClientSession() as session:
-        yield ChatClient(provider(fake.base_url, session), "test-model")
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> Path:
-    path = tmp_path / "ivr.db"
-    await seed(path, today=MONDAY)
-    return path
-
-
-@pytest.fixture
-def registry(db: Path) -> ToolRegistry:
-    return default_registry(db)
 
 
 def make_agent(

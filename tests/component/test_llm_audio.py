@@ -10,11 +10,9 @@ import base64
 import io
 import json
 import wave
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from ivr.errors import InvalidValue
@@ -36,15 +34,14 @@ from ivr.llm import (
     ToolRan,
     UsageEvent,
 )
-from ivr.tools import ToolContext, ToolRegistry, default_registry, seed
-from tests.component.test_llm import CALLER, provider
-from tests.component.test_tools import MONDAY, NOW, THURSDAY
+from ivr.tools import ToolContext, ToolRegistry
+from tests.component.test_llm import CALLER
+from tests.component.test_tools import NOW, THURSDAY
 from tests.fake_openai import (
     ChatReply,
     FakeOpenAI,
     Fault,
     ToolCall,
-    start_fake_openai,
     tone_pcm,
 )
 
@@ -54,22 +51,8 @@ CALLER_PCM = tone_pcm(0.25, rate=16000, freq=300.0)
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    async with start_fake_openai() as f:
-        yield f
-
-
-@pytest.fixture
-async def chat(fake: FakeOpenAI) -> AsyncIterator[ChatClient]:
-    async with aiohttp.ClientSession() as session:
-        yield ChatClient(provider(fake.base_url, session), "gpt-4o-audio-preview")
-
-
-@pytest.fixture
-async def registry(tmp_path: Path) -> ToolRegistry:
-    db = tmp_path / "ivr.db"
-    await seed(db, today=MONDAY)
-    return default_registry(db)
+def llm_model() -> str:
+    return "gpt-4o-audio-preview"
 
 
 class Laps:
