@@ -36,7 +36,8 @@ from ivr.providers.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from tests.fake_realtime import DEFAULT_USAGE, FakeRealtime, RealtimeReply, start_fake_realtime
+from tests.component.realtime_fixtures import fake_realtime, http_session  # noqa: F401 - fixtures
+from tests.fake_realtime import DEFAULT_USAGE, FakeRealtime, RealtimeReply
 
 KEY = "sk-test-secret-key"
 PARAMETERS = {"type": "object", "properties": {"party": {"type": "integer"}},
@@ -47,18 +48,6 @@ CHAT_TOOL = {"type": "function", "function": {
 FLAT_TOOL = {"type": "function", "name": "book_table", "description": "Book a table.",
              "parameters": PARAMETERS}
 ULAW = bytes(range(256)) * 4 + b"\xff\x7f\x00"  # every byte value; not a multiple of 160
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeRealtime]:
-    async with start_fake_realtime() as f:
-        yield f
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def config(url: str, **overrides: object) -> RealtimeConfig:

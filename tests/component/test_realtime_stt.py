@@ -6,7 +6,7 @@ it can fail raising a `ProviderError` (so the fallback serves the utterance)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
 import numpy as np
@@ -24,27 +24,15 @@ from ivr.providers.http import ProviderClient
 from ivr.speech.base import PartialResults, Recognition, Recognizer
 from ivr.speech.fallback import FallbackRecognizer
 from ivr.speech.realtime_stt import RealtimeRecognizer, RealtimeUtterance
+from tests.component.realtime_fixtures import fake_realtime, http_session  # noqa: F401 - fixtures
 from tests.fake_realtime import (
     TRANSCRIPTION_USAGE,
     FakeRealtime,
     TranscriptReply,
-    start_fake_realtime,
 )
 
 KEY = "sk-test-secret-key"
 FRAME = 640  # 20 ms of 16 kHz PCM16, what the call session feeds
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeRealtime]:
-    async with start_fake_realtime() as f:
-        yield f
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def recognizer(fake: FakeRealtime, http: aiohttp.ClientSession, **kw: object

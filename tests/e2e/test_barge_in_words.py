@@ -9,24 +9,19 @@ is what keeps the prompt playing.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import shutil
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestServer
 
-from ivr.server.app import create_app
-from ivr.server.services import SERVICES
 from ivr.sim.run import run_call
 from ivr.sim.script import Barge, CallerAction, PutDown, Say
 from ivr.sim.transcript import CallerSaid, CallTranscript
-from ivr.store.db import CallStore
 from tests.conftest import ROOT, make_settings
+from tests.e2e.placing import Placed, answered, place_calls
 from tests.unit.test_barge_in_gate import fixture_pcm
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -53,12 +48,6 @@ class FixtureVoice:
         yield fixture_pcm(text), 8000
 
 
-@dataclass
-class Placed:
-    transcript: CallTranscript
-    record: dict[str, Any]
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def placed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, Placed]]:
     tmp: Path = tmp_path_factory.mktemp("barge_words")
@@ -69,36 +58,11 @@ async def placed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict
         demo.replace("name: demo\n", "name: demo_words\nengines: {barge_in: words}\n"), "utf-8")
     settings = make_settings(tmp, flows=flows)
     assert settings.barge_in == "vad"
-    server = TestServer(create_app(settings), host="127.0.0.1")
-    await server.start_server()
-    services = server.app[SERVICES]
-    async with asyncio.timeout(60):
-        while not services.ready:  # noqa: ASYNC110 - a flag the app sets, no event to await
-            await asyncio.sleep(0.05)
-        if services.prewarming is not None:
-            await services.prewarming
-    url = f"ws://127.0.0.1:{server.port}/media"
-    try:
-        transcripts = await asyncio.gather(*(
-            run_call(url, actions, flow=flow, transcribe=False, synthesizer=FixtureVoice())
-            for flow, actions in CALLS.values()
-        ))
-    finally:
-        await server.close()
-    store = await CallStore.open(settings.db)
-    try:
-        records = [await store.get_call(t.call_sid) for t in transcripts]
-    finally:
-        await store.close()
-    out = {}
-    for name, transcript, record in zip(CALLS, transcripts, records, strict=True):
-        assert record is not None, f"{name}: no call record"
-        out[name] = Placed(transcript, record)
-    yield out
-
-
-def answered(record: dict[str, Any]) -> list[dict[str, Any]]:
-    return [t for t in record["turns"] if t["input_kind"] is not None]
+    yield await place_calls(settings, {
+        name: functools.partial(run_call, actions=actions, flow=flow, transcribe=False,
+                                synthesizer=FixtureVoice())
+        for name, (flow, actions) in CALLS.items()
+    })
 
 
 def barge(t: CallTranscript) -> CallerSaid:

@@ -6,25 +6,18 @@ by one module fixture; each test then checks one behaviour of the results.
 
 from __future__ import annotations
 
-import asyncio
-import gc
+import functools
 import itertools
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestServer
 
-from ivr.server.app import create_app
-from ivr.server.services import SERVICES
 from ivr.sim.run import run_call
 from ivr.sim.script import Barge, CallerAction, PressKeys, Say, Silence
-from ivr.sim.transcript import CallTranscript
-from ivr.store.db import CallStore
 from tests.conftest import make_settings
+from tests.e2e.placing import Placed, answered, place_calls
 from tests.media_peer import LEAD_S, prompt_segments
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -45,56 +38,14 @@ CALLS: dict[str, tuple[list[CallerAction], dict[str, Any]]] = {
 }
 
 
-@dataclass
-class Placed:
-    transcript: CallTranscript
-    record: dict[str, Any]
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def placed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, Placed]]:
-    tmp: Path = tmp_path_factory.mktemp("e2e")
-    settings = make_settings(tmp)
-    server = TestServer(create_app(settings), host="127.0.0.1")
-    await server.start_server()
-    # Pacing is measured here, in the server's own loop: calls come once start-up work
-    # (recognizer workers loading, prompts synthesized in threads) no longer shares the
-    # two cores with it, as an orchestrator sends calls after /readyz.
-    services = server.app[SERVICES]
-    async with asyncio.timeout(60):
-        while not services.ready:  # noqa: ASYNC110 - a flag the app sets, no event to await
-            await asyncio.sleep(0.05)
-        if services.prewarming is not None:
-            await services.prewarming
-    url = f"ws://127.0.0.1:{server.port}/media"
-    # These calls share pytest's process, whose heap holds everything the suite made
-    # before them: a full collection walking it stalled every call at once for ~165 ms
-    # in full-suite runs. Frozen, that heap is left out of collections while they run.
-    gc.collect()
-    gc.freeze()
-    try:
-        transcripts = await asyncio.gather(*(
-            run_call(url, actions, transcribe=False, **{"flow": "demo", **options})
-            for actions, options in CALLS.values()
-        ))
-    finally:
-        gc.unfreeze()
-        await server.close()
-    # The record is read from the database file itself, after the server has stopped.
-    store = await CallStore.open(settings.db)
-    try:
-        records = [await store.get_call(t.call_sid) for t in transcripts]
-    finally:
-        await store.close()
-    out = {}
-    for name, transcript, record in zip(CALLS, transcripts, records, strict=True):
-        assert record is not None, f"{name}: no call record"
-        out[name] = Placed(transcript, record)
-    yield out
-
-
-def answered(record: dict[str, Any]) -> list[dict[str, Any]]:
-    return [t for t in record["turns"] if t["input_kind"] is not None]
+    settings = make_settings(tmp_path_factory.mktemp("e2e"))
+    yield await place_calls(settings, {
+        name: functools.partial(run_call, actions=actions, transcribe=False,
+                                **{"flow": "demo", **options})
+        for name, (actions, options) in CALLS.items()
+    }, freeze_gc=True)
 
 
 async def test_voice_answer_is_understood(placed: dict[str, Placed]) -> None:
