@@ -70,6 +70,7 @@ class CallResult:
     success: bool = False
     wrong_actions: list[str] = field(default_factory=list)
     reasks: int = 0
+    keyed: int = 0  # answers given by keys after a miss (the bot offered them)
     answers: int = 0
     outcome: str | None = None
     seconds: float = 0.0
@@ -278,6 +279,7 @@ class Bench:
             after = await asyncio.to_thread(_bookings, db, phone)
             result.success, result.wrong_actions = judge(goal, before, after, listener)
             result.reasks, result.answers = listener.reasks, t.actions_done
+            result.keyed = listener.keyed
             result.heard = listener.heard
             result.said = [str(getattr(e, "text", getattr(e, "digits", "")))
                            for e in t.events if type(e).__name__ in ("CallerSaid",
@@ -305,7 +307,8 @@ def _table(results: list[CallResult], by: str) -> Iterator[str]:
         label = key + (" (held out)" if by == "voice" and key in HELD_OUT else "")
         yield (f"  {label:24} {ok:3}/{len(rs):<3} {100 * ok / len(rs):5.1f} %  re-asks/call "
                f"{sum(r.reasks for r in rs) / len(rs):4.2f}  answers/call "
-               f"{sum(r.answers for r in rs) / len(rs):4.1f}  wrong actions {wrong}")
+               f"{sum(r.answers for r in rs) / len(rs):4.1f}  keyed/call "
+               f"{sum(r.keyed for r in rs) / len(rs):4.2f}  wrong actions {wrong}")
 
 
 def report(results: list[CallResult], command: str, seconds: float) -> None:
@@ -319,6 +322,13 @@ def report(results: list[CallResult], command: str, seconds: float) -> None:
             print(f"{name}: goal reached {ok}/{len(rs)} ({100 * ok / len(rs):.1f} %), "
                   f"re-asks/call {sum(r.reasks for r in rs) / len(rs):.2f}, wrong actions "
                   f"{sum(len(r.wrong_actions) for r in rs)}")
+    if voice:
+        alone = sum(r.success and not r.keyed for r in voice)
+        keyed = [r for r in voice if r.keyed]
+        print(f"voice calls that reached their goal by voice alone: {alone}/{len(voice)} "
+              f"({100 * alone / len(voice):.1f} %); calls that keyed an answer the bot "
+              f"offered after a miss: {len(keyed)} ({sum(r.success for r in keyed)} reached "
+              f"their goal), {sum(r.keyed for r in voice)} keyed answers in all")
     for by in ("kind", "style", "voice", "noise", "rate"):
         print(f"by {by}:")
         for line in _table(results if by in ("kind", "style") else voice, by):

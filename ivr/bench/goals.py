@@ -8,7 +8,9 @@ keypad. `Listener` is the caller's mind: given the words of the prompts it has j
 heard, it picks the next answer. It reads the bot's words only, the way a person does:
 a question about the service gets the service, a read-back is compared with the goal
 and gets a yes or a no, "Press 1 to confirm, 2 to change." gets the key its last
-verdict calls for, and a re-ask ("Sorry, ...") is answered again; a question off the
+verdict calls for, and a re-ask ("Sorry, ...") is answered again: by voice, or, as a
+person who was just misheard does, with the keys the re-ask offers when it says how to
+key the answer in (`offers_keys`; counted as `keyed`); a question off the
 goal's way (a cancel sent to the booking questions), or one asked a sixth time, gets a
 hang-up. Pure: no I/O, no clock.
 """
@@ -24,7 +26,7 @@ from typing import Final, Literal
 from ivr.flows.slots import spoken_date, spoken_time
 from ivr.sim.script import CallerAction, PressKeys, PutDown, Say
 
-__all__ = ["STYLES", "Goal", "Listener", "keypad_name", "time_words"]
+__all__ = ["STYLES", "Goal", "Listener", "keypad_name", "offers_keys", "time_words"]
 
 Kind = Literal["book", "cancel", "order"]
 Style = Literal["flow", "people", "keys"]
@@ -69,7 +71,7 @@ class Goal:
     def answer(self, key: str) -> CallerAction:
         """The answer to the question `key` ("front", "menu", "service", ...)."""
         if self.style == "keys":
-            return PressKeys(self._keys(key))
+            return PressKeys(self.keys(key))
         flow, people = self._words(key)
         return Say(people if self.style == "people" else flow)
 
@@ -102,7 +104,8 @@ class Goal:
         }
         return table[key]
 
-    def _keys(self, key: str) -> str:
+    def keys(self, key: str) -> str:
+        """The keys that answer the question `key` (what a keypad caller presses)."""
         table = {
             "front": "2" if self.kind == "order" else "1",
             "menu": "1" if self.kind == "book" else "2",
@@ -182,6 +185,19 @@ def question_of(text: str) -> str | None:
     return None
 
 
+def offers_keys(key: str, text: str) -> bool:
+    """Does the prompt `text` tell a caller how to key in the answer to `key`? A choice
+    by its position ("Or press 1 to 4."), yes/no ("press 1 for yes"), a date or a time only
+    when the prompt explains the digits ("key in the month and day"), an order number
+    ("key in"); never the name."""
+    lowered = text.lower()
+    if key in ("day", "time"):
+        return "key in" in lowered
+    if key == "name":
+        return False
+    return "press" in lowered or "key in" in lowered
+
+
 @dataclass(slots=True)
 class Listener:
     """The caller's side of the conversation for one `Goal`; `hear` the new prompts'
@@ -194,6 +210,7 @@ class Listener:
     verdict: bool = True  # was the last thing read back right?
     status_heard: bool = False  # the order's status, as the goal expects it, was read
     gave_up: bool = False  # hung up: off the goal's way, or asked once too often
+    keyed: int = 0  # answers a voice caller gave by keys, offered after a miss
 
     @property
     def reasks(self) -> int:
@@ -224,13 +241,23 @@ class Listener:
             return PutDown()
         if key in ("commit_keys", "yes_no_keys"):
             return PressKeys("1" if self.verdict else "2")
-        if key == "check":
-            said = _squash(text.lower().split(", right?")[0])
-            wanted = g.expected(self.last_answered or "")
-            self.verdict = all(w in said for w in wanted)
-            return g.answer("yes" if self.verdict else "no")
-        if key == "readback":
-            self.verdict = g.readback_right(text)
-            return g.answer("yes" if self.verdict else "no")
+        if key in ("check", "readback"):
+            if key == "check":
+                said = _squash(text.lower().split(", right?")[0])
+                wanted = g.expected(self.last_answered or "")
+                self.verdict = all(w in said for w in wanted)
+            else:
+                self.verdict = g.readback_right(text)
+            answer = "yes" if self.verdict else "no"
+            if self.asked[key] > 1 and offers_keys(answer, text):
+                return self._keyed(answer)
+            return g.answer(answer)
         self.last_answered = key
+        if self.asked[key] > 1 and offers_keys(key, text):
+            return self._keyed(key)  # misheard before: the keys the bot offers now
         return g.answer(key)
+
+    def _keyed(self, key: str) -> CallerAction:
+        if self.goal.style != "keys":
+            self.keyed += 1
+        return PressKeys(self.goal.keys(key))

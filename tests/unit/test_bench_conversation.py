@@ -66,10 +66,33 @@ def test_a_check_of_one_answer_is_judged_against_that_answer() -> None:
     listener.hear(["Which service? Cleaning, checkup, whitening, or filling."])
     check = "{}, right? Say yes or no, or press 1 for yes, 2 for no."
     assert listener.hear([check.format("Whitening")]) == Say("no that is wrong")
-    listener.hear(["Please say cleaning, checkup, whitening, or filling. Or press 1 to 4."])
-    assert listener.hear([check.format("Cleaning")]) == Say("that is right")
-    listener.hear(["Sorry, which day? You can say a weekday, like Tuesday."])
-    assert listener.hear([check.format("Thursday, March 5th")]) == Say("no that is wrong")
+    listener.hear(["Which service? Cleaning, checkup, whitening, or filling."])
+    # A second check in the call: the caller has been misheard, and keys are offered.
+    assert listener.hear([check.format("Cleaning")]) == PressKeys("1")
+    listener.hear(["What day would you like? For example, Monday."])
+    assert listener.hear([check.format("Thursday, March 5th")]) == PressKeys("2")
+    assert listener.keyed == 2
+
+
+def test_a_caller_misheard_once_keys_what_the_reask_offers() -> None:
+    """A re-ask that says how to key the answer in gets keys; one that does not (or the
+    first asking) gets the caller's words again."""
+    listener = Listener(BOOK)
+    assert listener.hear(["Which service? Cleaning, checkup, whitening, or filling. "
+                          "Or press 1 to 4."]) == Say("a cleaning please")
+    assert listener.hear(["Please say cleaning, checkup, whitening, or filling. "
+                          "Or press 1 to 4."]) == PressKeys("1")
+    assert listener.hear(["What day would you like? For example, Monday."]) == Say(
+        "on wednesday")
+    assert listener.hear(["Sorry, which day? You can say a weekday, like Tuesday."]) == Say(
+        "on wednesday")  # no way to key a day offered
+    assert listener.hear(["Sorry, which day? Or key in the month and day, like 0 3 1 5 "
+                          "for March 15th."]) == PressKeys("0304")
+    assert listener.keyed == 2
+    keypad = Listener(Goal("book", "keys", day=WED, start=time(14, 30)))
+    keypad.hear(["Which service? Or press 1 to 4."])
+    keypad.hear(["Please say cleaning. Or press 1 to 4."])
+    assert keypad.keyed == 0  # a keypad caller's keys are not a fallback
 
 
 def test_a_reask_is_answered_again_and_counted() -> None:

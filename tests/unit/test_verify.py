@@ -176,6 +176,23 @@ def test_auto_re_asks_the_question_on_no() -> None:
     assert run.slots["service"].text == "filling"
 
 
+def test_no_to_the_check_is_a_miss_and_gets_the_steps_reprompt() -> None:
+    """The check exists because we may have misheard: a "no" is answered like a no-match,
+    with the reprompt for that attempt (here the one that offers keys)."""
+    flow = BOOKING.replace("VERIFY", "auto").replace(
+        "    next: confirm\n",
+        "    next: confirm\n"
+        "    no_match: {prompts: [\"Sorry, which service? Or press 1 or 2.\"]}\n",
+        1)
+    run = FlowRunner(load_flow_text(flow), now=lambda: NOW)
+    run.start()
+    run.handle(Speech("cleaning", 0.02))
+    out = run.handle(Speech("no", 0.09))
+    assert texts(out) == ["Sorry, which service? Or press 1 or 2."]
+    run.handle(Digits("2"))
+    assert run.slots["service"].text == "filling"
+
+
 def test_auto_checks_a_small_margin_too() -> None:
     run = at_service("auto")
     out = run.handle(Speech("cleaning", SURE, margin=0.01))

@@ -200,11 +200,16 @@ class AskVisit:
             return self._accept(self._turn(heard, "match", yes_no.text, value, confirm=True),
                                 pending)
         # "No": the answer heard was wrong, so it is forgotten and the question asked
-        # again. A rejection counts as a no-match, so a caller who keeps saying no
-        # reaches the fallback instead of looping forever.
+        # again. To a check ("Cleaning, right?") it means we misheard: the step's
+        # no-match reprompt for this attempt follows (it may offer keys). To the flow's
+        # read-back (`confirm`) it may be a change of mind: the question itself. Either
+        # counts as a no-match, so a caller who keeps saying no reaches the fallback
+        # instead of looping forever.
         turn = self._turn(heard, "match", yes_no.text, confirm=True)
         self.no_match += 1
-        then = self._give_up() if self.no_match > step.no_match.max else Reprompt(step.ask)
+        again = step.no_match.prompt(self.no_match) if asked == "check" else None
+        then = (self._give_up() if self.no_match > step.no_match.max
+                else Reprompt(again or step.ask))
         return Reply(turn, then, forget=asked == "confirm")
 
     def _accept(self, turn: Turn, answer: Choice | SlotValue) -> Reply:
