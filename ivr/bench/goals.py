@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, time
 from typing import Final, Literal
 
@@ -67,6 +67,7 @@ class Goal:
     order: str = ""
     item: str = ""
     status: str = ""
+    fix: str = "nothing"  # what a read-back got wrong: service, day, time (or nothing)
 
     def answer(self, key: str) -> CallerAction:
         """The answer to the question `key` ("front", "menu", "service", ...)."""
@@ -99,6 +100,8 @@ class Goal:
             "time": (when, f"at {when}"),
             "name": (self.name.split()[0], f"it is {self.name}"),
             "order": (digits, f"it is {digits}"),
+            "change": (self.fix, f"the {self.fix}" if self.fix != "nothing" else
+                       "nothing it's right"),
             "yes": ("yes", "that is right"),
             "no": ("no", "no that is wrong"),
         }
@@ -115,6 +118,7 @@ class Goal:
             "time": self.start.strftime("%H%M") if self.start else "",
             "name": keypad_name(self.name),
             "order": self.order,
+            "change": {"service": "1", "day": "2", "time": "3"}.get(self.fix, ""),
             "yes": "1",
             "no": "2",
         }
@@ -139,8 +143,16 @@ class Goal:
     def readback_right(self, text: str) -> bool:
         """Whether "A cleaning on Wednesday, March 5th at 3 PM. Shall I book it?" is
         this goal."""
+        return self.readback_wrong(text) == "nothing"
+
+    def readback_wrong(self, text: str) -> str:
+        """The first part of a read-back that is not this goal's ("service", "day",
+        "time"), or "nothing"."""
         said = _squash(text)
-        return all(w in said for key in ("service", "day", "time") for w in self.expected(key))
+        for key in ("service", "day", "time"):
+            if not all(w in said for w in self.expected(key)):
+                return key
+        return "nothing"
 
 
 def _squash(text: str) -> str:
@@ -155,6 +167,7 @@ _QUESTIONS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("check", (", right?",)),
     ("yes_no_keys", ("press 1 for yes, 2 for no.",)),
     ("readback", ("shall i book it",)),
+    ("change", ("what should i change",)),
     ("front", ("appointments, orders, or agent",)),
     ("menu", ("book, cancel, or reschedule",)),
     ("service", ("which service", "cleaning, checkup, whitening, or filling")),
@@ -168,7 +181,8 @@ _QUESTIONS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
 # The questions on each goal's way; a caller asked anything else (a cancel sent down the
 # booking path) is where it did not want to be, and hangs up, as a person would.
 ON_THE_WAY: Final[dict[str, frozenset[str]]] = {
-    "book": frozenset({"front", "menu", "service", "day", "time", "name", "readback"}),
+    "book": frozenset({"front", "menu", "service", "day", "time", "name", "readback",
+                       "change"}),
     "cancel": frozenset({"front", "menu", "day"}),
     "order": frozenset({"front", "order"}),
 }
@@ -211,6 +225,7 @@ class Listener:
     status_heard: bool = False  # the order's status, as the goal expects it, was read
     gave_up: bool = False  # hung up: off the goal's way, or asked once too often
     keyed: int = 0  # answers a voice caller gave by keys, offered after a miss
+    fix: str = "nothing"  # what the last read-back got wrong
 
     @property
     def reasks(self) -> int:
@@ -247,17 +262,24 @@ class Listener:
                 wanted = g.expected(self.last_answered or "")
                 self.verdict = all(w in said for w in wanted)
             else:
-                self.verdict = g.readback_right(text)
+                self.fix = g.readback_wrong(text)
+                self.verdict = self.fix == "nothing"
             answer = "yes" if self.verdict else "no"
             if self.asked[key] > 1 and offers_keys(answer, text):
                 return self._keyed(answer)
             return g.answer(answer)
+        if key == "change":  # what the last read-back got wrong
+            g = replace(g, fix=self.fix)
+            if self.fix == "nothing" or self.asked[key] == 1 or not offers_keys(key, text):
+                return g.answer(key)
+            return self._keyed(key, g)
         self.last_answered = key
         if self.asked[key] > 1 and offers_keys(key, text):
             return self._keyed(key)  # misheard before: the keys the bot offers now
         return g.answer(key)
 
-    def _keyed(self, key: str) -> CallerAction:
-        if self.goal.style != "keys":
+    def _keyed(self, key: str, goal: Goal | None = None) -> CallerAction:
+        goal = goal or self.goal
+        if goal.style != "keys":
             self.keyed += 1
-        return PressKeys(self.goal.keys(key))
+        return PressKeys(goal.keys(key))

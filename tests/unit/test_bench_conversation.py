@@ -74,6 +74,23 @@ def test_a_check_of_one_answer_is_judged_against_that_answer() -> None:
     assert listener.keyed == 2
 
 
+def test_after_a_wrong_read_back_the_caller_says_what_to_change() -> None:
+    right = "A cleaning on Wednesday, March 4th at 2:30 PM. Shall I book it? Say yes or no."
+    change = "What should I change? The service, the day, or the time. Or press 1, 2, or 3."
+    wrong_day = Listener(BOOK)
+    assert wrong_day.hear([right.replace("Wednesday, March 4th", "Thursday, March 5th")]) == (
+        Say("no that is wrong"))
+    assert wrong_day.hear([change]) == Say("the day")
+    assert wrong_day.hear([right.replace("2:30", "3:30")]) == Say("no that is wrong")
+    assert wrong_day.hear([change]) == PressKeys("3")  # asked again: the keys offered
+    flow = Listener(Goal("book", "flow", service="whitening", day=WED, start=time(14, 30)))
+    flow.hear([right])
+    assert flow.hear([change]) == Say("service")
+    heard_as_no = Listener(BOOK)  # a "that is right" taken for a no
+    heard_as_no.hear([right])
+    assert heard_as_no.hear([change]) == Say("nothing it's right")
+
+
 def test_a_caller_misheard_once_keys_what_the_reask_offers() -> None:
     """A re-ask that says how to key the answer in gets keys; one that does not (or the
     first asking) gets the caller's words again."""
