@@ -46,17 +46,28 @@ def endpointed(speech: bytes) -> bytes:
 
 # `--phrasings people` (issue 15): answers to `flows/dental_booking.yaml` as callers say
 # them, carrier words included, and what the flow must understand ("" : nothing, a no-match).
+# The second line of each step: what `ivr bench conversation` callers said and were
+# misheard saying (conv0.log); `ask_order` is `flows/order_status.yaml`'s order number.
 PEOPLE: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     "menu": (("i'd like to book", "book"), ("a new appointment please", "book"),
-             ("i want to cancel", "cancel"), ("i need to reschedule", "reschedule")),
+             ("i want to cancel", "cancel"), ("i need to reschedule", "reschedule"),
+             ("i'd like to cancel", "cancel"), ("book an appointment", "book")),
     "ask_service": (("a cleaning please", "cleaning"), ("a checkup", "checkup"),
-                    ("whitening please", "whitening"), ("a filling", "filling")),
+                    ("whitening please", "whitening"), ("a filling", "filling"),
+                    ("a checkup please", "checkup")),
     "ask_day": (("on wednesday", "wednesday"), ("on tuesday", "tuesday"),
-                ("next friday please", "next friday"), ("it's monday", "monday")),
+                ("next friday please", "next friday"), ("it's monday", "monday"),
+                ("on thursday", "thursday"), ("thursday", "thursday")),
     "ask_time": (("at two p m", "14:00"), ("at ten a m", "10:00"),
-                 ("at eleven thirty", "11:30"), ("at three p m please", "15:00")),
+                 ("at eleven thirty", "11:30"), ("at three p m please", "15:00"),
+                 ("at three p m", "15:00")),
     "confirm": (("yes please", "yes"), ("that's right", "yes"),
-                ("yes that's right", "yes"), ("no thanks", "no")),
+                ("yes that's right", "yes"), ("no thanks", "no"),
+                ("that is right", "yes"), ("no that is wrong", "no")),
+    "ask_order": (("it is six zero two one", "6021"), ("it's four five six seven", "4567"),
+                  ("my order number is one two three four", "1234"),
+                  ("the number is seven seven seven seven", "7777"),
+                  ("five one five zero", "5150"), ("six zero two one", "6021")),
 }
 # Out-of-grammar answers: each must be understood as nothing (a no-match), never a choice.
 NONSENSE: Final = ("pizza", "banana", "what's the weather like")
