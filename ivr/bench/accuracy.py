@@ -19,8 +19,8 @@ from ivr.audio.codec import ULAW_SILENCE, Upsampler, frames, to_ulaw8k, ulaw_to_
 from ivr.audio.endpoint import EndpointConfig, Endpointer, SpeechEnded, SpeechStarted
 from ivr.flows.load import load_flow
 from ivr.flows.model import AskStep, Flow
-from ivr.flows.slots import grammar_for, parse_text
-from ivr.flows.text import expected_phrases, match_choice
+from ivr.flows.slots import COMPACT_DATE_PHRASES, grammar_for, parse_text
+from ivr.flows.text import match_choice, menu_grammar
 from ivr.grammar import Grammar
 from ivr.speech.espeak import EspeakSynthesizer
 from ivr.speech.sphinx.pool import RecognizerPool
@@ -85,6 +85,8 @@ def _answers(flow: Flow, step: AskStep, now: datetime, people: str | None = None
         return [(phrase, c.label) for c in step.choices for phrase in c.words]
     slot = flow.slots[step.slot]
     phrases = grammar_for(slot).phrases
+    if slot.type == "date" and slot.grammar == "compact":
+        phrases = COMPACT_DATE_PHRASES  # the bare words, not the "on ..." ones
     if slot.type in ("date", "time"):
         phrases = phrases[::4]  # a sample across the compact grammar
     out = []
@@ -105,7 +107,7 @@ def _meaning(flow: Flow, step: AskStep, said: str, now: datetime, expected: str)
 
 def _grammar(flow: Flow, step: AskStep) -> Grammar:
     if step.slot is None:
-        return Grammar(expected_phrases(step))
+        return menu_grammar(step) or Grammar()
     return grammar_for(flow.slots[step.slot])
 
 

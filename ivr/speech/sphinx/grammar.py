@@ -222,6 +222,8 @@ def compile_grammar(
         lead_fillers = LEAD_FILLERS if carriers else ()
     if trail_fillers is None:
         trail_fillers = TRAIL_FILLERS if carriers else ()
+    # The answer type's own carriers ("on" a day, "a" service "please") are always heard.
+    own_lead, own_trail = grammar.lead, grammar.trail
     if grammar.jsgf is not None:
         jsgf = _with_garbage(grammar.jsgf) if garbage else grammar.jsgf
         return CompiledGrammar(jsgf, {}, (), (), (), raw=True)
@@ -232,6 +234,8 @@ def compile_grammar(
     trail = tuple(_speakable(trail_fillers, vocabulary)[0])
     if carriers and _spells_carriers(phrases, lead, trail):
         lead, trail = (), ()
+    lead = tuple(dict.fromkeys([*_speakable(own_lead, vocabulary)[0], *lead]))
+    trail = tuple(dict.fromkeys([*_speakable(own_trail, vocabulary)[0], *trail]))
     lines = ["#JSGF V1.0;", "grammar ivr;"]
     body = "( " + " | ".join(" ".join(words) for words in phrases) + " )"
     if lead:
