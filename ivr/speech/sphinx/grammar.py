@@ -39,6 +39,9 @@ __all__ = [
 # words (113/134) and takes its people's phrasings from 74/105 to 84/105, but costs
 # flows/demo.yaml 22/24 -> 19/24 and flows/main_menu.yaml 20/20 -> 19/20; the set the
 # issue names ("a", "on", "at", "it's", "thanks" ...) cost dental 109/134 and demo 14/24.
+# What is on by default instead are carriers per answer type (`Grammar.lead`/`trail`, set
+# by `ivr.flows.slots.grammars` and `ivr.flows.text.menu_grammar`), compiled the same way
+# and always heard; these generic fillers are added to them under the setting.
 LEAD_FILLERS: Final[tuple[str, ...]] = (
     "i'd like", "i'd like to", "i would like", "i would like to", "i want to", "i need to",
 )
