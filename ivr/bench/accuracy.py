@@ -64,10 +64,14 @@ PEOPLE: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     "confirm": (("yes please", "yes"), ("that's right", "yes"),
                 ("yes that's right", "yes"), ("no thanks", "no"),
                 ("that is right", "yes"), ("no that is wrong", "no")),
-    "ask_order": (("it is six zero two one", "6021"), ("it's four five six seven", "4567"),
+    "ask_order": (("it is six zero two one", "6021"),
                   ("my order number is one two three four", "1234"),
-                  ("the number is seven seven seven seven", "7777"),
-                  ("five one five zero", "5150"), ("six zero two one", "6021")),
+                  ("it is nine four zero two", "9402"), ("it is two eight one nine", "2819"),
+                  ("my order number is zero three five one", "0351"),
+                  ("the number is four four one two", "4412"), ("it's five one five zero", "5150"),
+                  ("one two three four", "1234"), ("five one five zero", "5150"),
+                  ("nine four zero two", "9402"), ("two eight one nine", "2819"),
+                  ("zero three five one", "0351"), ("three nine nine zero", "3990")),
 }
 # Out-of-grammar answers: each must be understood as nothing (a no-match), never a choice.
 NONSENSE: Final = ("pizza", "banana", "what's the weather like")
