@@ -35,6 +35,11 @@ class Grammar:
     # For `complete()`: `phrases` grouped by the answer they mean ("yes", "yes please").
     # It does not change what a recognizer listens for.
     answers: tuple[tuple[str, ...], ...] = ()
+    # Carrier words a caller may wrap any phrase in ("on" tuesday, "a" cleaning "please"),
+    # chosen per answer type (`ivr.flows.slots.grammars`); a recognizer that constrains
+    # decoding may accept them around `phrases` (weighted against) and drop them again.
+    lead: tuple[str, ...] = ()
+    trail: tuple[str, ...] = ()
 
     def complete(self, text: str) -> bool:
         """Is `text` (a partial hypothesis) a whole answer that more words cannot change?
@@ -55,6 +60,7 @@ class Grammar:
             walker = compile_jsgf(self.jsgf, _words)
             return walker is not None and walker.complete(words)
         spoken = {_words(p): p for p in self.phrases}
+        words = self._unwrapped(words, spoken)
         phrase = spoken.get(words)
         if phrase is None:
             return False
@@ -63,6 +69,22 @@ class Grammar:
         return all(
             p in same for w, p in spoken.items() if len(w) > n and w[:n] == words
         )
+
+    def _unwrapped(
+        self, words: tuple[str, ...], spoken: dict[tuple[str, ...], str]
+    ) -> tuple[str, ...]:
+        """`words` without a `lead` before and a `trail` after the phrase they wrap."""
+        if words in spoken:
+            return words
+        n = len(words)
+        starts = [0] + [len(c) for c in map(_words, self.lead) if words[: len(c)] == c]
+        ends = [n] + [n - len(c) for c in map(_words, self.trail)
+                      if 0 < len(c) <= n and words[n - len(c):] == c]
+        for start in starts:
+            for end in ends:
+                if words[start:end] in spoken:
+                    return words[start:end]
+        return words
 
 
 _WORD: Final = re.compile(r"[a-z0-9']+")

@@ -19,8 +19,8 @@ from ivr.audio.codec import ULAW_SILENCE, Upsampler, frames, to_ulaw8k, ulaw_to_
 from ivr.audio.endpoint import EndpointConfig, Endpointer, SpeechEnded, SpeechStarted
 from ivr.flows.load import load_flow
 from ivr.flows.model import AskStep, Flow
-from ivr.flows.slots import grammar_for, parse_text
-from ivr.flows.text import expected_phrases, match_choice
+from ivr.flows.slots import COMPACT_DATE_PHRASES, grammar_for, parse_text
+from ivr.flows.text import match_choice, menu_grammar
 from ivr.grammar import Grammar
 from ivr.speech.espeak import EspeakSynthesizer
 from ivr.speech.sphinx.pool import RecognizerPool
@@ -46,17 +46,32 @@ def endpointed(speech: bytes) -> bytes:
 
 # `--phrasings people` (issue 15): answers to `flows/dental_booking.yaml` as callers say
 # them, carrier words included, and what the flow must understand ("" : nothing, a no-match).
+# The second line of each step: what `ivr bench conversation` callers said and were
+# misheard saying (conv0.log); `ask_order` is `flows/order_status.yaml`'s order number.
 PEOPLE: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     "menu": (("i'd like to book", "book"), ("a new appointment please", "book"),
-             ("i want to cancel", "cancel"), ("i need to reschedule", "reschedule")),
+             ("i want to cancel", "cancel"), ("i need to reschedule", "reschedule"),
+             ("i'd like to cancel", "cancel"), ("book an appointment", "book")),
     "ask_service": (("a cleaning please", "cleaning"), ("a checkup", "checkup"),
-                    ("whitening please", "whitening"), ("a filling", "filling")),
+                    ("whitening please", "whitening"), ("a filling", "filling"),
+                    ("a checkup please", "checkup")),
     "ask_day": (("on wednesday", "wednesday"), ("on tuesday", "tuesday"),
-                ("next friday please", "next friday"), ("it's monday", "monday")),
+                ("next friday please", "next friday"), ("it's monday", "monday"),
+                ("on thursday", "thursday"), ("thursday", "thursday")),
     "ask_time": (("at two p m", "14:00"), ("at ten a m", "10:00"),
-                 ("at eleven thirty", "11:30"), ("at three p m please", "15:00")),
+                 ("at eleven thirty", "11:30"), ("at three p m please", "15:00"),
+                 ("at three p m", "15:00")),
     "confirm": (("yes please", "yes"), ("that's right", "yes"),
-                ("yes that's right", "yes"), ("no thanks", "no")),
+                ("yes that's right", "yes"), ("no thanks", "no"),
+                ("that is right", "yes"), ("no that is wrong", "no")),
+    "ask_order": (("it is six zero two one", "6021"),
+                  ("my order number is one two three four", "1234"),
+                  ("it is nine four zero two", "9402"), ("it is two eight one nine", "2819"),
+                  ("my order number is zero three five one", "0351"),
+                  ("the number is four four one two", "4412"), ("it's five one five zero", "5150"),
+                  ("one two three four", "1234"), ("five one five zero", "5150"),
+                  ("nine four zero two", "9402"), ("two eight one nine", "2819"),
+                  ("zero three five one", "0351"), ("three nine nine zero", "3990")),
 }
 # Out-of-grammar answers: each must be understood as nothing (a no-match), never a choice.
 NONSENSE: Final = ("pizza", "banana", "what's the weather like")
@@ -74,6 +89,8 @@ def _answers(flow: Flow, step: AskStep, now: datetime, people: str | None = None
         return [(phrase, c.label) for c in step.choices for phrase in c.words]
     slot = flow.slots[step.slot]
     phrases = grammar_for(slot).phrases
+    if slot.type == "date" and slot.grammar == "compact":
+        phrases = COMPACT_DATE_PHRASES  # the bare words, not the "on ..." ones
     if slot.type in ("date", "time"):
         phrases = phrases[::4]  # a sample across the compact grammar
     out = []
@@ -94,7 +111,7 @@ def _meaning(flow: Flow, step: AskStep, said: str, now: datetime, expected: str)
 
 def _grammar(flow: Flow, step: AskStep) -> Grammar:
     if step.slot is None:
-        return Grammar(expected_phrases(step))
+        return menu_grammar(step) or Grammar()
     return grammar_for(flow.slots[step.slot])
 
 

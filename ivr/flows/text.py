@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, TypeVar
 
 from ivr.flows.model import AskStep
-from ivr.grammar import ONES
+from ivr.grammar import ONES, Grammar
 
 __all__ = [
     "DIGIT_WORDS",
@@ -30,6 +30,7 @@ __all__ = [
     "looks_like_number",
     "match_choice",
     "match_key",
+    "menu_grammar",
     "normalize",
     "speakable",
     "strip_terminator",
@@ -165,6 +166,37 @@ def match_key(digits: str, choices: Sequence[A], terminator: str | None = "#") -
         if choice.key is not None and choice.key == pressed:
             return choice
     return None
+
+
+# What callers say before a menu's answer ("i'd like to cancel", issue 15): accepted by
+# the embedded recognizer around the choices (weighted against) and ignored by
+# `match_choice`, which finds the choice's words inside the utterance.
+# Only on a menu of actions (each choice has a word that is a verb): around nouns
+# ("sales", "hours") the lead cost flows/demo.yaml 22/24 -> 19/24 (short words ended
+# inside "i'd like to").
+MENU_LEAD: tuple[str, ...] = ("i'd like to", "i want to", "i need to")
+MENU_TRAIL: tuple[str, ...] = ("please",)
+ACTION_VERBS: frozenset[str] = frozenset(
+    "add book buy cancel change check close hear leave make move open order pay renew "
+    "repeat report reschedule return schedule speak start stop talk track transfer "
+    "update upgrade".split()
+)
+
+
+def menu_grammar(step: AskStep) -> Grammar | None:
+    """The recognizer grammar for a menu step (None without speakable choices): its
+    choices' words, grouped by choice, with `MENU_LEAD` and `MENU_TRAIL` carriers."""
+    phrases = expected_phrases(step)
+    if not phrases:
+        return None
+    # Each choice's words mean one answer: a caller who said one of them has answered
+    # unless it begins another choice's words (grammar-aware endpointing).
+    answers = tuple(
+        tuple(dict.fromkeys(s for s in map(speakable, c.words) if s)) for c in step.choices
+    )
+    actions = all(any(w.split()[0] in ACTION_VERBS for w in ws) for ws in answers if ws)
+    return Grammar(phrases, answers=answers, lead=MENU_LEAD if actions else (),
+                   trail=MENU_TRAIL)
 
 
 def expected_phrases(step: AskStep, *, include_keys: bool = False) -> tuple[str, ...]:

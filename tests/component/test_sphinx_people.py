@@ -7,14 +7,17 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from ivr.audio.codec import to_ulaw8k
 from ivr.bench.accuracy import endpointed
-from ivr.flows.model import SlotDef
+from ivr.flows.load import load_flow
+from ivr.flows.model import AskStep, SlotDef
 from ivr.flows.slots import grammar_for, parse_text
+from ivr.flows.text import menu_grammar
 from ivr.grammar import Grammar
 from ivr.speech.base import Recognition
 from ivr.speech.espeak import synthesize_blocking
@@ -105,3 +108,44 @@ async def test_a_caller_who_says_the_read_back_is_wrong_is_heard_saying_no(
     rec = await heard(pool, said, grammar_for(slot))
     value = parse_text(slot, rec.text, now=NOW)
     assert value is not None and value.value is False, rec.text
+
+
+@functools.cache
+def _dental_menu() -> Grammar:
+    flow = load_flow(Path("flows/dental_booking.yaml"))
+    step = flow.steps["menu"]
+    assert isinstance(step, AskStep)
+    grammar = menu_grammar(step)
+    assert grammar is not None
+    return grammar
+
+
+@pytest.mark.parametrize(
+    ("slot", "said", "voice", "meant"),
+    [
+        # each was misheard by the plain grammars (`ivr bench accuracy --phrasings people`)
+        (SlotDef(type="yes_no"), "that is right", "en-gb", "yes"),  # was "not really"
+        (SlotDef(type="digits", length=4), "my order number is one two three four", "en-us",
+         "1234"),  # was "four two eight one"
+        (None, "i need to reschedule", "en-gb", "reschedule"),  # was nothing
+    ],
+)
+async def test_answers_as_people_say_them_are_understood_by_default(
+    pool: RecognizerPool, slot: SlotDef | None, said: str, voice: str, meant: str
+) -> None:
+    """Per answer type carrier words (issue 15), with no setting: "it is" or "my order
+    number is" before digits, "i need to" before a menu of actions; and the yes/no grammar
+    without "not really", which took "that is right"."""
+    grammar = _dental_menu() if slot is None else grammar_for(slot)
+    utterance = await pool.start(grammar)
+    feed_all(utterance, phone(said, voice))
+    result = await utterance.finish()
+    if slot is None:
+        assert _answer_of(grammar, result.text) == meant, result
+    else:
+        value = parse_text(slot, result.text, now=NOW)
+        assert value is not None and value.text == meant, result
+
+
+def _answer_of(grammar: Grammar, text: str) -> str | None:
+    return next((group[0] for group in grammar.answers if text in group), None)

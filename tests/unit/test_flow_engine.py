@@ -108,7 +108,10 @@ def test_menu_listen_carries_its_phrases_as_a_grammar() -> None:
     listen = run.start()[-1]
     assert isinstance(listen, Listen) and listen.slot is None
     assert listen.phrases == ("sales", "support")
-    assert listen.grammar == Grammar(("sales", "support"), answers=(("sales",), ("support",)))
+    # "please" may follow any menu answer; "i'd like to" leads only a menu of actions.
+    assert listen.grammar == Grammar(
+        ("sales", "support"), answers=(("sales",), ("support",)), trail=("please",)
+    )
 
 
 def test_slot_filled_by_text_then_confirmed_yes() -> None:

@@ -7,6 +7,8 @@ import pytest
 
 from ivr.config import grammar_flags
 from ivr.errors import ConfigError
+from ivr.flows.model import AskStep
+from ivr.flows.text import MENU_LEAD, menu_grammar
 from ivr.grammar import Grammar
 from ivr.speech.sphinx.grammar import compile_grammar
 from ivr.speech.sphinx.utterance import answer_margin
@@ -92,3 +94,33 @@ def test_margin_against_the_garbage_path_and_without_rivals() -> None:
     assert answer_margin(compiled, [["yes", 0.5], ["yes", 0.4]]) == 1.0
     assert answer_margin(compiled, []) is None
     assert answer_margin(compiled, [["gbg_ah", 0.5], ["no", 0.4]]) is None
+
+
+def test_an_answer_types_own_carriers_are_heard_by_default() -> None:
+    """`Grammar.lead`/`trail` (set per answer type): weighted optional words around the
+    phrases, mapped back to the phrase, with no setting."""
+    grammar = Grammar(("cleaning",), lead=("a", "an"), trail=("please",))
+    compiled = compile_grammar(grammar, VOCAB)
+    assert "<lead> = a | an;" in compiled.jsgf and "<trail> = please;" in compiled.jsgf
+    assert compiled.match("a cleaning please") == "cleaning"
+    assert compiled.match("cleaning") == "cleaning"
+    assert compiled.match("a") is None
+
+
+def test_an_answer_in_its_carriers_is_complete() -> None:
+    """Grammar-aware endpointing sees through the carriers too."""
+    grammar = Grammar(("cleaning",), lead=("a",), trail=("please",))
+    assert grammar.complete("a cleaning please") and grammar.complete("a cleaning")
+    assert not grammar.complete("a")
+
+
+def test_a_menu_of_actions_takes_i_would_like_to_and_a_menu_of_nouns_does_not() -> None:
+    def step(*words: str) -> AskStep:
+        return AskStep.model_validate(
+            {"ask": "?", "choices": [{"words": [w], "goto": "x"} for w in words]}
+        )
+
+    actions = menu_grammar(step("book", "cancel", "reschedule"))
+    nouns = menu_grammar(step("sales", "buy", "hours"))
+    assert actions is not None and actions.lead == MENU_LEAD
+    assert nouns is not None and nouns.lead == () and nouns.trail == ("please",)

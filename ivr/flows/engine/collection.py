@@ -11,7 +11,7 @@ from ivr.flows.engine.actions import DtmfSpec, Listen
 from ivr.flows.engine.events import Digits, Speech
 from ivr.flows.model import AskStep, Choice, SlotDef
 from ivr.flows.slots import SlotValue, dtmf_max_digits, grammar_for, parse_keys, parse_text
-from ivr.flows.text import expected_phrases, match_choice, match_key, speakable
+from ivr.flows.text import match_choice, match_key, menu_grammar
 from ivr.grammar import Grammar
 
 __all__ = [
@@ -92,13 +92,8 @@ def listen(name: str, step: AskStep, slot: SlotDef | None, *, mode: Mode = "answ
                 terminator=keys_end,
                 inter_digit_ms=inter_digit,
             )
-        phrases = expected_phrases(step) if step.speech else ()
-        # Each choice's words mean one answer: a caller who said one of them has answered
-        # unless it begins another choice's words (grammar-aware endpointing).
-        answers = tuple(
-            tuple(dict.fromkeys(s for s in map(speakable, c.words) if s)) for c in step.choices
-        )
-        grammar = Grammar(phrases, answers=answers) if phrases else None
+        grammar = menu_grammar(step) if step.speech else None
+        phrases = grammar.phrases if grammar is not None else ()
     if mode == "keys":
         phrases, grammar = (), None
     return Listen(

@@ -56,7 +56,6 @@ _YES_NO_PHRASES: Final = (
     "no that is wrong",
     "that's not right",
     "that is not right",
-    "not really",
     "incorrect",
     "cancel",
 )
@@ -66,6 +65,25 @@ _YES_NO_ANSWERS: Final = (
     _YES_NO_PHRASES[: _YES_NO_PHRASES.index("no")],
     _YES_NO_PHRASES[_YES_NO_PHRASES.index("no") :],
 )
+
+
+# Carrier words people wrap an answer in, per answer type (issue 15): accepted around the
+# phrases (weighted `_CARRIER_ODDS` against, so the bare words keep their lead) and
+# dropped again by the parsers. Measured with `ivr bench accuracy` (README, "Measured").
+DATE_LEAD: Final = ("on",)
+TIME_LEAD: Final = ("at",)
+CHOICE_LEAD: Final = ("a", "an")
+CHOICE_TRAIL: Final = ("please",)
+# Not "it's" (IH T S): through the phone band "six" (S IH K S) loses its /s/ and became
+# "it's" (bare four-digit strings, 4 voices: 23/32 without it, 21/32 with it; spoken
+# "it's ..." is still heard, as "it is").
+DIGITS_LEAD: Final = ("it is", "the number is", "my number is", "my order number is")
+_CARRIER_ODDS: Final = 20
+
+
+def _led(lead: Iterable[str], answer: str) -> str:
+    """`answer` optionally after one of `lead`, weighted against."""
+    return f"( /{_CARRIER_ODDS}/ <NULL> | /1/ ( {' | '.join(lead)} ) ) ( {answer} )"
 
 
 def _jsgf(rules: Iterable[str], answer: str) -> str:
@@ -154,7 +172,7 @@ def _digits_jsgf(slot: SlotDef) -> str:
         least, most = slot.length, slot.length
     else:
         least, most = slot.min_length or 1, slot.max_length
-    return _jsgf([_DIGIT_RULE], _repeat("<d>", least, most))
+    return _jsgf([_DIGIT_RULE], _led(DIGITS_LEAD, _repeat("<d>", least, most)))
 
 
 _WEEKDAY_WORDS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -164,6 +182,9 @@ COMPACT_DATE_PHRASES: tuple[str, ...] = (
     *(f"next {d}" for d in _WEEKDAY_WORDS),
     *(f"this {d}" for d in _WEEKDAY_WORDS),
 )
+# "on" before a plain weekday only (issue 15: "on tuesday" was heard as "today"): as an
+# optional lead before every compact phrase it cost the bare words ("next sunday" lost).
+_ON_WEEKDAYS: tuple[str, ...] = tuple(f"{DATE_LEAD[0]} {d}" for d in _WEEKDAY_WORDS)
 
 
 def _compact_times() -> tuple[str, ...]:
@@ -190,13 +211,14 @@ def grammar_for(slot: SlotDef) -> Grammar:
     if slot.phrases:
         return Grammar(phrases=slot.phrases)
     if kind == "date" and slot.grammar == "compact":
-        return Grammar(phrases=COMPACT_DATE_PHRASES)
+        return Grammar(phrases=COMPACT_DATE_PHRASES + _ON_WEEKDAYS)
     if kind == "time" and slot.grammar == "compact":
-        return Grammar(phrases=COMPACT_TIME_PHRASES)
+        return Grammar(phrases=COMPACT_TIME_PHRASES, lead=TIME_LEAD)
     if kind == "choice":
         phrases = dict.fromkeys(w for o in slot.choices for w in o.words)
         answers = tuple(tuple(o.words) for o in slot.choices)
-        return Grammar(phrases=tuple(phrases), answers=answers)
+        return Grammar(phrases=tuple(phrases), answers=answers, lead=CHOICE_LEAD,
+                       trail=CHOICE_TRAIL)
     if kind == "yes_no":
         return Grammar(phrases=_YES_NO_PHRASES, answers=_YES_NO_ANSWERS)
     if kind == "digits":

@@ -39,6 +39,9 @@ __all__ = [
 # words (113/134) and takes its people's phrasings from 74/105 to 84/105, but costs
 # flows/demo.yaml 22/24 -> 19/24 and flows/main_menu.yaml 20/20 -> 19/20; the set the
 # issue names ("a", "on", "at", "it's", "thanks" ...) cost dental 109/134 and demo 14/24.
+# What is on by default instead are carriers per answer type (`Grammar.lead`/`trail`, set
+# by `ivr.flows.slots.grammars` and `ivr.flows.text.menu_grammar`), compiled the same way
+# and always heard; these generic fillers are added to them under the setting.
 LEAD_FILLERS: Final[tuple[str, ...]] = (
     "i'd like", "i'd like to", "i would like", "i would like to", "i want to", "i need to",
 )
@@ -222,6 +225,8 @@ def compile_grammar(
         lead_fillers = LEAD_FILLERS if carriers else ()
     if trail_fillers is None:
         trail_fillers = TRAIL_FILLERS if carriers else ()
+    # The answer type's own carriers ("on" a day, "a" service "please") are always heard.
+    own_lead, own_trail = grammar.lead, grammar.trail
     if grammar.jsgf is not None:
         jsgf = _with_garbage(grammar.jsgf) if garbage else grammar.jsgf
         return CompiledGrammar(jsgf, {}, (), (), (), raw=True)
@@ -232,6 +237,8 @@ def compile_grammar(
     trail = tuple(_speakable(trail_fillers, vocabulary)[0])
     if carriers and _spells_carriers(phrases, lead, trail):
         lead, trail = (), ()
+    lead = tuple(dict.fromkeys([*_speakable(own_lead, vocabulary)[0], *lead]))
+    trail = tuple(dict.fromkeys([*_speakable(own_trail, vocabulary)[0], *trail]))
     lines = ["#JSGF V1.0;", "grammar ivr;"]
     body = "( " + " | ".join(" ".join(words) for words in phrases) + " )"
     if lead:
