@@ -4,11 +4,15 @@ Each expected answer of each `ask` step is spoken by the embedded synthesizer in
 voice given and sent through the same path as a phone call: 8 kHz µ-law in 20 ms frames
 with (digital) silence around it, decoded, endpointed by the call's `Endpointer` (preroll
 included), upsampled to 16 kHz by the per-call streaming resampler, recognized with the
-step's grammar, and matched to a choice by the flow's own matcher.
+step's grammar, and matched to a choice by the flow's own matcher. It prints every answer,
+a table per ask step (what it listens for, answers understood, out-of-grammar answers
+rejected), the decoding CPU per answer, and the command that reproduces the run
+(`IVR_SPHINX_CONFIG` included: decoder settings to measure, `ivr.speech.sphinx.decoding`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +27,7 @@ from ivr.flows.slots import COMPACT_DATE_PHRASES, grammar_for, parse_text
 from ivr.flows.text import match_choice, menu_grammar
 from ivr.grammar import Grammar
 from ivr.speech.espeak import EspeakSynthesizer
+from ivr.speech.sphinx.decoding import SPHINX_CONFIG_ENV
 from ivr.speech.sphinx.pool import RecognizerPool
 
 
@@ -128,6 +133,32 @@ def _understood(flow: Flow, step: AskStep, text: str, now: datetime) -> str | No
 SLOT_SAMPLES = 12
 
 
+def _kind(flow: Flow, step: AskStep) -> str:
+    """What a step listens for: its slot's type (yes/no, digits, date, ...) or `choices`."""
+    return flow.slots[step.slot].type if step.slot is not None else "choices"
+
+
+def slot_table(flow: Flow, results: list[tuple[str, str, bool]]) -> list[str]:
+    """Per ask step (step, kind, answers understood, out-of-grammar answers rejected) from
+    (step, expected answer, hit) rows; `expected` "" is an answer that must be a no-match."""
+    tally: dict[str, list[int]] = {}
+    for name, expected, hit in results:
+        row = tally.setdefault(name, [0, 0, 0, 0])
+        at = 2 if expected == "" else 0
+        row[at] += hit
+        row[at + 1] += 1
+    out = [f"  {'step':16} {'kind':10} {'answers':>14} {'rejected':>14}"]
+    for name, (ok, n, rej, m) in tally.items():
+        step = flow.steps[name]
+        assert isinstance(step, AskStep)
+        out.append(f"  {name:16} {_kind(flow, step):10} {_ratio(ok, n):>14} {_ratio(rej, m):>14}")
+    return out
+
+
+def _ratio(ok: int, n: int) -> str:
+    return f"{ok}/{n} {100 * ok / n:3.0f}%" if n else "-"
+
+
 async def accuracy_main(
     flow_path: str, voices: list[str], workers: int = 2, repeat: int = 1,
     phrasings: str = "flow",
@@ -146,6 +177,8 @@ async def accuracy_main(
                 cases.extend([(name, voice, phrase, expected)] * repeat)
     ok = 0
     lines: list[str] = []
+    results: list[tuple[str, str, bool]] = []
+    cpu = audio = 0.0
     started = time.perf_counter()
     async with RecognizerPool(size=workers) as pool:
         for name, voice, phrase, label in cases:
@@ -159,13 +192,21 @@ async def accuracy_main(
             rec = await utt.finish()
             hit = _understood(flow, step, rec.text, now) == label
             ok += hit
+            results.append((name, label, hit))
+            cpu, audio = cpu + rec.cpu_seconds, audio + rec.audio_seconds
             lines.append(f"  {'ok ' if hit else 'MISS'} {voice:10} {phrase!r:20} -> {rec.text!r}")
     elapsed = time.perf_counter() - started
     print(f"flow {flow.name}: {len(cases)} answers x voices {', '.join(voices)}")
     print("\n".join(lines))
+    print("\n".join(slot_table(flow, results)))
+    if cases:
+        print(f"decoding: {1000 * cpu / len(cases):.0f} ms CPU per answer, real-time factor "
+              f"{cpu / audio if audio else 0.0:.3f} ({audio:.0f} s of audio)")
     pct = 100 * ok / len(cases) if cases else 0.0
+    overrides = os.environ.get(SPHINX_CONFIG_ENV, "")
+    env = f"{SPHINX_CONFIG_ENV}={overrides!r} " if overrides else ""
     print(f"understood {ok}/{len(cases)} = {pct:.0f}% through 8 kHz µ-law "
-          f"({elapsed:.1f} s; reproduce: ivr bench accuracy --flow {flow_path} "
+          f"({elapsed:.1f} s; reproduce: {env}ivr bench accuracy --flow {flow_path} "
           f"--voices {','.join(voices)}" + (f" --repeat {repeat}" if repeat > 1 else "")
           + (f" --phrasings {phrasings}" if phrasings != "flow" else "") + ")")
     return 0

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from ivr.speech.sphinx import wire
+from ivr.speech.sphinx.decoding import check_decoder_overrides
 from ivr.speech.sphinx.utterance import SphinxUtterance
 
 __all__ = ["WorkerProcess", "spawn_worker"]
@@ -82,7 +83,8 @@ class WorkerProcess:
 
 async def spawn_worker(args: list[str], *, log_path: str | None) -> asyncio.subprocess.Process:
     """Start `python -m ivr.speech.sphinx.worker *args`; its stderr goes to `log_path`
-    (appended) or nowhere."""
+    (appended) or nowhere. A malformed `IVR_SPHINX_CONFIG` is a ValueError here, naming it."""
+    check_decoder_overrides()
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if log_path else None
     try:
         return await asyncio.create_subprocess_exec(
