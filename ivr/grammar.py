@@ -40,6 +40,11 @@ class Grammar:
     # decoding may accept them around `phrases` (weighted against) and drop them again.
     lead: tuple[str, ...] = ()
     trail: tuple[str, ...] = ()
+    # Speech that fits no phrase is no answer (a no-match), not the nearest phrase: a
+    # recognizer that constrains decoding gives it somewhere else to go (the embedded one
+    # its garbage path). Set where a guess would act (a yes that books); it costs some
+    # real answers, which are then asked again.
+    reject: bool = False
 
     def complete(self, text: str) -> bool:
         """Is `text` (a partial hypothesis) a whole answer that more words cannot change?

@@ -39,9 +39,8 @@ from zoneinfo import ZoneInfo
 import aiohttp
 
 from ivr.bench.goals import Goal, Listener, Style
+from ivr.bench.listening import converse
 from ivr.bench.server import ServerProcess
-from ivr.sim.caller import SimulatedCaller
-from ivr.sim.script import CallerAction
 from ivr.tools.seed import BOOKINGS, ORDERS
 
 __all__ = ["HELD_OUT", "VOICES", "Bench", "CallResult", "Plan", "Slots", "conversation_main",
@@ -204,37 +203,6 @@ class Bench:
         return Goal(plan.goal_kind, plan.style, day=day, start=start,  # type: ignore[arg-type]
                     name=NAMES[i % len(NAMES)])
 
-    async def prompts(self, call_sid: str) -> list[dict[str, Any]]:
-        async with self.http.get(f"{self.server.base}/api/calls/{call_sid}/prompts",
-                                 headers={"Authorization": f"Bearer {self.token}"}) as resp:
-            if resp.status != 200:
-                return []
-            body = await resp.json()
-            return list(body.get("prompts") or [])
-
-    async def learn(self, call_sid: str, texts: dict[str, str]) -> None:
-        for p in await self.prompts(call_sid):
-            if p.get("mark"):
-                texts[str(p["mark"])] = str(p.get("text") or "")
-
-    async def watch(self, caller: SimulatedCaller, texts: dict[str, str]) -> None:
-        """Fetch the prompt record each time a mark the caller has not read comes back,
-        while the call is live (the record of an ended call has no marks)."""
-        while True:
-            if any(m.t_echoed is not None and m.name not in texts for m in caller.buffer.marks):
-                await self.learn(caller.transcript.call_sid, texts)
-            await asyncio.sleep(0.05)
-
-    async def understood(self, call_sid: str) -> list[str]:
-        """step: what the server recognized (result) per answered turn."""
-        async with self.http.get(f"{self.server.base}/api/calls/{call_sid}",
-                                 headers={"Authorization": f"Bearer {self.token}"}) as resp:
-            if resp.status != 200:
-                return []
-            record = await resp.json()
-        return [f"{t['step']}: {t.get('input_text') or t.get('input_kind')} "
-                f"({t.get('result')})" for t in record.get("turns") or [] if t.get("input_kind")]
-
     async def call(self, plan: Plan, i: int) -> CallResult:
         result = CallResult(plan.goal_kind, plan.style, plan.voice, plan.rate, plan.noise)
         slot = await self.slots.take() if plan.goal_kind != "order" else None
@@ -247,34 +215,13 @@ class Bench:
                 await asyncio.to_thread(_set_up_cancel, db, phone, slot, goal.name)
             before = await asyncio.to_thread(_bookings, db, phone)
             listener = Listener(goal)
-            texts: dict[str, str] = {}  # mark -> the prompt's words, fetched as echoed
-            seen: set[str] = set()
-
-            async def react(caller: SimulatedCaller) -> CallerAction | None:
-                played = [m.name for m in caller.buffer.marks]  # the bot is quiet: all heard
-                if any(m not in texts for m in played):
-                    await self.learn(caller.transcript.call_sid, texts)
-                new = [m for m in played if m not in seen and m in texts]
-                seen.update(new)
-                return listener.hear([texts[m] for m in new])
-
-            caller = SimulatedCaller(
-                self.server.base, [], flow="main_menu", voice=plan.voice, rate=plan.rate,
-                from_number=phone, session=self.http, react=react,
-                may_say=goal.utterances(), call_timeout=300.0,
-                noise_snr_db=NOISE_SNR_DB if plan.noise else None, noise_seed=i)
             started = time.monotonic()
-            watching = asyncio.create_task(self.watch(caller, texts))
-            try:
-                t = await caller.run()
-            finally:
-                watching.cancel()
+            t = await converse(
+                self.server.base, self.http, self.token, listener, flow="main_menu",
+                voice=plan.voice, rate=plan.rate, from_number=phone, call_timeout=300.0,
+                noise_snr_db=NOISE_SNR_DB if plan.noise else None, noise_seed=i)
             result.seconds = time.monotonic() - started
-            # What was heard after the last answer (the status read, the goodbye).
-            listener.hear([texts[m.name] for m in caller.buffer.marks
-                           if m.t_echoed is not None and m.name in texts
-                           and m.name not in seen])
-            result.understood = await self.understood(t.call_sid)
+            result.understood = understood(t.server)
             result.call_sid = t.call_sid
             after = await asyncio.to_thread(_bookings, db, phone)
             result.success, result.wrong_actions = judge(goal, before, after, listener)
@@ -295,6 +242,12 @@ class Bench:
             if slot is not None:
                 await self.slots.give_back(slot)
         return result
+
+
+def understood(record: dict[str, Any] | None) -> list[str]:
+    """step: what the server recognized (result), per answered turn of its call record."""
+    return [f"{t['step']}: {t.get('input_text') or t.get('input_kind')} ({t.get('result')})"
+            for t in (record or {}).get("turns") or [] if t.get("input_kind")]
 
 
 def _table(results: list[CallResult], by: str) -> Iterator[str]:

@@ -16,7 +16,7 @@ from ivr.audio.codec import to_ulaw8k
 from ivr.bench.accuracy import endpointed
 from ivr.flows.load import load_flow
 from ivr.flows.model import AskStep, SlotDef
-from ivr.flows.slots import grammar_for, parse_text
+from ivr.flows.slots import commit_yes_no_grammar, grammar_for, parse_text
 from ivr.flows.text import menu_grammar
 from ivr.grammar import Grammar
 from ivr.speech.base import Recognition
@@ -149,3 +149,22 @@ async def test_answers_as_people_say_them_are_understood_by_default(
 
 def _answer_of(grammar: Grammar, text: str) -> str | None:
     return next((group[0] for group in grammar.answers if text in group), None)
+
+
+@pytest.mark.parametrize("voice", ["en-us+m3", "en-us+f3"])
+async def test_at_a_booking_confirmation_other_speech_is_no_yes(
+    pool: RecognizerPool, voice: str
+) -> None:
+    """"hold on" was heard as "go ahead" (a yes that books) by the plain yes/no grammar in
+    these voices; the grammar of a question whose yes commits rejects it."""
+    rec = await heard(pool, "hold on", commit_yes_no_grammar())
+    assert parse_text(SlotDef(type="yes_no"), rec.text, now=NOW) is None, rec.text
+
+
+@pytest.mark.parametrize(("said", "yes"), [("yes", True), ("no that is wrong", False)])
+async def test_at_a_booking_confirmation_yes_and_no_are_still_heard(
+    pool: RecognizerPool, said: str, yes: bool
+) -> None:
+    rec = await heard(pool, said, commit_yes_no_grammar())
+    value = parse_text(SlotDef(type="yes_no"), rec.text, now=NOW)
+    assert value is not None and value.value is yes, rec.text

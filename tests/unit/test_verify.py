@@ -68,6 +68,21 @@ def booked(actions: Sequence[object]) -> bool:
     return any(isinstance(a, CallTool) and a.tool == "bookings.book" for a in actions)
 
 
+def test_a_booking_confirmation_listens_with_a_grammar_that_rejects_other_speech() -> None:
+    """Where a guessed yes would book, other speech ("hold on") is a no-match, and the
+    phrases other speech fell into ("go ahead") are not listened for; a question whose yes
+    commits nothing keeps the plain yes/no grammar."""
+    run = FlowRunner(load_flow_text(BOOKING.replace("VERIFY", "auto")), now=lambda: NOW)
+    run.start()
+    out = run.handle(Speech("cleaning", 0.02))[-1]  # "Cleaning, right?": books nothing
+    assert isinstance(out, Listen) and out.grammar is not None
+    assert not out.grammar.reject and "go ahead" in out.grammar.phrases
+    out = run.handle(Speech("yes", SURE))[-1]  # "A cleaning. Shall I book it?"
+    assert isinstance(out, Listen) and out.grammar is not None
+    assert out.grammar.reject and "yes" in out.grammar.phrases
+    assert "go ahead" not in out.grammar.phrases and "go ahead" not in out.phrases
+
+
 def test_a_low_scored_yes_at_a_booking_confirmation_asks_for_keys_and_does_not_book() -> None:
     run = at_confirmation()
     out = run.handle(Speech("yes", 0.03))

@@ -12,7 +12,7 @@ runner carries the reply out.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
@@ -22,7 +22,7 @@ from ivr.flows.engine.events import Digits, NoInput, Speech
 from ivr.flows.engine.records import Turn
 from ivr.flows.engine.verify import KEYS_TO_COMMIT, KEYS_YES_NO, Stakes, check_question, sure
 from ivr.flows.model import AskStep, Certainty, Choice, Reprompts, SlotDef, Target
-from ivr.flows.slots import SlotValue
+from ivr.flows.slots import SlotValue, commit_yes_no_grammar
 
 __all__ = ["AskVisit", "Asking", "Leave", "Reply", "Reprompt"]
 
@@ -101,7 +101,13 @@ class AskVisit:
     def listen(self) -> Listen:
         mode: Mode = "keys" if self.keys_only else (
             "answer" if self.asking == "answer" else "yes_no")
-        return listen(self.name, self.step, self.slot, mode=mode)
+        heard = listen(self.name, self.step, self.slot, mode=mode)
+        own = self.asking == "answer" and self.slot is not None and bool(self.slot.phrases)
+        if heard.grammar is not None and self._yes_no() and self._commits_on_yes() and not own:
+            # A guessed yes here would act: speech that fits no phrase is a no-match.
+            grammar = commit_yes_no_grammar()
+            return replace(heard, grammar=grammar, phrases=grammar.phrases)
+        return heard
 
     def answer(self, event: Speech | Digits | NoInput, now: Callable[[], datetime]) -> Reply:
         """What `event` comes to; `now` is read only to parse dates and times."""

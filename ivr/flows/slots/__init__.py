@@ -34,7 +34,12 @@ from ivr.flows.slots.dispatch import (
     parse_text,
     speak_value,
 )
-from ivr.flows.slots.grammars import COMPACT_DATE_PHRASES, COMPACT_TIME_PHRASES, grammar_for
+from ivr.flows.slots.grammars import (
+    COMPACT_DATE_PHRASES,
+    COMPACT_TIME_PHRASES,
+    commit_yes_no_grammar,
+    grammar_for,
+)
 from ivr.flows.slots.spoken import FILTERS, spoken_date, spoken_digits, spoken_time
 
 __all__ = [
@@ -43,6 +48,7 @@ __all__ = [
     "FILTERS",
     "SlotValue",
     "coerce_value",
+    "commit_yes_no_grammar",
     "dtmf_max_digits",
     "grammar_for",
     "parse_keys",

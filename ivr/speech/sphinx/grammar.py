@@ -216,10 +216,11 @@ def compile_grammar(
     """Compile `grammar` to JSGF: `[<lead>] ( phrase | ... ) [<trail>] | <garbage>`, the
     carrier words weighted against, the garbage path there to reject what fits no phrase.
     Fillers and garbage left as None follow `IVR_GRAMMAR_CARRIERS` and `IVR_OOG_REJECT`
-    (both off by default: see `LEAD_FILLERS`). Raises InvalidValue (a ValueError) if no
+    (both off by default: see `LEAD_FILLERS`); a grammar's own `reject` turns the garbage
+    path on for it. Raises InvalidValue (a ValueError) if no
     phrase is speakable."""
     carriers, reject = grammar_flags()
-    garbage = reject if garbage is None else garbage
+    garbage = (reject or grammar.reject) if garbage is None else garbage
     carriers = carriers and is_short(grammar)
     if lead_fillers is None:
         lead_fillers = LEAD_FILLERS if carriers else ()
