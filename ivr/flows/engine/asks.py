@@ -23,6 +23,7 @@ from ivr.flows.engine.records import Turn
 from ivr.flows.engine.verify import KEYS_TO_COMMIT, KEYS_YES_NO, Stakes, check_question, sure
 from ivr.flows.model import AskStep, Certainty, Choice, Reprompts, SlotDef, Target
 from ivr.flows.slots import SlotValue
+from ivr.grammar import Grammar
 
 __all__ = ["AskVisit", "Asking", "Leave", "Reply", "Reprompt"]
 
@@ -93,6 +94,7 @@ class AskVisit:
     keys_only: bool = False  # an unsure spoken yes/no: only keys answer now
     pending: Choice | SlotValue | None = None  # the answer being checked
     check: str = ""  # the check question being asked
+    expected: Grammar | None = None  # the slot's grammar narrowed to the step's `expect`
 
     @property
     def confirming(self) -> bool:
@@ -101,7 +103,7 @@ class AskVisit:
     def listen(self) -> Listen:
         mode: Mode = "keys" if self.keys_only else (
             "answer" if self.asking == "answer" else "yes_no")
-        return listen(self.name, self.step, self.slot, mode=mode)
+        return listen(self.name, self.step, self.slot, mode=mode, expected=self.expected)
 
     def answer(self, event: Speech | Digits | NoInput, now: Callable[[], datetime]) -> Reply:
         """What `event` comes to; `now` is read only to parse dates and times."""
