@@ -4,10 +4,12 @@ Each expected answer of each `ask` step is spoken by the embedded synthesizer in
 voice given and sent through the same path as a phone call: 8 kHz µ-law in 20 ms frames
 with (digital) silence around it, decoded, endpointed by the call's `Endpointer` (preroll
 included), upsampled to 16 kHz by the per-call streaming resampler, recognized with the
-step's grammar, and matched to a choice by the flow's own matcher. It prints every answer,
-a table per ask step (what it listens for, answers understood, out-of-grammar answers
-rejected), the decoding CPU per answer, and the command that reproduces the run
-(`IVR_SPHINX_CONFIG` included: decoder settings to measure, `ivr.speech.sphinx.decoding`).
+step's grammar (narrowed as its `expect` says, over `SAMPLE_VARS`; `--expect off`: the
+slot's whole grammar, same answers), and matched to a choice by the flow's own matcher.
+It prints every answer, a table per ask step (what it listens for, answers understood,
+out-of-grammar answers rejected), the decoding CPU per answer, and the command that
+reproduces the run (`IVR_SPHINX_CONFIG` included: decoder settings to measure,
+`ivr.speech.sphinx.decoding`).
 """
 
 from __future__ import annotations
@@ -21,14 +23,17 @@ from zoneinfo import ZoneInfo
 
 from ivr.audio.codec import ULAW_SILENCE, Upsampler, frames, to_ulaw8k, ulaw_to_pcm16
 from ivr.audio.endpoint import EndpointConfig, Endpointer, SpeechEnded, SpeechStarted
+from ivr.flows.engine.collection import narrowed
 from ivr.flows.load import load_flow
 from ivr.flows.model import AskStep, Flow
 from ivr.flows.slots import COMPACT_DATE_PHRASES, grammar_for, parse_text
+from ivr.flows.templates import TemplateContext, TemplateFailure, jsonable, render_value
 from ivr.flows.text import match_choice, menu_grammar
 from ivr.grammar import Grammar
 from ivr.speech.espeak import EspeakSynthesizer
 from ivr.speech.sphinx.decoding import SPHINX_CONFIG_ENV
 from ivr.speech.sphinx.pool import RecognizerPool
+from ivr.tools.builtin.availability import SLOTS
 
 
 def endpointed(speech: bytes) -> bytes:
@@ -82,9 +87,27 @@ PEOPLE: Final[dict[str, tuple[tuple[str, str], ...]]] = {
 NONSENSE: Final = ("pizza", "banana", "what's the weather like")
 
 
+# What the bench assumes an ask's `expect` offers (it runs no tools): an empty day of the
+# seeded practice, every half hour from 09:00 to 16:30 free (`vars.free.available`).
+SAMPLE_VARS: Final[dict[str, object]] = {"free": {"available": list(SLOTS)}}
+
+
+def _expected(flow: Flow, step: AskStep, now: datetime) -> Grammar | None:
+    """The step's grammar narrowed to its `expect` rendered over `SAMPLE_VARS`, or None."""
+    if step.expect is None or step.slot is None:
+        return None
+    context = TemplateContext(vars=SAMPLE_VARS, now=now)
+    try:
+        raw = jsonable(render_value(step.expect, context))
+    except TemplateFailure:
+        return None
+    return narrowed(flow.slots[step.slot], raw, now=now)
+
+
 def _answers(flow: Flow, step: AskStep, now: datetime, people: str | None = None
              ) -> list[tuple[str, str]]:
-    """(what a caller says, what the flow should understand) for one ask step."""
+    """(what a caller says, what the flow should understand) for one ask step: for a step
+    with `expect`, a sample of the ways to say the values offered."""
     if people is not None:  # the step's name
         if people not in PEOPLE:
             return []
@@ -93,8 +116,9 @@ def _answers(flow: Flow, step: AskStep, now: datetime, people: str | None = None
     if step.slot is None:
         return [(phrase, c.label) for c in step.choices for phrase in c.words]
     slot = flow.slots[step.slot]
-    phrases = grammar_for(slot).phrases
-    if slot.type == "date" and slot.grammar == "compact":
+    expected = _expected(flow, step, now)
+    phrases = (expected or grammar_for(slot)).phrases
+    if slot.type == "date" and slot.grammar == "compact" and expected is None:
         phrases = COMPACT_DATE_PHRASES  # the bare words, not the "on ..." ones
     if slot.type in ("date", "time"):
         phrases = phrases[::4]  # a sample across the compact grammar
@@ -114,10 +138,12 @@ def _meaning(flow: Flow, step: AskStep, said: str, now: datetime, expected: str)
     return expected
 
 
-def _grammar(flow: Flow, step: AskStep) -> Grammar:
+def _grammar(flow: Flow, step: AskStep, now: datetime, expect: bool = True) -> Grammar:
+    """What the step listens for: with `expect`, narrowed as its `expect` says."""
     if step.slot is None:
         return menu_grammar(step) or Grammar()
-    return grammar_for(flow.slots[step.slot])
+    expected = _expected(flow, step, now) if expect else None
+    return expected or grammar_for(flow.slots[step.slot])
 
 
 def _understood(flow: Flow, step: AskStep, text: str, now: datetime) -> str | None:
@@ -161,7 +187,7 @@ def _ratio(ok: int, n: int) -> str:
 
 async def accuracy_main(
     flow_path: str, voices: list[str], workers: int = 2, repeat: int = 1,
-    phrasings: str = "flow",
+    phrasings: str = "flow", expect: bool = True,
 ) -> int:
     flow = load_flow(Path(flow_path))
     synth = EspeakSynthesizer()
@@ -187,7 +213,7 @@ async def accuracy_main(
             pcm, rate = b"", 0
             async for chunk, chunk_rate in synth.synthesize(phrase, voice=voice):
                 pcm, rate = pcm + chunk, chunk_rate
-            utt = await pool.start(_grammar(flow, step))
+            utt = await pool.start(_grammar(flow, step, now, expect))
             utt.feed(endpointed(to_ulaw8k(pcm, rate)))
             rec = await utt.finish()
             hit = _understood(flow, step, rec.text, now) == label
@@ -208,5 +234,9 @@ async def accuracy_main(
     print(f"understood {ok}/{len(cases)} = {pct:.0f}% through 8 kHz µ-law "
           f"({elapsed:.1f} s; reproduce: {env}ivr bench accuracy --flow {flow_path} "
           f"--voices {','.join(voices)}" + (f" --repeat {repeat}" if repeat > 1 else "")
-          + (f" --phrasings {phrasings}" if phrasings != "flow" else "") + ")")
+          + (f" --phrasings {phrasings}" if phrasings != "flow" else "")
+          + ("" if expect else " --expect off") + ")")
+    if any(isinstance(s, AskStep) and s.expect is not None for s in flow.steps.values()):
+        print(f"steps with expect: vars.free.available = every half hour {SLOTS[0]}-{SLOTS[-1]} "
+              f"(an empty seeded day); {'narrowed' if expect else 'NOT narrowed (--expect off)'}")
     return 0

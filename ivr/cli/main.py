@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--phrasings", choices=("flow", "people"), default="flow",
                      help="the flow's own words, or answers as people say them (carrier "
                           "words, out-of-grammar answers; for flows/dental_booking.yaml)")
+    acc.add_argument("--expect", choices=("on", "off"), default="on",
+                     help="steps with expect listen for the offered values only (on), or "
+                          "for any value (off: the same answers, the slot's whole grammar)")
     load = bench_sub.add_parser("load", help="N concurrent calls against a server process")
     load.add_argument("--calls", type=int, default=100)
     load.add_argument("--seconds", type=float, default=10.0)
@@ -303,7 +306,7 @@ async def _bench(args: argparse.Namespace) -> int:
     from ivr.bench.accuracy import accuracy_main
 
     return await accuracy_main(args.flow, args.voices.split(","), repeat=args.repeat,
-                               phrasings=args.phrasings)
+                               phrasings=args.phrasings, expect=args.expect == "on")
 
 
 def serve(args: argparse.Namespace) -> None:

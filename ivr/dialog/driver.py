@@ -89,6 +89,7 @@ class Dialog:
         self.ended: str | None = None  # how: "hangup (completed)", "transfer +1555...", ...
 
     def _new_runner(self) -> engine.FlowRunner:
+        self._logged = 0  # how much of the runner's trace `_log_trace` has looked at
         return engine.FlowRunner(self.flow, caller=self.caller, now=self._now,
                                  agent=self.model is not None)
 
@@ -107,6 +108,7 @@ class Dialog:
                 await port.say(action, leads_to=nxt if isinstance(nxt, engine.Listen) else None,
                                then=then.text if then is not None else None)
             elif isinstance(action, engine.Listen):
+                self._log_trace()
                 answer = await port.ask(action)
                 actions.extend(self.runner.handle(answer))
                 port.answered(self.runner.turns[-1] if self.runner.turns else None)
@@ -144,6 +146,15 @@ class Dialog:
             elif isinstance(action, engine.Hangup):
                 self.ended = self.ended or f"hangup ({action.reason})"
                 break
+
+    def _log_trace(self) -> None:
+        """Log what the runner noted that an operator should hear of: an ask's `expect`
+        that gave nothing to listen for (the step then listened for any value)."""
+        trace = self.runner.trace
+        for note in trace[self._logged:]:
+            if note.kind == "expect_fallback":
+                self.log.warning("expect_fallback", step=note.step, reason=note.detail)
+        self._logged = len(trace)
 
     def mode(self) -> str:
         """How this flow's `llm` steps talk: its `engines.llm_mode`, else the service's."""

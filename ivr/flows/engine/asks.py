@@ -23,6 +23,7 @@ from ivr.flows.engine.records import Turn
 from ivr.flows.engine.verify import KEYS_TO_COMMIT, KEYS_YES_NO, Stakes, check_question, sure
 from ivr.flows.model import AskStep, Certainty, Choice, Reprompts, SlotDef, Target
 from ivr.flows.slots import SlotValue, commit_yes_no_grammar
+from ivr.grammar import Grammar
 
 __all__ = ["AskVisit", "Asking", "Leave", "Reply", "Reprompt"]
 
@@ -93,6 +94,7 @@ class AskVisit:
     keys_only: bool = False  # an unsure spoken yes/no: only keys answer now
     pending: Choice | SlotValue | None = None  # the answer being checked
     check: str = ""  # the check question being asked
+    expected: Grammar | None = None  # the slot's grammar narrowed to the step's `expect`
 
     @property
     def confirming(self) -> bool:
@@ -101,7 +103,7 @@ class AskVisit:
     def listen(self) -> Listen:
         mode: Mode = "keys" if self.keys_only else (
             "answer" if self.asking == "answer" else "yes_no")
-        heard = listen(self.name, self.step, self.slot, mode=mode)
+        heard = listen(self.name, self.step, self.slot, mode=mode, expected=self.expected)
         own = self.asking == "answer" and self.slot is not None and bool(self.slot.phrases)
         if heard.grammar is not None and self._yes_no() and self._commits_on_yes() and not own:
             # A guessed yes here would act: speech that fits no phrase is a no-match.

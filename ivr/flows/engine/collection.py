@@ -10,7 +10,14 @@ from typing import Literal, TypeAlias
 from ivr.flows.engine.actions import DtmfSpec, Listen
 from ivr.flows.engine.events import Digits, Speech
 from ivr.flows.model import AskStep, Choice, SlotDef
-from ivr.flows.slots import SlotValue, dtmf_max_digits, grammar_for, parse_keys, parse_text
+from ivr.flows.slots import (
+    SlotValue,
+    dtmf_max_digits,
+    expected_grammar,
+    grammar_for,
+    parse_keys,
+    parse_text,
+)
 from ivr.flows.text import match_choice, match_key, menu_grammar
 from ivr.grammar import Grammar
 
@@ -21,6 +28,7 @@ __all__ = [
     "Mode",
     "chosen",
     "listen",
+    "narrowed",
     "parsed",
     "terminator",
 ]
@@ -59,9 +67,24 @@ def parsed(
     return parse_keys(slot, event.digits, now=now, terminator=terminator(step))
 
 
-def listen(name: str, step: AskStep, slot: SlotDef | None, *, mode: Mode = "answer") -> Listen:
+def narrowed(slot: SlotDef, raw: object, *, now: datetime) -> Grammar | None:
+    """`slot`'s grammar narrowed to `raw`, what an ask's `expect` rendered to (a list of
+    values, one value, or text listing them with commas), or None: nothing to listen for
+    (no value of the slot in it, or a slot type `expect` does not narrow)."""
+    if isinstance(raw, str):
+        raw = raw.split(",")
+    values = list(raw) if isinstance(raw, list | tuple) else [] if raw is None else [raw]
+    values = [v.strip() if isinstance(v, str) else v for v in values]
+    return expected_grammar(slot, [v for v in values if v not in ("", None)], now=now)
+
+
+def listen(
+    name: str, step: AskStep, slot: SlotDef | None, *, mode: Mode = "answer",
+    expected: Grammar | None = None,
+) -> Listen:
     """The `Listen` for `step` (called `name`): its menu, its `slot` (None for a menu),
-    a yes or no, or keys alone (see `Mode`)."""
+    a yes or no, or keys alone (see `Mode`). `expected`: the slot's grammar narrowed to
+    the values the step offers (its `expect`), listened for instead of the whole slot's."""
     confirming = mode != "answer"
     options = step.dtmf
     keys_end = terminator(step)
@@ -70,7 +93,12 @@ def listen(name: str, step: AskStep, slot: SlotDef | None, *, mode: Mode = "answ
     grammar: Grammar | None
     if confirming or slot is not None:
         answer = YES_NO if confirming or slot is None else slot
-        grammar = grammar_for(answer) if step.speech else None
+        if not step.speech:
+            grammar = None
+        elif expected is not None and not confirming:
+            grammar = expected
+        else:
+            grammar = grammar_for(answer)
         if grammar is not None and not grammar.phrases and grammar.jsgf is None:
             grammar = None  # free speech (text slots)
         # `phrases` alone constrains a recognizer that does not read `grammar`; for a

@@ -37,6 +37,7 @@ TraceKind: TypeAlias = Literal[
     "agent_slot_rejected",
     "agent_done",
     "unsure",
+    "expect_fallback",  # an ask's `expect` gave nothing to listen for: the whole slot's grammar
 ]
 
 

@@ -25,6 +25,7 @@ from ivr.flows.engine.actions import (
     Transfer,
 )
 from ivr.flows.engine.asks import AskVisit, Reprompt
+from ivr.flows.engine.collection import narrowed
 from ivr.flows.engine.events import (
     AgentDone,
     CallerHangup,
@@ -52,6 +53,7 @@ from ivr.flows.model import (
 )
 from ivr.flows.slots import SlotValue, coerce_value
 from ivr.flows.text import looks_like_number
+from ivr.grammar import Grammar
 
 __all__ = ["DEFAULT_MAX_STEPS", "DEFAULT_MAX_TOOL_CALLS", "NO_LLM", "FlowRunner"]
 
@@ -325,6 +327,8 @@ class FlowRunner:
             prompt = self._text(step.ask)
             slot = self._slot_def(step.slot) if step.slot is not None else None
             self._visit = AskVisit(target, step, slot, self.flow.certainty, self._stakes(target))
+            if step.expect is not None and slot is not None:
+                self._visit.expected = self._expected(target, step.expect, slot)
             out.append(Play(prompt, step.barge_in, target))
             out.append(self._visit.listen())
             return None
@@ -399,6 +403,19 @@ class FlowRunner:
         self._tool = step
         self._note("tool_call", step.call, name)
         out.append(CallTool(name, step.call, args))
+
+    def _expected(self, name: str, source: str, slot: SlotDef) -> Grammar | None:
+        """The slot's grammar narrowed to what `expect` (`source`) gives, or None (listen
+        for any value, noted: never an empty grammar)."""
+        try:
+            raw = templates.jsonable(templates.render_value(source, self.context()))
+        except templates.TemplateFailure as exc:
+            self._note("expect_fallback", exc.message, name)
+            return None
+        grammar = narrowed(slot, raw, now=self.now())
+        if grammar is None:
+            self._note("expect_fallback", f"no {slot.type} to listen for in {raw!r}"[:200], name)
+        return grammar
 
     def _stakes(self, name: str) -> Stakes:
         stakes = self._stakes_of.get(name)

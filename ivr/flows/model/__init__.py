@@ -146,6 +146,13 @@ Semantics worth knowing when writing a flow:
   `confirm`, a yes goes to `next` and a no forgets the value and asks again (a no
   counts as a no-match, so endless rejections reach the fallback). A slot ask without
   `next` ends the call once filled.
+- `expect` (a slot ask) narrows what the recognizer listens for to the values offered:
+  a template giving a list of values of the slot's type (`"{{ vars.free.available }}"`:
+  times "HH:MM"; ISO dates; choice values; digit strings; numbers), each heard in the
+  ways people say it (14:30: "two thirty", "two thirty p.m.", "half past two"). Keys
+  and typed answers are read as before. When it renders to nothing, to no value of the
+  slot, or fails, the step listens with the slot's normal grammar (trace
+  `expect_fallback`); other slot types ignore it.
 - Never act on a guess (`verify`, default `auto`): a voice answer under the flow's
   `certainty` (confidence, or margin to the next-best hypothesis when the recognizer
   gives one) is checked first ("Cleaning, right? Say yes or no, or press 1 for yes, 2

@@ -144,6 +144,8 @@ class Flow(FlowModel):
                     reprompts: Reprompts = getattr(step, field)
                     for i, prompt in enumerate(reprompts.prompts):
                         yield TemplateUse(name, (*base, field, "prompts", i), prompt, "text")
+                if step.expect is not None:
+                    yield TemplateUse(name, (*base, "expect"), step.expect, "value")
                 if step.confirm is not None:
                     yield TemplateUse(name, (*base, "confirm"), step.confirm, "text", True)
             elif isinstance(step, SetStep | CallStep):

@@ -143,6 +143,15 @@ class AskStep(FlowModel):
         default=None, description="yes/no question (template) asked once the slot is filled"
     )
     next: Target | None = Field(default=None, description="after the slot is filled")
+    expect: Text | None = Field(
+        default=None,
+        description="the values the caller may answer with (a template giving a list of "
+                    "values of the slot's type: times \"HH:MM\", ISO dates, choice values, "
+                    "digit strings, numbers), e.g. \"{{ vars.free.available }}\": the "
+                    "recognizer then listens for just those (time, date, choice, digits and "
+                    "number slots); keys work as before; an empty or failing list listens "
+                    "for any value",
+    )
     barge_in: bool = True
     no_input: Reprompts = Reprompts()
     no_match: Reprompts = Reprompts()

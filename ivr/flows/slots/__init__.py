@@ -21,7 +21,8 @@ Rules worth knowing (docs/slots.md has the full list):
 Slot definitions (`SlotDef`) are part of the flow model (`ivr.flows.model`). Here:
 `tokens` (an answer as tokens), `numbers`, `dates`, `times`, `answers` (yes/no and
 choice options), `spoken` (reading values back), `grammars` (what the recognizer listens
-for), and `dispatch`, which picks among them by slot type. Import from `ivr.flows.slots`.
+for), `expected` (that narrowed to the values a step offers: its `expect`), and
+`dispatch`, which picks among them by slot type. Import from `ivr.flows.slots`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ivr.flows.slots.dispatch import (
     parse_text,
     speak_value,
 )
+from ivr.flows.slots.expected import EXPECTABLE, expected_grammar, expected_phrases
 from ivr.flows.slots.grammars import (
     COMPACT_DATE_PHRASES,
     COMPACT_TIME_PHRASES,
@@ -45,11 +47,14 @@ from ivr.flows.slots.spoken import FILTERS, spoken_date, spoken_digits, spoken_t
 __all__ = [
     "COMPACT_DATE_PHRASES",
     "COMPACT_TIME_PHRASES",
+    "EXPECTABLE",
     "FILTERS",
     "SlotValue",
     "coerce_value",
     "commit_yes_no_grammar",
     "dtmf_max_digits",
+    "expected_grammar",
+    "expected_phrases",
     "grammar_for",
     "parse_keys",
     "parse_text",
