@@ -89,11 +89,11 @@ def _led(lead: Iterable[str], answer: str) -> str:
 
 # A yes that commits (books, cancels: `ivr.flows.engine.verify`) is heard with a grammar
 # that rejects what fits none of its phrases, and without the two phrases that other
-# speech fell into most: measured (`ivr bench accuracy`-style, 4 espeak voices through the
-# phone path, 11 real yes/no answers and 7 other utterances each), the plain yes/no grammar
-# took 16 of 28 other utterances as a yes or a no ("hold on" as "go ahead", "i want a
-# refund for my shoes" as "please do"); with rejection and without those two, 1 of 28 (as
-# a no), at the cost of 6 of 44 real answers heard as nothing and asked again (keys offered).
+# speech fell into most. Measured (`python -m tests.bench_commit_yes_no`: 4 espeak voices
+# through the phone path, 11 real yes/no answers and 7 other utterances each): the plain
+# yes/no grammar took 16 of 28 other utterances for a yes or a no ("hold on" as "go
+# ahead", "i want a refund for my shoes" as "please do"); this one 0 of 28, at the cost of
+# 7 of 44 real answers heard as nothing and asked again (keys offered), none wrong.
 _COMMIT_DROPS: Final = ("go ahead", "please do")
 _COMMIT_YES_NO_ANSWERS: Final = tuple(
     tuple(p for p in group if p not in _COMMIT_DROPS) for group in _YES_NO_ANSWERS)
