@@ -44,9 +44,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ivr.audio.codec import Upsampler, frames, to_ulaw8k, ulaw_to_pcm16
-from ivr.audio.endpoint import EndpointConfig, Endpointer, SpeechEnded, SpeechStarted
-from ivr.bench.accuracy import _answers, _grammar, _understood, endpointed
+from ivr.audio.codec import frames, to_ulaw8k
+from ivr.bench.accuracy import _answers, _grammar, _understood, endpoint_line, endpointed
 from ivr.flows.load import load_flow
 from ivr.flows.model import AskStep
 from ivr.grammar import Grammar
@@ -91,19 +90,7 @@ def noisy_endpointed(speech: bytes) -> bytes:
     noise = LineNoise.below([speech_frames], SNR_DB)
     line = ([noise.frame() for _ in range(50)] + noise.mix(speech_frames)
             + [noise.frame() for _ in range(75)])
-    endpointer, up, out = Endpointer(), Upsampler(), bytearray()
-    endpointer.arm(EndpointConfig(), 0)
-    for i, frame in enumerate(line):
-        pcm = ulaw_to_pcm16(frame)
-        event = endpointer.process(pcm, i * 20)
-        if isinstance(event, SpeechStarted):
-            out += up.process(event.preroll)
-        elif endpointer.in_speech:
-            out += up.process(pcm)
-        elif isinstance(event, SpeechEnded):
-            out += up.flush()
-            break
-    return bytes(out)
+    return endpoint_line(line)
 
 
 class Scorer:
@@ -167,7 +154,7 @@ def collect(scorer: Scorer) -> list[dict[str, Any]]:
         for step_name, step in flow.steps.items():
             if not isinstance(step, AskStep) or not step.speech:
                 continue
-            grammar = _grammar(flow, step)
+            grammar = _grammar(flow, step, NOW)
             try:
                 scorer.compiled(grammar)
             except ValueError:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Final
@@ -38,10 +39,15 @@ from ivr.tools.builtin.availability import SLOTS
 
 def endpointed(speech: bytes) -> bytes:
     """The 16 kHz audio a call would send to the recognizer for `speech` (µ-law)."""
-    line = ULAW_SILENCE * 8000 + speech + ULAW_SILENCE * 12000
+    return endpoint_line(frames(ULAW_SILENCE * 8000 + speech + ULAW_SILENCE * 12000))
+
+
+def endpoint_line(line: Iterable[bytes]) -> bytes:
+    """The 16 kHz audio of the first utterance the call's endpointer finds in `line` (20 ms
+    µ-law frames: silence or noise around speech), preroll included, upsampled per call."""
     endpointer, up, out = Endpointer(), Upsampler(), bytearray()
     endpointer.arm(EndpointConfig(), 0)
-    for i, frame in enumerate(frames(line)):
+    for i, frame in enumerate(line):
         pcm = ulaw_to_pcm16(frame)
         event = endpointer.process(pcm, i * 20)
         if isinstance(event, SpeechStarted):
