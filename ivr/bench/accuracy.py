@@ -63,7 +63,8 @@ def endpoint_line(line: Iterable[bytes]) -> bytes:
 # `--phrasings people` (issue 15): answers to `flows/dental_booking.yaml` as callers say
 # them, carrier words included, and what the flow must understand ("" : nothing, a no-match).
 # The second line of each step: what `ivr bench conversation` callers said and were
-# misheard saying (conv0.log); `ask_order` is `flows/order_status.yaml`'s order number.
+# misheard saying (its MISSED lines); `ask_order` is `flows/order_status.yaml`'s order
+# number.
 PEOPLE: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     "menu": (("i'd like to book", "book"), ("a new appointment please", "book"),
              ("i want to cancel", "cancel"), ("i need to reschedule", "reschedule"),

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, time
 from typing import Final, Literal
 
@@ -67,7 +67,6 @@ class Goal:
     order: str = ""
     item: str = ""
     status: str = ""
-    fix: str = "nothing"  # what a read-back got wrong: service, day, time (or nothing)
 
     def answer(self, key: str) -> CallerAction:
         """The answer to the question `key` ("front", "menu", "service", ...)."""
@@ -100,8 +99,11 @@ class Goal:
             "time": (when, f"at {when}"),
             "name": (self.name.split()[0], f"it is {self.name}"),
             "order": (digits, f"it is {digits}"),
-            "change": (self.fix, f"the {self.fix}" if self.fix != "nothing" else
-                       "nothing it's right"),
+            # "What should I change?" after a read-back that got this part wrong
+            "change service": ("service", "the service"),
+            "change day": ("day", "the day"),
+            "change time": ("time", "the time"),
+            "change nothing": ("nothing", "nothing it's right"),
             "yes": ("yes", "that is right"),
             "no": ("no", "no that is wrong"),
         }
@@ -118,7 +120,10 @@ class Goal:
             "time": self.start.strftime("%H%M") if self.start else "",
             "name": keypad_name(self.name),
             "order": self.order,
-            "change": {"service": "1", "day": "2", "time": "3"}.get(self.fix, ""),
+            "change service": "1",
+            "change day": "2",
+            "change time": "3",
+            "change nothing": "",
             "yes": "1",
             "no": "2",
         }
@@ -269,17 +274,16 @@ class Listener:
                 return self._keyed(answer)
             return g.answer(answer)
         if key == "change":  # what the last read-back got wrong
-            g = replace(g, fix=self.fix)
-            if self.fix == "nothing" or self.asked[key] == 1 or not offers_keys(key, text):
-                return g.answer(key)
-            return self._keyed(key, g)
+            what = f"change {self.fix}"
+            if self.fix != "nothing" and self.asked[key] > 1 and offers_keys(key, text):
+                return self._keyed(what)
+            return g.answer(what)
         self.last_answered = key
         if self.asked[key] > 1 and offers_keys(key, text):
             return self._keyed(key)  # misheard before: the keys the bot offers now
         return g.answer(key)
 
-    def _keyed(self, key: str, goal: Goal | None = None) -> CallerAction:
-        goal = goal or self.goal
-        if goal.style != "keys":
+    def _keyed(self, key: str) -> CallerAction:
+        if self.goal.style != "keys":
             self.keyed += 1
-        return PressKeys(goal.keys(key))
+        return PressKeys(self.goal.keys(key))
