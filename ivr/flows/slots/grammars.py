@@ -99,11 +99,15 @@ _COMMIT_YES_NO_ANSWERS: Final = tuple(
     tuple(p for p in group if p not in _COMMIT_DROPS) for group in _YES_NO_ANSWERS)
 
 
+_COMMIT_YES_NO: Final = Grammar(
+    phrases=tuple(p for p in _YES_NO_PHRASES if p not in _COMMIT_DROPS),
+    answers=_COMMIT_YES_NO_ANSWERS, reject=True)
+
+
 def commit_yes_no_grammar() -> Grammar:
     """The yes/no grammar for a question whose yes commits an action: out-of-grammar
-    speech is a no-match (`Grammar.reject`), never a guessed yes."""
-    phrases = tuple(p for p in _YES_NO_PHRASES if p not in _COMMIT_DROPS)
-    return Grammar(phrases=phrases, answers=_COMMIT_YES_NO_ANSWERS, reject=True)
+    speech is a no-match (`Grammar.reject`), never a guessed yes (one value, built once)."""
+    return _COMMIT_YES_NO
 
 
 def _jsgf(rules: Iterable[str], answer: str) -> str:
